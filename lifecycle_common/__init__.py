@@ -1,0 +1,1 @@
+"""What the agent and the consumer share: power states, the wire format, the transport URL."""

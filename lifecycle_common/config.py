@@ -1,0 +1,79 @@
+"""Options both services share, and loading a configuration so that a bad value stops
+the service at start with a message naming the option."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+
+from oslo_config import cfg
+
+DEFAULT_OPTS = [
+    cfg.StrOpt("host", default=socket.gethostname(), sample_default="<hostname>",
+               help="Name of this host as the control plane knows it. The agent stamps "
+                    "it on every notification."),
+    cfg.StrOpt("transport_url", default="rabbit://guest:guest@127.0.0.1:5672/",
+               secret=True,
+               help="oslo.messaging transport URL of the RabbitMQ broker(s), e.g. "
+                    "rabbit://user:pass@host1:5672,user:pass@host2:5672/vhost."),
+    cfg.StrOpt("control_exchange", default="openstack",
+               help="Topic exchange that notifications are published on. A stock "
+                    "oslo.messaging listener finds them under the same control_exchange."),
+    cfg.BoolOpt("debug", default=False, help="Log at DEBUG level."),
+]
+
+NOTIFICATION_OPTS = [
+    cfg.ListOpt("topics", default=["notifications"],
+                help="Notification topics; the routing key is '<topic>.info'. The agent "
+                     "publishes on every topic, the consumer reads the first."),
+]
+
+
+def register_common_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_opts(DEFAULT_OPTS)
+    conf.register_opts(NOTIFICATION_OPTS, group="oslo_messaging_notifications")
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or invalid; the message names the option."""
+
+
+def load(conf: cfg.ConfigOpts, argv: list[str] | None, prog: str, opts_by_group,
+         validators=()) -> cfg.ConfigOpts:
+    """Parse the command line and files, then read every option once, so that a bad
+    value fails now and not on first use; ``validators`` check relations between them.
+    ``opts_by_group`` is what the service's ``list_opts()`` returns."""
+    try:
+        conf(args=argv, project="lifecycle", prog=prog)
+        for group_name, opts in opts_by_group:
+            group = conf if group_name in (None, "DEFAULT") else conf[group_name]
+            for opt in opts:
+                getattr(group, opt.dest)
+    except cfg.Error as exc:
+        raise ConfigError(str(exc)) from exc
+    for validate in validators:
+        validate(conf)
+    if not conf.oslo_messaging_notifications.topics:
+        raise ConfigError("[oslo_messaging_notifications] topics must name at least one topic")
+    return conf
+
+
+def run_main(prog: str, make_conf, argv, body) -> int:
+    """Load the configuration, set up logging and run ``body(conf)``; a configuration
+    error ends the process with status 2 and one line naming the option."""
+    try:
+        conf = make_conf(argv)
+    except ConfigError as exc:
+        print(f"{prog}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(conf.debug)
+    return body(conf)
+
+
+def setup_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(process)d %(levelname)s %(name)s %(message)s")
+    for noisy in ("amqp", "kombu"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,73 @@
+"""oslo.messaging's ``transport_url`` turned into what kombu connects to.
+
+The option keeps oslo.messaging's syntax (``rabbit://user:pass@host:port,host2/vhost``)
+so that operators configure this project like any OpenStack service; the services then
+talk AMQP through kombu and py-amqp directly. Parsing is done here rather than by
+oslo.messaging, whose import drags eventlet into the process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import urllib.parse
+
+SCHEMES = ("rabbit", "amqp", "kombu")
+
+
+class TransportURLError(ValueError):
+    """The transport URL cannot be used to reach a RabbitMQ broker."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Broker:
+    hostname: str
+    port: int
+    username: str
+    password: str
+
+
+def parse(transport_url: str) -> tuple[list[Broker], str]:
+    """Brokers (in failover order) and the virtual host of a transport URL."""
+    url = urllib.parse.urlsplit(transport_url)
+    if url.scheme not in SCHEMES:
+        raise TransportURLError(
+            f"transport_url {transport_url!r}: scheme {url.scheme!r} is not supported, "
+            "use rabbit://")
+    vhost = urllib.parse.unquote(url.path[1:]) if url.path.startswith("/") else ""
+    brokers = []
+    for netloc in filter(None, url.netloc.split(",")):
+        credentials, _, hostport = netloc.rpartition("@")
+        user, _, password = credentials.partition(":")
+        hostname, port = _split_hostport(hostport, transport_url)
+        brokers.append(Broker(hostname, port, urllib.parse.unquote(user),
+                              urllib.parse.unquote(password)))
+    if not brokers:
+        raise TransportURLError(f"transport_url {transport_url!r} names no broker")
+    return brokers, vhost
+
+
+def _split_hostport(hostport: str, transport_url: str) -> tuple[str, int]:
+    if hostport.startswith("["):  # [ipv6]:port
+        host, _, rest = hostport[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = hostport.partition(":")
+    if not host:
+        raise TransportURLError(f"transport_url {transport_url!r}: a broker has no host")
+    try:
+        return host, int(port) if port else 5672
+    except ValueError:
+        raise TransportURLError(f"transport_url {transport_url!r}: bad port {port!r}") from None
+
+
+def kombu_urls(transport_url: str) -> list[str]:
+    """One ``amqp://`` URL per broker in ``transport_url``, in failover order."""
+    brokers, vhost = parse(transport_url)
+    quoted_vhost = urllib.parse.quote(vhost or "/", safe="")
+    urls = []
+    for b in brokers:
+        host = f"[{b.hostname}]" if ":" in b.hostname else b.hostname
+        user = urllib.parse.quote(b.username or "guest", safe="")
+        password = urllib.parse.quote(b.password or "guest", safe="")
+        urls.append(f"amqp://{user}:{password}@{host}:{b.port}/{quoted_vhost}")
+    return urls

@@ -1,0 +1,101 @@
+"""oslo.messaging's ``messagingv2`` envelope around a versioned payload: encode, decode."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+
+import jsonschema
+
+from lifecycle_common.wire import payloads, schemas
+from lifecycle_common.wire.errors import WireError
+
+ENVELOPE_VERSION = "2.0"
+PRIORITY = "INFO"
+
+
+@dataclasses.dataclass(frozen=True)
+class Notification:
+    event_type: str
+    payload: payloads.Payload
+    publisher_id: str
+    timestamp: str
+    message_id: str = dataclasses.field(default_factory=lambda: str(uuid.uuid4()))
+    priority: str = PRIORITY
+
+    def to_message(self) -> dict:
+        """The inner message, as a stock oslo.messaging listener receives it."""
+        return {
+            "message_id": self.message_id,
+            "publisher_id": self.publisher_id,
+            "event_type": self.event_type,
+            "priority": self.priority,
+            "payload": payloads.to_primitive(self.payload),
+            "timestamp": self.timestamp,
+        }
+
+
+def encode(notification: Notification) -> bytes:
+    """The AMQP body, exactly as oslo.messaging's rabbit driver would send it."""
+    inner = json.dumps(notification.to_message(), separators=(",", ":"))
+    return json.dumps({"oslo.version": ENVELOPE_VERSION, "oslo.message": inner}).encode()
+
+
+def decode(body: bytes | str) -> Notification:
+    """Read and validate one notification; raise WireError saying why it cannot be read."""
+    message = _unwrap(body)
+    event_type = message.get("event_type")
+    if not isinstance(event_type, str):
+        raise WireError("message has no event_type")
+    cls = payloads.payload_class_for(event_type)
+    if cls is None:
+        raise WireError(f"unknown event_type {event_type!r}")
+    primitive = message.get("payload")
+    if not isinstance(primitive, dict):
+        raise WireError(f"{event_type}: payload is not an object")
+    key = payloads.OBJECT_KEY
+    name = primitive.get(f"{key}.name")
+    version = primitive.get(f"{key}.version")
+    data = primitive.get(f"{key}.data")
+    if name != cls.NAME:
+        raise WireError(f"{event_type}: payload is {name!r}, expected {cls.NAME!r}")
+    if not isinstance(version, str) or not isinstance(data, dict):
+        raise WireError(f"{event_type}: payload lacks {key}.version or {key}.data")
+    readable = schemas.readable_version(name, version)
+    if readable is None:
+        raise WireError(f"{event_type}: {name} version {version} is not supported")
+    if readable != version:
+        data = payloads.known_fields(cls, data)
+    error = jsonschema.exceptions.best_match(schemas.validator(name, readable).iter_errors(data))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "payload"
+        raise WireError(f"{event_type}: {name} {version}: {where}: {error.message}")
+    return Notification(
+        event_type=event_type,
+        payload=payloads.from_data(cls, data),
+        publisher_id=str(message.get("publisher_id", "")),
+        timestamp=str(message.get("timestamp", "")),
+        message_id=str(message.get("message_id", "")),
+        priority=str(message.get("priority", PRIORITY)),
+    )
+
+
+def _unwrap(body: bytes | str) -> dict:
+    try:
+        outer = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise WireError(f"body is not JSON: {exc}") from exc
+    if not isinstance(outer, dict):
+        raise WireError("body is not a JSON object")
+    if "oslo.message" not in outer:
+        raise WireError("body is not a messagingv2 envelope (no oslo.message)")
+    if outer.get("oslo.version") != ENVELOPE_VERSION:
+        raise WireError(f"envelope version {outer.get('oslo.version')!r} is not {ENVELOPE_VERSION}")
+    try:
+        message = json.loads(outer["oslo.message"])
+    except (TypeError, ValueError) as exc:
+        raise WireError(f"oslo.message is not JSON: {exc}") from exc
+    if not isinstance(message, dict):
+        raise WireError("oslo.message is not a JSON object")
+    return message

@@ -1,0 +1,117 @@
+"""Versioned payloads.
+
+A payload is a frozen dataclass with a NAME and a ``MAJOR.MINOR`` VERSION. Adding an
+optional field bumps the minor version; removing or changing a field bumps the major.
+``tests/unit/test_wire_contract.py`` pins a fingerprint of every payload's fields, so a
+field cannot change without its version changing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+NAMESPACE = "lifecycle"
+OBJECT_KEY = "lifecycle_object"
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceLifecyclePayload:
+    """One libvirt lifecycle event of one domain, translated."""
+
+    NAME: typing.ClassVar[str] = "InstanceLifecyclePayload"
+    VERSION: typing.ClassVar[str] = "1.0"
+
+    uuid: str
+    name: str
+    host: str
+    epoch: int
+    seq: int
+    occurred_at: str
+    transition: str
+    power_state: typing.Optional[str]
+    libvirt_event: str
+    libvirt_detail: str
+    libvirt_event_code: int
+    libvirt_detail_code: int
+
+
+@dataclasses.dataclass(frozen=True)
+class InventoryEntry:
+    """One domain as listed in a host inventory."""
+
+    uuid: str
+    name: str
+    power_state: str
+    libvirt_state: str
+    libvirt_reason: int
+
+
+@dataclasses.dataclass(frozen=True)
+class HostInventoryPayload:
+    """Every domain a host has, read at one moment: the truth for that host."""
+
+    NAME: typing.ClassVar[str] = "HostInventoryPayload"
+    VERSION: typing.ClassVar[str] = "1.0"
+
+    host: str
+    epoch: int
+    seq: int
+    occurred_at: str
+    reason: str
+    instances: tuple[InventoryEntry, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class HostHeartbeatPayload:
+    """The agent is alive; ``status`` says whether it is running or stopping cleanly."""
+
+    NAME: typing.ClassVar[str] = "HostHeartbeatPayload"
+    VERSION: typing.ClassVar[str] = "1.0"
+
+    host: str
+    epoch: int
+    last_seq: int
+    occurred_at: str
+    interval: float
+    status: str
+    libvirt_connected: bool
+
+
+Payload = typing.Union[InstanceLifecyclePayload, HostInventoryPayload, HostHeartbeatPayload]
+PAYLOAD_CLASSES = (InstanceLifecyclePayload, HostInventoryPayload, HostHeartbeatPayload)
+BY_NAME = {cls.NAME: cls for cls in PAYLOAD_CLASSES}
+
+
+def payload_class_for(event_type: str):
+    """The payload class an event type carries, or None for an unknown event type."""
+    if event_type == "host.inventory":
+        return HostInventoryPayload
+    if event_type == "host.heartbeat":
+        return HostHeartbeatPayload
+    if event_type.startswith("instance.") and len(event_type) > len("instance."):
+        return InstanceLifecyclePayload
+    return None
+
+
+def to_primitive(payload: Payload) -> dict:
+    data = dataclasses.asdict(payload)
+    return {
+        f"{OBJECT_KEY}.name": payload.NAME,
+        f"{OBJECT_KEY}.namespace": NAMESPACE,
+        f"{OBJECT_KEY}.version": payload.VERSION,
+        f"{OBJECT_KEY}.data": data,
+    }
+
+
+def from_data(cls, data: dict):
+    """Build a payload from its already validated ``data`` (unknown keys dropped)."""
+    if cls is HostInventoryPayload:
+        entries = tuple(InventoryEntry(**known_fields(InventoryEntry, e)) for e in data["instances"])
+        return cls(**{**known_fields(cls, data), "instances": entries})
+    return cls(**known_fields(cls, data))
+
+
+def known_fields(cls, data: dict) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in names}

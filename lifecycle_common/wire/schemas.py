@@ -1,0 +1,53 @@
+"""JSON Schemas of the payload versions, one file per ``<name>.<version>.json``."""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+
+import jsonschema
+
+SCHEMA_DIR = pathlib.Path(__file__).parent / "schemas"
+SAMPLE_DIR = pathlib.Path(__file__).parent / "samples"
+
+
+def parse_version(version: str) -> tuple[int, int]:
+    major, _, minor = version.partition(".")
+    return int(major), int(minor)
+
+
+@functools.lru_cache(maxsize=None)
+def known_versions() -> dict[str, list[str]]:
+    """Payload name -> the versions that have a schema, oldest first."""
+    versions: dict[str, list[str]] = {}
+    for path in SCHEMA_DIR.glob("*.json"):
+        name, _, version = path.stem.partition(".")
+        versions.setdefault(name, []).append(version)
+    for name in versions:
+        versions[name].sort(key=parse_version)
+    return versions
+
+
+@functools.lru_cache(maxsize=None)
+def validator(name: str, version: str) -> jsonschema.protocols.Validator:
+    schema = json.loads((SCHEMA_DIR / f"{name}.{version}.json").read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def readable_version(name: str, version: str) -> str | None:
+    """The schema version to read ``version`` with: the same one, or for a newer minor
+    of a known major the newest minor known; None when this code cannot read it."""
+    versions = known_versions().get(name, [])
+    if version in versions:
+        return version
+    try:
+        major, minor = parse_version(version)
+    except ValueError:
+        return None
+    same_major = [v for v in versions if parse_version(v)[0] == major]
+    if same_major and parse_version(same_major[-1])[1] < minor:
+        return same_major[-1]
+    return None

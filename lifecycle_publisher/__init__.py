@@ -1,0 +1,1 @@
+"""The per-host agent: libvirt lifecycle events to versioned notifications on RabbitMQ."""

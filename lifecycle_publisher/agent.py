@@ -1,0 +1,121 @@
+"""The agent: libvirt events -> outbox -> broker, with inventories and heartbeats.
+
+Delivery guarantee: every lifecycle event libvirt reports while the agent runs is
+written to the durable outbox and published at least once, in order per host, with
+publisher confirms; a broker outage only delays it.
+
+Threads: libvirt's event loop (stamps events), the outbox writer (translates and
+writes), the publisher (owns the AMQP connection), and the main thread (connects to
+libvirt, takes inventories, handles signals).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+
+from oslo_config import cfg
+
+from lifecycle_common import transport, wire
+from lifecycle_publisher import notifications
+from lifecycle_publisher.domain_event import Sequencer
+from lifecycle_publisher.errors import LibvirtUnavailable
+from lifecycle_publisher.event_source import EventSource
+from lifecycle_publisher.outbox import Outbox
+from lifecycle_publisher.outbox_writer import STOP, OutboxWriter
+from lifecycle_publisher.publisher import Publisher, backoff
+
+LOG = logging.getLogger(__name__)
+
+
+class Agent:
+    def __init__(self, conf: cfg.ConfigOpts):
+        self.conf = conf
+        self.host = conf.host
+        self.outbox = Outbox(os.path.join(conf.state_path, "outbox.sqlite"),
+                             conf.agent.outbox_synchronous)
+        opened = self.outbox.open_epoch()
+        self.epoch = opened.epoch
+        self.sequencer = Sequencer(opened.next_seq)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._stopping = False
+        self.source = EventSource(conf.libvirt.connection_uri, self.sequencer, self._queue.put)
+        self.writer = OutboxWriter(self._queue, self.outbox, self.host, self.epoch, self._wake)
+        topics = conf.oslo_messaging_notifications.topics
+        self.publisher = Publisher(
+            self.outbox, transport.kombu_urls(conf.transport_url), conf.control_exchange,
+            [f"{topic}.info" for topic in topics], conf.agent.publish_window,
+            conf.agent.broker_retry_interval_max, self._heartbeat_body,
+            conf.agent.heartbeat_interval, self._wake, self._stop)
+        self._threads = [
+            threading.Thread(target=self.writer.run, name="outbox-writer"),
+            threading.Thread(target=self.publisher.run, name="publisher"),
+        ]
+
+    def _heartbeat_body(self) -> bytes:
+        note = notifications.heartbeat_notification(
+            self.host, self.epoch, self.sequencer.last, self.conf.agent.heartbeat_interval,
+            "stopping" if self._stopping else "running", self.source.connected)
+        return wire.encode(note)
+
+    def run(self) -> None:
+        """Run until ``stop()`` is called (from a signal handler or another thread)."""
+        LOG.info("agent for host %s starting: epoch %d, next seq %d, %d events in the outbox",
+                 self.host, self.epoch, self.sequencer.last + 1, self.outbox.pending())
+        for thread in self._threads:
+            thread.start()
+        try:
+            self._connect_libvirt(reason="start")
+            interval = self.conf.agent.inventory_interval
+            next_inventory = time.monotonic() + interval if interval else None
+            while not self._stop.is_set():
+                timeout = None if next_inventory is None else max(0, next_inventory - time.monotonic())
+                if self._stop.wait(timeout):
+                    break
+                self._publish_inventory("periodic")
+                next_inventory = time.monotonic() + interval
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _connect_libvirt(self, reason: str) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                self.source.connect()
+                self._publish_inventory(reason)
+                return
+            except LibvirtUnavailable as exc:
+                self.source.close()
+                delay = backoff(attempt, self.conf.libvirt.reconnect_interval_max)
+                attempt += 1
+                LOG.warning("libvirt unavailable (%s); retrying in %.1fs", exc, delay)
+                self._stop.wait(delay)
+
+    def _publish_inventory(self, reason: str) -> None:
+        try:
+            self._queue.put(self.source.inventory(reason))
+        except LibvirtUnavailable as exc:
+            LOG.warning("host %s: %s inventory skipped: %s", self.host, reason, exc)
+
+    def _shutdown(self) -> None:
+        LOG.info("agent for host %s stopping", self.host)
+        self._stopping = True
+        self.source.close()
+        self._queue.put(STOP)
+        self._threads[0].join()
+        timeout = self.conf.agent.shutdown_timeout
+        self.publisher.drain(timeout)
+        self._threads[1].join(timeout + 5)
+        self._stop.set()
+        self._threads[1].join()
+        LOG.info("agent for host %s stopped: last seq %d, %d events left in the outbox",
+                 self.host, self.sequencer.last, self.outbox.pending())
+        self.outbox.close()

@@ -1,0 +1,73 @@
+"""Every option of the agent, declared once, exposed to oslo-config-generator."""
+
+from __future__ import annotations
+
+from oslo_config import cfg
+
+from lifecycle_common import config as common
+
+AGENT_DEFAULT_OPTS = [
+    cfg.StrOpt("state_path", default="/var/lib/lifecycle-agent",
+               help="Directory for the agent's durable outbox (outbox.sqlite) and other "
+                    "local files. It must survive restarts: it holds unpublished events "
+                    "and the sequence counter."),
+]
+
+LIBVIRT_OPTS = [
+    cfg.StrOpt("connection_uri", default="qemu:///system",
+               help="libvirt URI whose domains the agent watches, e.g. qemu:///system, "
+                    "test+unix:///default."),
+    cfg.FloatOpt("reconnect_interval_max", default=30.0, min=0.1,
+                 help="Upper bound, in seconds, of the exponential back-off between "
+                      "attempts to open the libvirt connection."),
+]
+
+AGENT_OPTS = [
+    cfg.FloatOpt("heartbeat_interval", default=10.0, min=0.1,
+                 help="Seconds between heartbeats. The consumer marks the host down when "
+                      "heartbeats stop for its [consumer] host_down_after."),
+    cfg.FloatOpt("inventory_interval", default=600.0, min=0,
+                 help="Seconds between full inventories of the host's domains, besides the "
+                      "one at start. 0 disables the periodic inventory."),
+    cfg.IntOpt("publish_window", default=256, min=1, max=65535,
+               help="Publisher confirms: how many messages may wait for the broker's "
+                    "confirmation at once. Larger windows raise throughput; 1 waits for "
+                    "each confirm before sending the next message."),
+    cfg.StrOpt("outbox_synchronous", default="NORMAL", choices=["NORMAL", "FULL"],
+               help="SQLite synchronous mode of the outbox (WAL). NORMAL survives a crash "
+                    "of the agent but may lose the last events on a power loss; FULL "
+                    "survives both at the price of an fsync per batch of events."),
+    cfg.FloatOpt("broker_retry_interval_max", default=30.0, min=0.1,
+                 help="Upper bound, in seconds, of the exponential back-off between "
+                      "attempts to reach the broker. Events wait in the outbox meanwhile."),
+    cfg.FloatOpt("shutdown_timeout", default=10.0, min=0,
+                 help="On SIGTERM, seconds to wait for in-flight messages to be confirmed "
+                      "before exiting; what is left stays in the outbox for the next start."),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    common.register_common_opts(conf)
+    conf.register_opts(AGENT_DEFAULT_OPTS)
+    conf.register_opts(LIBVIRT_OPTS, group="libvirt")
+    conf.register_opts(AGENT_OPTS, group="agent")
+
+
+def list_opts():
+    return [
+        ("DEFAULT", common.DEFAULT_OPTS + AGENT_DEFAULT_OPTS),
+        ("libvirt", LIBVIRT_OPTS),
+        ("agent", AGENT_OPTS),
+        ("oslo_messaging_notifications", common.NOTIFICATION_OPTS),
+    ]
+
+
+def load(argv: list[str] | None) -> cfg.ConfigOpts:
+    conf = cfg.ConfigOpts()
+    register_opts(conf)
+    return common.load(conf, argv, "lifecycle-agent", list_opts(), validators=(_check_host,))
+
+
+def _check_host(conf: cfg.ConfigOpts) -> None:
+    if not conf.host:
+        raise common.ConfigError("[DEFAULT] host must not be empty")

@@ -1,0 +1,132 @@
+"""libvirt's lifecycle event, detail and domain state codes, as Enums.
+
+The values are libvirt's stable ABI (``virDomainEventType``, ``virDomainEvent*DetailType``,
+``virDomainState``); keeping them here lets translation stay pure and testable without
+the libvirt module.
+"""
+
+import enum
+
+
+class Event(enum.IntEnum):
+    DEFINED = 0
+    UNDEFINED = 1
+    STARTED = 2
+    SUSPENDED = 3
+    RESUMED = 4
+    STOPPED = 5
+    SHUTDOWN = 6
+    PMSUSPENDED = 7
+    CRASHED = 8
+
+
+class DefinedDetail(enum.IntEnum):
+    ADDED = 0
+    UPDATED = 1
+    RENAMED = 2
+    FROM_SNAPSHOT = 3
+
+
+class UndefinedDetail(enum.IntEnum):
+    REMOVED = 0
+    RENAMED = 1
+
+
+class StartedDetail(enum.IntEnum):
+    BOOTED = 0
+    MIGRATED = 1
+    RESTORED = 2
+    FROM_SNAPSHOT = 3
+    WAKEUP = 4
+
+
+class SuspendedDetail(enum.IntEnum):
+    PAUSED = 0
+    MIGRATED = 1
+    IOERROR = 2
+    WATCHDOG = 3
+    RESTORED = 4
+    FROM_SNAPSHOT = 5
+    API_ERROR = 6
+    POSTCOPY = 7
+    POSTCOPY_FAILED = 8
+
+
+class ResumedDetail(enum.IntEnum):
+    UNPAUSED = 0
+    MIGRATED = 1
+    FROM_SNAPSHOT = 2
+    POSTCOPY = 3
+    POSTCOPY_FAILED = 4
+
+
+class StoppedDetail(enum.IntEnum):
+    SHUTDOWN = 0
+    DESTROYED = 1
+    CRASHED = 2
+    MIGRATED = 3
+    SAVED = 4
+    FAILED = 5
+    FROM_SNAPSHOT = 6
+
+
+class ShutdownDetail(enum.IntEnum):
+    FINISHED = 0
+    GUEST = 1
+    HOST = 2
+
+
+class PMSuspendedDetail(enum.IntEnum):
+    MEMORY = 0
+    DISK = 1
+
+
+class CrashedDetail(enum.IntEnum):
+    PANICKED = 0
+    CRASHLOADED = 1
+
+
+DETAILS = {
+    Event.DEFINED: DefinedDetail,
+    Event.UNDEFINED: UndefinedDetail,
+    Event.STARTED: StartedDetail,
+    Event.SUSPENDED: SuspendedDetail,
+    Event.RESUMED: ResumedDetail,
+    Event.STOPPED: StoppedDetail,
+    Event.SHUTDOWN: ShutdownDetail,
+    Event.PMSUSPENDED: PMSuspendedDetail,
+    Event.CRASHED: CrashedDetail,
+}
+
+
+class DomainState(enum.IntEnum):
+    NOSTATE = 0
+    RUNNING = 1
+    BLOCKED = 2
+    PAUSED = 3
+    SHUTDOWN = 4
+    SHUTOFF = 5
+    CRASHED = 6
+    PMSUSPENDED = 7
+
+
+def event_name(code: int) -> str:
+    try:
+        return Event(code).name
+    except ValueError:
+        return f"UNKNOWN_{code}"
+
+
+def detail_name(event: int, detail: int) -> str:
+    enum_cls = DETAILS.get(event)
+    try:
+        return enum_cls(detail).name if enum_cls else f"UNKNOWN_{detail}"
+    except ValueError:
+        return f"UNKNOWN_{detail}"
+
+
+def state_name(code: int) -> str:
+    try:
+        return DomainState(code).name
+    except ValueError:
+        return f"UNKNOWN_{code}"

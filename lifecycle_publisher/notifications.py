@@ -1,0 +1,63 @@
+"""Events and inventories -> wire notifications. Pure."""
+
+from __future__ import annotations
+
+import datetime
+
+from lifecycle_common import timeutil
+from lifecycle_common.wire import Notification, payloads
+from lifecycle_publisher import libvirt_codes, translation
+from lifecycle_publisher.domain_event import DomainEvent, Inventory
+
+INVENTORY = "host.inventory"
+HEARTBEAT = "host.heartbeat"
+
+
+def publisher_id(host: str) -> str:
+    return f"lifecycle-agent:{host}"
+
+
+def _oslo_timestamp(moment: datetime.datetime) -> str:
+    # oslo.messaging's own notifier stamps str(utcnow()): naive UTC, space-separated.
+    return moment.astimezone(timeutil.UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def instance_notification(host: str, epoch: int, event: DomainEvent) -> Notification:
+    result = translation.translate(event.event, event.detail)
+    occurred = timeutil.from_epoch(event.occurred_at)
+    payload = payloads.InstanceLifecyclePayload(
+        uuid=event.uuid, name=event.name, host=host, epoch=epoch, seq=event.seq,
+        occurred_at=timeutil.isoformat(occurred),
+        transition=result.transition.value,
+        power_state=result.power_state.value if result.power_state else None,
+        libvirt_event=libvirt_codes.event_name(event.event),
+        libvirt_detail=libvirt_codes.detail_name(event.event, event.detail),
+        libvirt_event_code=event.event, libvirt_detail_code=event.detail)
+    return Notification(event_type=result.transition.event_type, payload=payload,
+                        publisher_id=publisher_id(host), timestamp=_oslo_timestamp(occurred))
+
+
+def inventory_notification(host: str, epoch: int, inventory: Inventory) -> Notification:
+    occurred = timeutil.from_epoch(inventory.occurred_at)
+    entries = tuple(
+        payloads.InventoryEntry(
+            uuid=d.uuid, name=d.name,
+            power_state=translation.power_state_of(d.state).value,
+            libvirt_state=libvirt_codes.state_name(d.state), libvirt_reason=d.reason)
+        for d in inventory.domains)
+    payload = payloads.HostInventoryPayload(
+        host=host, epoch=epoch, seq=inventory.seq, occurred_at=timeutil.isoformat(occurred),
+        reason=inventory.reason, instances=entries)
+    return Notification(event_type=INVENTORY, payload=payload,
+                        publisher_id=publisher_id(host), timestamp=_oslo_timestamp(occurred))
+
+
+def heartbeat_notification(host: str, epoch: int, last_seq: int, interval: float,
+                           status: str, libvirt_connected: bool,
+                           now: datetime.datetime | None = None) -> Notification:
+    now = now or timeutil.utcnow()
+    payload = payloads.HostHeartbeatPayload(
+        host=host, epoch=epoch, last_seq=last_seq, occurred_at=timeutil.isoformat(now),
+        interval=interval, status=status, libvirt_connected=libvirt_connected)
+    return Notification(event_type=HEARTBEAT, payload=payload,
+                        publisher_id=publisher_id(host), timestamp=_oslo_timestamp(now))

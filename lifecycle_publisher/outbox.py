@@ -1,0 +1,150 @@
+"""The agent's durable outbox: SQLite in WAL mode.
+
+Every event is written here before anything else is done with it, and removed only
+once the broker has confirmed it; what the outbox holds survives a crash of the agent
+and a broker outage. The outbox also keeps the agent's epoch and the last sequence
+number it assigned, so that the per-host sequence survives restarts.
+
+Each thread gets its own SQLite connection (the writer appends, the publisher reads
+and deletes); WAL lets them work at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sqlite3
+import threading
+import time
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER NOT NULL,
+    event_type TEXT NOT NULL,
+    body BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    seq: int
+    event_type: str
+    body: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Epoch:
+    epoch: int
+    next_seq: int
+
+
+class Outbox:
+    def __init__(self, path: str, synchronous: str = "NORMAL"):
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
+        self.path = path
+        self._synchronous = synchronous
+        self._local = threading.local()
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._db().executescript(_SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
+            self._local.db = db
+        return db
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    def open_epoch(self, now: float | None = None) -> Epoch:
+        """Start a new epoch: greater than every earlier one (and than the clock in
+        seconds, so that a lost state directory still yields a greater epoch), with the
+        sequence going on after the last number ever assigned here."""
+        now = time.time() if now is None else now
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            meta = dict(db.execute("SELECT key, value FROM meta"))
+            epoch = max(meta.get("epoch", 0) + 1, int(now))
+            (max_seq,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()
+            last_seq = max(meta.get("last_seq", 0), max_seq)
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?)", (epoch,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return Epoch(epoch=epoch, next_seq=last_seq + 1)
+
+    def append(self, rows: list[tuple[int, str, bytes]]) -> None:
+        """Durably add ``(seq, event_type, body)`` rows in one transaction."""
+        if not rows:
+            return
+        now = time.time()
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO outbox (seq, event_type, body, created_at) VALUES (?, ?, ?, ?)",
+                [(seq, event_type, body, now) for seq, event_type, body in rows])
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('last_seq', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = MAX(value, excluded.value)",
+                (max(seq for seq, _, _ in rows),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def fetch_after(self, cursor: int, limit: int) -> list[OutboxRow]:
+        """Rows written after row ``cursor``, in the order they were written."""
+        return [OutboxRow(*r) for r in self._db().execute(
+            "SELECT id, seq, event_type, body FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+            (cursor, limit))]
+
+    def fetch_ids(self, ids: list[int]) -> list[OutboxRow]:
+        found = []
+        for chunk in _chunks(sorted(ids), 500):
+            marks = ",".join("?" * len(chunk))
+            found += [OutboxRow(*r) for r in self._db().execute(
+                f"SELECT id, seq, event_type, body FROM outbox WHERE id IN ({marks}) ORDER BY id",
+                chunk)]
+        return found
+
+    def delete(self, ids: list[int]) -> None:
+        """Forget confirmed rows."""
+        if not ids:
+            return
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for chunk in _chunks(ids, 500):
+                db.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def pending(self) -> int:
+        (count,) = self._db().execute("SELECT COUNT(*) FROM outbox").fetchone()
+        return count
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
