@@ -51,7 +51,7 @@ class Agent:
             self.outbox, transport.kombu_urls(conf.transport_url), conf.control_exchange,
             [f"{topic}.info" for topic in topics], conf.agent.publish_window,
             conf.agent.broker_retry_interval_max, self._heartbeat_body,
-            conf.agent.heartbeat_interval, self._wake, self._stop)
+            conf.agent.heartbeat_interval, self._wake)
         self._threads = [
             threading.Thread(target=self.writer.run, name="outbox-writer"),
             threading.Thread(target=self.publisher.run, name="publisher"),
@@ -114,7 +114,7 @@ class Agent:
         timeout = self.conf.agent.shutdown_timeout
         self.publisher.drain(timeout)
         self._threads[1].join(timeout + 5)
-        self._stop.set()
+        self.publisher.stop()
         self._threads[1].join()
         LOG.info("agent for host %s stopped: last seq %d, %d events left in the outbox",
                  self.host, self.sequencer.last, self.outbox.pending())

@@ -39,7 +39,7 @@ class Publisher:
     def __init__(self, outbox: Outbox, urls: list[str], exchange: str,
                  routing_keys: list[str], window: int, retry_max: float,
                  heartbeat: Callable[[], Optional[bytes]], heartbeat_interval: float,
-                 wake: threading.Event, stop: threading.Event):
+                 wake: threading.Event):
         self._outbox = outbox
         self._urls = urls
         self._exchange = exchange
@@ -49,7 +49,7 @@ class Publisher:
         self._heartbeat = heartbeat
         self._heartbeat_interval = heartbeat_interval
         self._wake = wake
-        self._stop = stop
+        self._stop = threading.Event()
         self.connected = threading.Event()
         self.confirmed = 0  # rows confirmed since start, for logs and benchmarks
         self._reset_session()
@@ -85,6 +85,11 @@ class Publisher:
                 LOG.warning("broker unavailable (%s); %d events wait in the outbox; "
                             "retrying in %.1fs", exc, self._outbox.pending(), delay)
                 self._stop.wait(delay)
+
+    def stop(self) -> None:
+        """Stop now, leaving whatever is unconfirmed in the outbox."""
+        self._stop.set()
+        self._wake.set()
 
     def drain(self, timeout: float) -> None:
         """Ask the publisher to send what the outbox holds and a last heartbeat, then

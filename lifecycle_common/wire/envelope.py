@@ -44,7 +44,7 @@ def encode(notification: Notification) -> bytes:
 
 def decode(body: bytes | str) -> Notification:
     """Read and validate one notification; raise WireError saying why it cannot be read."""
-    message = _unwrap(body)
+    message = unwrap(body)
     event_type = message.get("event_type")
     if not isinstance(event_type, str):
         raise WireError("message has no event_type")
@@ -81,7 +81,7 @@ def decode(body: bytes | str) -> Notification:
     )
 
 
-def _unwrap(body: bytes | str) -> dict:
+def unwrap(body: bytes | str) -> dict:
     try:
         outer = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:

@@ -1,0 +1,1 @@
+"""The controller-side service: lifecycle notifications -> the instance database."""

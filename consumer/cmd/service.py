@@ -1,0 +1,50 @@
+"""``lifecycle-consumer``: the controller-side service's entry point."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from lifecycle_common import config as common
+from lifecycle_common import transport
+from consumer import config
+from consumer.amqp_queue import BatchQueue
+from consumer.db import engine as db_engine
+from consumer.db import migrate
+from consumer.service import ConsumerService
+from consumer.store import Store
+from consumer.topology import Topology
+
+
+def main(argv: list[str] | None = None) -> int:
+    return common.run_main("lifecycle-consumer", config.load,
+                           sys.argv[1:] if argv is None else argv, _run)
+
+
+def _run(conf) -> int:
+    try:
+        urls = transport.kombu_urls(conf.transport_url)
+    except transport.TransportURLError as exc:
+        print(f"lifecycle-consumer: configuration error: [DEFAULT] {exc}", file=sys.stderr)
+        return 2
+    engine = db_engine.create(conf.database.connection)
+    current, head = migrate.current(engine), migrate.head()
+    if current != head:
+        print(f"lifecycle-consumer: the database schema is at {current}, not {head}: "
+              "run 'lifecycle-manage db sync'", file=sys.stderr)
+        return 2
+    topology = Topology(
+        exchange=conf.control_exchange, queue=conf.consumer.queue_name,
+        routing_key=f"{conf.oslo_messaging_notifications.topics[0]}.info",
+        queue_type=conf.consumer.queue_type)
+    service = ConsumerService(
+        BatchQueue(urls, topology, conf.consumer.batch_size, conf.consumer.batch_linger),
+        Store(engine), conf.consumer.host_down_after, conf.consumer.retry_interval_max)
+    signal.signal(signal.SIGTERM, lambda *_: service.stop())
+    signal.signal(signal.SIGINT, lambda *_: service.stop())
+    service.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The instance database: tables, engine, migrations, reads for lifecycle-manage."""

@@ -1,0 +1,45 @@
+"""Engines for the three supported backends, and what their errors mean."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy import exc as sa_exc
+
+from lifecycle_common import timeutil
+
+
+def create(url: str) -> sa.Engine:
+    """An engine for ``url``; SQLite gets WAL and a busy timeout so that
+    lifecycle-manage can read while the consumer writes."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa_event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+            dbapi_conn.isolation_level = None  # let SQLAlchemy's BEGIN below decide
+
+        @sa_event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+
+
+def is_unavailable(exc: sa_exc.DBAPIError) -> bool:
+    """True when the error says the database is unreachable rather than that the batch
+    is wrong: the batch should wait and be tried again, not be dead-lettered."""
+    return bool(exc.connection_invalidated) or isinstance(
+        exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
+
+
+def naive_utc(moment):
+    """Datetimes are stored naive, in UTC, on every backend."""
+    return moment.astimezone(timeutil.UTC).replace(tzinfo=None)
+
+
+def aware(moment):
+    return None if moment is None else moment.replace(tzinfo=timeutil.UTC)

@@ -1,0 +1,51 @@
+"""The tables. Alembic migrations in ``consumer/migrations`` create and change them;
+a test checks that the migrations produce exactly these definitions."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+metadata = sa.MetaData()
+
+# Microseconds on every backend (MySQL/MariaDB DATETIME defaults to whole seconds).
+Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
+hosts = sa.Table(
+    "hosts", metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("status", sa.String(8), nullable=False),           # up, down
+    sa.Column("agent_status", sa.String(16), nullable=False),     # running, stopping
+    sa.Column("libvirt_connected", sa.Boolean, nullable=False),
+    sa.Column("last_heartbeat_at", Timestamp, nullable=True),
+    sa.Column("epoch", sa.BigInteger, nullable=False),
+    sa.Column("last_seq", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+)
+
+instances = sa.Table(
+    "instances", metadata,
+    sa.Column("uuid", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("host", sa.String(255), nullable=False, index=True),
+    sa.Column("power_state", sa.String(16), nullable=False),
+    sa.Column("deleted", sa.Boolean, nullable=False),
+    sa.Column("epoch", sa.BigInteger, nullable=False),             # of the event that set the row
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("last_event_type", sa.String(64), nullable=False),
+    sa.Column("event_occurred_at", Timestamp, nullable=False),
+    sa.Column("applied_at", Timestamp, nullable=False),
+)
+
+# One row per applied message: applying is idempotent, and the journal is the audit.
+journal = sa.Table(
+    "journal", metadata,
+    sa.Column("host", sa.String(255), primary_key=True),
+    sa.Column("epoch", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("event_type", sa.String(64), nullable=False),
+    sa.Column("instance_uuid", sa.String(36), nullable=True),
+    sa.Column("outcome", sa.String(16), nullable=False),           # applied, stale, ignored
+    sa.Column("occurred_at", Timestamp, nullable=False),
+    sa.Column("applied_at", Timestamp, nullable=False, index=True),
+)

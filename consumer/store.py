@@ -1,0 +1,251 @@
+"""Applies batches of notifications to the database, one transaction per batch.
+
+A batch is committed whole or not at all. Messages already in the journal are
+skipped, and ``apply_rules`` decides every change, so a batch can be applied twice,
+or by two consumers at once, with the effect of once. A conflict between competing
+consumers (both inserting the same new row) rolls the batch back and retries it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import time
+from collections import Counter
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+
+from lifecycle_common import timeutil
+from lifecycle_common.wire import Notification
+from lifecycle_common.wire.payloads import (
+    HostHeartbeatPayload, HostInventoryPayload, InstanceLifecyclePayload)
+from consumer import apply_rules
+from consumer.apply_rules import InstanceRow, Observation, Outcome
+from consumer.db import engine as db_engine
+from consumer.db.tables import hosts, instances, journal
+from consumer.errors import BatchRejected, DatabaseUnavailable
+
+LOG = logging.getLogger(__name__)
+
+_CONFLICT_RETRIES = 5
+_CHUNK = 500
+
+
+@dataclasses.dataclass
+class BatchResult:
+    outcomes: Counter = dataclasses.field(default_factory=Counter)
+    duplicates: int = 0
+    heartbeats: int = 0
+    applied_at: datetime.datetime | None = None
+
+
+class Store:
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+
+    def apply_batch(self, notes: list[Notification]) -> BatchResult:
+        """Apply ``notes`` in one transaction. Raises DatabaseUnavailable (retry later,
+        nothing was applied) or BatchRejected (the content is refused)."""
+        for attempt in range(1, _CONFLICT_RETRIES + 1):
+            try:
+                with self.engine.begin() as conn:
+                    return _apply(conn, notes, timeutil.utcnow())
+            except sa_exc.IntegrityError as exc:
+                if attempt == _CONFLICT_RETRIES:
+                    raise BatchRejected(f"integrity error after {attempt} attempts: {exc.orig}") from exc
+                LOG.info("batch of %d conflicted with another consumer (%s); retry %d",
+                         len(notes), exc.orig, attempt)
+                time.sleep(0.01 * attempt)
+            except sa_exc.DBAPIError as exc:
+                if db_engine.is_unavailable(exc):
+                    raise DatabaseUnavailable(str(exc.orig)) from exc
+                raise BatchRejected(str(exc.orig)) from exc
+        raise AssertionError("unreachable")
+
+    def mark_silent_hosts_down(self, down_after: float) -> list[str]:
+        """Mark ``down`` every host whose last heartbeat is older than ``down_after``."""
+        now = timeutil.utcnow()
+        cutoff = db_engine.naive_utc(now - datetime.timedelta(seconds=down_after))
+        last_seen = sa.func.coalesce(hosts.c.last_heartbeat_at, hosts.c.updated_at)
+        try:
+            with self.engine.begin() as conn:
+                names = [r.name for r in conn.execute(
+                    sa.select(hosts.c.name).where(hosts.c.status == "up", last_seen < cutoff))]
+                if names:
+                    conn.execute(hosts.update().where(hosts.c.name.in_(names))
+                                 .values(status="down", updated_at=db_engine.naive_utc(now)))
+        except sa_exc.DBAPIError as exc:
+            raise DatabaseUnavailable(str(exc.orig)) from exc
+        return names
+
+
+def _apply(conn: sa.Connection, notes: list[Notification], now: datetime.datetime) -> BatchResult:
+    result = BatchResult(applied_at=now)
+    sequenced = {}
+    heartbeats = []
+    for note in notes:
+        p = note.payload
+        if isinstance(p, HostHeartbeatPayload):
+            heartbeats.append(p)
+        else:
+            key = (p.host, p.epoch, p.seq)
+            if key in sequenced:
+                result.duplicates += 1
+            sequenced[key] = note
+    seen = _journaled(conn, list(sequenced))
+    result.duplicates += len(seen)
+    fresh = [sequenced[k] for k in sorted(sequenced) if k not in seen]
+
+    original = _load_instances(conn, fresh)
+    current = dict(original)
+    journal_rows = []
+    for note in fresh:
+        outcome, uuid = _fold(current, note)
+        result.outcomes[outcome] += 1
+        p = note.payload
+        journal_rows.append({
+            "host": p.host, "epoch": p.epoch, "seq": p.seq, "event_type": note.event_type,
+            "instance_uuid": uuid, "outcome": outcome.value,
+            "occurred_at": db_engine.naive_utc(timeutil.parse(p.occurred_at)),
+            "applied_at": db_engine.naive_utc(now)})
+
+    _write_instances(conn, original, current, now)
+    if journal_rows:
+        conn.execute(journal.insert(), journal_rows)
+    _update_hosts(conn, [n.payload for n in fresh], heartbeats, now)
+    result.heartbeats = len(heartbeats)
+    return result
+
+
+def _journaled(conn, keys: list[tuple[str, int, int]]) -> set:
+    by_host: dict[str, list[int]] = {}
+    for host, _epoch, seq in keys:
+        by_host.setdefault(host, []).append(seq)
+    seen = set()
+    for host, seqs in by_host.items():
+        for chunk in _chunks(seqs):
+            seen.update(conn.execute(
+                sa.select(journal.c.host, journal.c.epoch, journal.c.seq)
+                .where(journal.c.host == host, journal.c.seq.in_(chunk))).tuples())
+    return seen & set(keys)
+
+
+def _load_instances(conn, notes: list[Notification]) -> dict[str, InstanceRow]:
+    uuids = set()
+    inventory_hosts = set()
+    for note in notes:
+        p = note.payload
+        if isinstance(p, InstanceLifecyclePayload):
+            uuids.add(p.uuid)
+        elif isinstance(p, HostInventoryPayload):
+            uuids.update(e.uuid for e in p.instances)
+            inventory_hosts.add(p.host)
+    rows = {}
+    for chunk in _chunks(sorted(uuids)):
+        rows.update(_select_rows(conn, instances.c.uuid.in_(chunk)))
+    for host in sorted(inventory_hosts):
+        rows.update(_select_rows(conn, sa.and_(instances.c.host == host,
+                                               instances.c.deleted == sa.false())))
+    return rows
+
+
+def _select_rows(conn, where) -> dict[str, InstanceRow]:
+    query = (sa.select(*[instances.c[f.name] for f in dataclasses.fields(InstanceRow)])
+             .where(where).order_by(instances.c.uuid).with_for_update())
+    return {r.uuid: InstanceRow(**{**r._asdict(),
+                                   "event_occurred_at": db_engine.aware(r.event_occurred_at)})
+            for r in conn.execute(query)}
+
+
+def _fold(current: dict[str, InstanceRow], note: Notification) -> tuple[Outcome, str | None]:
+    """Apply one notification to the in-memory rows; return its outcome."""
+    p = note.payload
+    occurred_at = timeutil.parse(p.occurred_at)
+    if isinstance(p, InstanceLifecyclePayload):
+        if p.transition == "ignored":
+            return Outcome.IGNORED, p.uuid
+        obs = Observation(
+            uuid=p.uuid, name=p.name, host=p.host, epoch=p.epoch, seq=p.seq,
+            occurred_at=occurred_at, event_type=note.event_type,
+            power_state=p.power_state, deleted=p.transition == "undefined")
+        current[p.uuid], outcome = apply_rules.apply(current.get(p.uuid), obs)
+        return outcome, p.uuid
+    # An inventory: the truth for its host.
+    listed = set()
+    for entry in p.instances:
+        listed.add(entry.uuid)
+        obs = Observation(
+            uuid=entry.uuid, name=entry.name, host=p.host, epoch=p.epoch, seq=p.seq,
+            occurred_at=occurred_at, event_type=note.event_type,
+            power_state=entry.power_state, deleted=False)
+        current[entry.uuid], _ = apply_rules.apply(current.get(entry.uuid), obs)
+    for uuid, row in list(current.items()):
+        if uuid not in listed and row is not None:
+            gone = apply_rules.vanished(row, p.host, p.epoch, p.seq, occurred_at)
+            if gone is not None:
+                current[uuid] = gone
+    return Outcome.APPLIED, None
+
+
+def _write_instances(conn, original: dict, current: dict, now: datetime.datetime) -> None:
+    applied_at = db_engine.naive_utc(now)
+    inserts, updates = [], []
+    for uuid, row in current.items():
+        if row is None or row == original.get(uuid):
+            continue
+        values = {**dataclasses.asdict(row), "applied_at": applied_at,
+                  "event_occurred_at": db_engine.naive_utc(row.event_occurred_at)}
+        (updates if uuid in original else inserts).append(values)
+    if inserts:
+        conn.execute(instances.insert(), inserts)
+    if updates:
+        columns = [c for c in updates[0] if c != "uuid"]
+        conn.execute(
+            instances.update().where(instances.c.uuid == sa.bindparam("b_uuid"))
+            .values({c: sa.bindparam(c) for c in columns}),
+            [{**{c: u[c] for c in columns}, "b_uuid": u["uuid"]} for u in updates])
+
+
+def _update_hosts(conn, payloads: list, heartbeats: list[HostHeartbeatPayload],
+                  now: datetime.datetime) -> None:
+    newest: dict[str, tuple[int, int]] = {}
+    for p in payloads:
+        newest[p.host] = max(newest.get(p.host, (0, 0)), (p.epoch, p.seq))
+    beats: dict[str, HostHeartbeatPayload] = {}
+    for hb in heartbeats:
+        newest[hb.host] = max(newest.get(hb.host, (0, 0)), (hb.epoch, hb.last_seq))
+        if hb.host not in beats or hb.occurred_at > beats[hb.host].occurred_at:
+            beats[hb.host] = hb
+    if not newest:
+        return
+    names = sorted(newest)
+    existing = {r.name: r for r in conn.execute(
+        sa.select(hosts).where(hosts.c.name.in_(names)).order_by(hosts.c.name).with_for_update())}
+    stamp = db_engine.naive_utc(now)
+    for name in names:
+        row = existing.get(name)
+        values = {"updated_at": stamp}
+        epoch, seq = newest[name]
+        if row is None or (epoch, seq) > (row.epoch, row.last_seq):
+            values.update(epoch=epoch, last_seq=seq)
+        hb = beats.get(name)
+        if hb is not None:
+            beat_at = db_engine.naive_utc(timeutil.parse(hb.occurred_at))
+            if row is None or row.last_heartbeat_at is None or beat_at >= row.last_heartbeat_at:
+                values.update(last_heartbeat_at=beat_at, agent_status=hb.status,
+                              libvirt_connected=hb.libvirt_connected,
+                              status="down" if hb.status == "stopping" else "up")
+        if row is None:
+            conn.execute(hosts.insert().values({
+                "name": name, "status": "up", "agent_status": "running",
+                "libvirt_connected": True, "last_heartbeat_at": None,
+                "epoch": epoch, "last_seq": seq, **values}))
+        else:
+            conn.execute(hosts.update().where(hosts.c.name == name).values(values))
+
+
+def _chunks(items: list):
+    for start in range(0, len(items), _CHUNK):
+        yield items[start:start + _CHUNK]

@@ -1,0 +1,42 @@
+"""Names and declarations of the consumer's exchanges and queues. Pure names, one
+function that declares them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    exchange: str           # the agents' topic exchange ([DEFAULT] control_exchange)
+    queue: str              # shared by competing consumers
+    routing_key: str        # '<topic>.info'
+    queue_type: str = "classic"
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return f"{self.queue}.dlx"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.queue}.dlq"
+
+    def queue_arguments(self) -> dict:
+        args = {"x-dead-letter-exchange": self.dead_letter_exchange}
+        if self.queue_type == "quorum":
+            args["x-queue-type"] = "quorum"
+        return args
+
+
+def declare(channel, topology: Topology) -> None:
+    """Declare everything, durable, idempotently (py-amqp channel)."""
+    channel.exchange_declare(topology.exchange, "topic", durable=True, auto_delete=False)
+    channel.exchange_declare(topology.dead_letter_exchange, "fanout", durable=True,
+                             auto_delete=False)
+    dlq_args = {"x-queue-type": "quorum"} if topology.queue_type == "quorum" else {}
+    channel.queue_declare(topology.dead_letter_queue, durable=True, auto_delete=False,
+                          arguments=dlq_args)
+    channel.queue_bind(topology.dead_letter_queue, topology.dead_letter_exchange, "")
+    channel.queue_declare(topology.queue, durable=True, auto_delete=False,
+                          arguments=topology.queue_arguments())
+    channel.queue_bind(topology.queue, topology.exchange, topology.routing_key)
