@@ -27,7 +27,6 @@ from lifecycle_publisher.outbox import Outbox, OutboxRow
 LOG = logging.getLogger(__name__)
 
 _POLL = 0.001  # seconds to wait for confirms while some are outstanding
-_UNROUTABLE_RETRY = 5.0
 
 
 def backoff(attempt: int, maximum: float, base: float = 0.5) -> float:
@@ -66,6 +65,7 @@ class Publisher:
         self._farewell_sent = False              # the heartbeat saying "stopping"
         self._retry_at: dict[int, float] = {}    # unroutable row id -> when to retry
         self._delivery_tag = 0                   # the channel's last delivery tag
+        self._unroutable_rounds = 0              # retries of unroutable rows in a row
         self.connected_once = False
 
     def run(self) -> None:
@@ -169,6 +169,8 @@ class Publisher:
             self._next_heartbeat = now + self._heartbeat_interval
         if self._retry_at:
             due = [row_id for row_id, at in self._retry_at.items() if at <= now]
+            if due:
+                self._unroutable_rounds += 1
             for row in self._outbox.fetch_ids(due):
                 self._publish_row(channel, row)
             for row_id in due:
@@ -221,9 +223,11 @@ class Publisher:
                 del self._remaining[row_id]
                 if row_id in self._returned:
                     self._returned.discard(row_id)
-                    self._retry_at[row_id] = time.monotonic() + _UNROUTABLE_RETRY
+                    self._retry_at[row_id] = time.monotonic() + backoff(
+                        self._unroutable_rounds, self._retry_max)
                 else:
                     self._done.append(row_id)
+                    self._unroutable_rounds = 0
 
     def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
         for row_id in self._settled(delivery_tag, multiple):
@@ -236,10 +240,11 @@ class Publisher:
         message_id = message.properties.get("message_id") or ""
         if message_id.startswith("outbox-"):
             row_id = int(message_id[len("outbox-"):])
+            if not self._returned and not self._retry_at:
+                LOG.error("no queue is bound to exchange %s for routing key %s (%s): events "
+                          "stay in the outbox and are retried with back-off",
+                          exchange, routing_key, exc)
             self._returned.add(row_id)
-            LOG.error("no queue is bound to exchange %s for routing key %s: outbox row %d "
-                      "kept and retried every %.0fs (%s)",
-                      exchange, routing_key, row_id, _UNROUTABLE_RETRY, exc)
 
     def _flush_done(self) -> None:
         if self._done:

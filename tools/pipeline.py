@@ -1,0 +1,178 @@
+"""Run the whole pipeline as real processes: a consumer, one or more agents, and
+``lifecycle-manage`` to read the database. Used by the demo and the system tests.
+
+Every process gets its own config file under ``workdir`` and its own log file; stop()
+ends them with SIGTERM (SIGKILL after a deadline) so that nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Callable
+
+BIN = os.path.dirname(sys.executable)
+
+
+def command(name: str) -> str:
+    return os.path.join(BIN, name)
+
+
+def virsh(uri: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["virsh", "-q", "-c", uri, *args], check=check, text=True,
+                          capture_output=True, timeout=60)
+
+
+def test_domain_xml(name: str) -> str:
+    """A domain for libvirt's test driver (test:///default, test+unix:///default)."""
+    return (f"<domain type='test'><name>{name}</name><memory unit='MiB'>64</memory>"
+            "<vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os></domain>")
+
+
+class Pipeline:
+    def __init__(self, workdir: str, *, exchange: str, queue: str,
+                 database: str | None = None, heartbeat_interval: float = 1.0,
+                 host_down_after: float = 5.0):
+        self.workdir = os.path.abspath(workdir)
+        os.makedirs(self.workdir, exist_ok=True)
+        self.exchange = exchange
+        self.queue = queue
+        self.database = database or f"sqlite:///{self.workdir}/lifecycle.sqlite"
+        self.heartbeat_interval = heartbeat_interval
+        self.host_down_after = host_down_after
+        self.consumer_conf = self._write("consumer.conf", f"""
+[DEFAULT]
+control_exchange = {exchange}
+[database]
+connection = {self.database}
+[consumer]
+queue_name = {queue}
+host_down_after = {host_down_after}
+""")
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._engine = None
+
+    def _write(self, name: str, text: str) -> str:
+        path = os.path.join(self.workdir, name)
+        with open(path, "w") as f:
+            f.write(text.lstrip())
+        return path
+
+    def agent_conf(self, host: str, uri: str, **agent_opts) -> str:
+        extra = "".join(f"{k} = {v}\n" for k, v in agent_opts.items())
+        return self._write(f"agent-{host}.conf", f"""
+[DEFAULT]
+host = {host}
+control_exchange = {self.exchange}
+state_path = {self.workdir}/agent-{host}
+[libvirt]
+connection_uri = {uri}
+[agent]
+heartbeat_interval = {self.heartbeat_interval}
+{extra}""")
+
+    # -- processes ----------------------------------------------------------------
+    def _start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = open(os.path.join(self.workdir, f"{name}.log"), "ab")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        self._procs[name] = proc
+        return proc
+
+    def db_sync(self) -> None:
+        self.manage("db", "sync")
+
+    def start_consumer(self, name: str = "consumer", timeout: float = 30.0) -> subprocess.Popen:
+        """Start a consumer and wait until its queue exists, so that nothing an agent
+        publishes from then on is unroutable."""
+        proc = self._start(name, [command("lifecycle-consumer"), "--config-file", self.consumer_conf])
+        self.wait_for(self._queue_exists, timeout, f"queue {self.queue} to be declared")
+        return proc
+
+    def _queue_exists(self) -> bool:
+        import amqp
+        import kombu
+        with kombu.Connection("amqp://guest:guest@127.0.0.1:5672//", connect_timeout=5) as conn:
+            try:
+                conn.channel().queue_declare(self.queue, passive=True)
+                return True
+            except amqp.exceptions.NotFound:
+                return False
+
+    def start_agent(self, host: str, uri: str, **agent_opts) -> subprocess.Popen:
+        conf = self.agent_conf(host, uri, **agent_opts)
+        return self._start(f"agent-{host}", [command("lifecycle-agent"), "--config-file", conf])
+
+    def stop_process(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        proc = self._procs.pop(name)
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        return proc.returncode
+
+    def stop(self) -> None:
+        for name in reversed(list(self._procs)):  # agents before the consumer
+            self.stop_process(name)
+
+    def running(self, name: str) -> bool:
+        proc = self._procs.get(name)
+        return proc is not None and proc.poll() is None
+
+    def log(self, name: str) -> str:
+        with open(os.path.join(self.workdir, f"{name}.log"), errors="replace") as f:
+            return f.read()
+
+    # -- lifecycle-manage ---------------------------------------------------------
+    def manage(self, *args: str) -> str:
+        done = subprocess.run([command("lifecycle-manage"), "--config-file", self.consumer_conf,
+                               *args], capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"lifecycle-manage {' '.join(args)} failed: {done.stderr}")
+        return done.stdout
+
+    def instances(self, direct: bool = False) -> list[dict]:
+        """The instance list as ``lifecycle-manage instance list --format json`` prints
+        it; ``direct`` reads the same through the library, without a process per call."""
+        if direct:
+            from consumer.db import engine, queries
+            if self._engine is None:
+                self._engine = engine.create(self.database)
+            return json.loads(json.dumps(queries.list_instances(self._engine)))
+        return json.loads(self.manage("instance", "list", "--format", "json"))
+
+    def hosts(self) -> list[dict]:
+        return json.loads(self.manage("host", "list", "--format", "json"))
+
+    def wait_for(self, what: Callable[[], object], timeout: float, message: str,
+                 interval: float = 0.05):
+        """Poll ``what`` until it returns something truthy; fail after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = what()
+            if result:
+                return result
+            for name, proc in self._procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode} while waiting "
+                                       f"for {message}:\n{self.log(name)[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout}s waiting for {message}")
+            time.sleep(interval)
+
+    def wait_for_instance(self, name: str, timeout: float = 15.0, direct: bool = False,
+                          **expected) -> dict:
+        def match():
+            for row in self.instances(direct):
+                if row["name"] == name and all(row[k] == v for k, v in expected.items()):
+                    return row
+            return None
+        return self.wait_for(match, timeout, f"instance {name} with {expected}")
