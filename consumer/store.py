@@ -52,16 +52,18 @@ class Store:
             try:
                 with self.engine.begin() as conn:
                     return _apply(conn, notes, timeutil.utcnow())
-            except sa_exc.IntegrityError as exc:
+            except sa_exc.DBAPIError as exc:
+                if not (isinstance(exc, sa_exc.IntegrityError) or db_engine.is_conflict(exc)):
+                    if db_engine.is_unavailable(exc):
+                        raise DatabaseUnavailable(str(exc.orig)) from exc
+                    raise BatchRejected(str(exc.orig)) from exc
                 if attempt == _CONFLICT_RETRIES:
+                    if db_engine.is_conflict(exc):  # still losing races: hold it, retry later
+                        raise DatabaseUnavailable(f"conflict after {attempt} attempts: {exc.orig}") from exc
                     raise BatchRejected(f"integrity error after {attempt} attempts: {exc.orig}") from exc
                 LOG.info("batch of %d conflicted with another consumer (%s); retry %d",
                          len(notes), exc.orig, attempt)
                 time.sleep(0.01 * attempt)
-            except sa_exc.DBAPIError as exc:
-                if db_engine.is_unavailable(exc):
-                    raise DatabaseUnavailable(str(exc.orig)) from exc
-                raise BatchRejected(str(exc.orig)) from exc
         raise AssertionError("unreachable")
 
     def mark_silent_hosts_down(self, down_after: float) -> list[str]:

@@ -16,7 +16,7 @@ import time
 import kombu
 
 from lifecycle_common import timeutil
-from tools.pipeline import Pipeline, test_domain_xml, virsh
+from tools.pipeline import Pipeline, domain_xml, virsh
 
 URI = "test+unix:///default"
 HOST = "demo-host"
@@ -95,7 +95,7 @@ def _expand(arg: str, workdir: str) -> str:
         name = arg[5:-1]
         path = os.path.join(workdir, f"{name}.xml")
         with open(path, "w") as f:
-            f.write(test_domain_xml(name))
+            f.write(domain_xml(name))
         return path
     return arg
 

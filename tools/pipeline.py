@@ -27,7 +27,7 @@ def virsh(uri: str, *args: str, check: bool = True) -> subprocess.CompletedProce
                           capture_output=True, timeout=60)
 
 
-def test_domain_xml(name: str) -> str:
+def domain_xml(name: str) -> str:
     """A domain for libvirt's test driver (test:///default, test+unix:///default)."""
     return (f"<domain type='test'><name>{name}</name><memory unit='MiB'>64</memory>"
             "<vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os></domain>")
@@ -104,9 +104,24 @@ heartbeat_interval = {self.heartbeat_interval}
             except amqp.exceptions.NotFound:
                 return False
 
-    def start_agent(self, host: str, uri: str, **agent_opts) -> subprocess.Popen:
+    def start_agent(self, host: str, uri: str, wait: bool = True, timeout: float = 30.0,
+                    **agent_opts) -> subprocess.Popen:
+        """Start an agent; with ``wait`` (a consumer must be running), return once its
+        start inventory is in the database, so that every later change is an event."""
         conf = self.agent_conf(host, uri, **agent_opts)
-        return self._start(f"agent-{host}", [command("lifecycle-agent"), "--config-file", conf])
+        since = self._last_seq(host)
+        proc = self._start(f"agent-{host}", [command("lifecycle-agent"), "--config-file", conf])
+        if wait:
+            self.wait_for(lambda: self._last_seq(host) > since, timeout,
+                          f"agent {host}'s start inventory")
+        return proc
+
+    def _last_seq(self, host: str) -> int:
+        from consumer.db import engine, queries
+        if self._engine is None:
+            self._engine = engine.create(self.database)
+        return max([h["last_seq"] for h in queries.list_hosts(self._engine)
+                    if h["name"] == host] or [0])
 
     def stop_process(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         proc = self._procs.pop(name)

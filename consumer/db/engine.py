@@ -36,6 +36,22 @@ def is_unavailable(exc: sa_exc.DBAPIError) -> bool:
         exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
 
 
+# Deadlocks and serialization failures: the transaction lost a race with another one
+# (competing consumers) and succeeds when tried again. PostgreSQL SQLSTATEs, MySQL errnos.
+_CONFLICT_SQLSTATES = {"40001", "40P01"}
+_CONFLICT_MYSQL_ERRNOS = {1213, 1205}  # deadlock, lock wait timeout
+
+
+def is_conflict(exc: sa_exc.DBAPIError) -> bool:
+    """True when the error says the transaction conflicted with a concurrent one and
+    should simply be retried (a deadlock or a serialization failure)."""
+    orig = exc.orig
+    if getattr(orig, "pgcode", None) in _CONFLICT_SQLSTATES:
+        return True
+    args = getattr(orig, "args", ())
+    return bool(args) and args[0] in _CONFLICT_MYSQL_ERRNOS and "mysql" in type(orig).__module__
+
+
 def naive_utc(moment):
     """Datetimes are stored naive, in UTC, on every backend."""
     return moment.astimezone(timeutil.UTC).replace(tzinfo=None)

@@ -1,0 +1,196 @@
+"""ConsumerService against a real RabbitMQ and a real database."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from consumer.amqp_queue import REASON_HEADER, BatchQueue
+from consumer.db.tables import instances, journal
+from consumer.service import ConsumerService
+from consumer.store import Store
+from consumer.topology import Topology, declare
+from lifecycle_common import transport, wire
+from lifecycle_publisher import notifications
+from lifecycle_publisher.domain_event import DomainEvent
+from lifecycle_publisher.libvirt_codes import Event, StartedDetail, SuspendedDetail
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True),
+]
+
+HOST = "compute-9"
+EPOCH = 1_700_000_000
+ROUTING_KEY = "notifications.info"
+
+
+def body(seq: int, vm: str, paused: bool = False) -> bytes:
+    code, detail = ((Event.SUSPENDED, SuspendedDetail.PAUSED) if paused
+                    else (Event.STARTED, StartedDetail.BOOTED))
+    return wire.encode(notifications.instance_notification(HOST, EPOCH, DomainEvent(
+        seq=seq, occurred_at=1_764_000_000.0 + seq, uuid=vm, name=f"vm-{seq}",
+        event=int(code), detail=int(detail))))
+
+
+class RunningService:
+    def __init__(self, isolation, db_engine, queue_name):
+        self.topology = Topology(exchange=isolation.exchange, queue=queue_name,
+                                 routing_key=ROUTING_KEY)
+        self.service = ConsumerService(
+            BatchQueue(transport.kombu_urls(isolation.transport_url), self.topology,
+                       batch_size=50, linger=0.002),
+            Store(db_engine), host_down_after=60.0, retry_max=0.5)
+        self.thread = threading.Thread(target=self.service.run, name="consumer")
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.service.stop()
+        self.thread.join(15)
+        assert not self.thread.is_alive(), "the consumer did not stop"
+
+
+@pytest.fixture
+def topology_queue(amqp_isolation):
+    """The consumer's queue name, its topology declared (as the service would)."""
+    name = amqp_isolation.queue_name("consumer")
+    declare(amqp_isolation.channel,
+            Topology(exchange=amqp_isolation.exchange, queue=name, routing_key=ROUTING_KEY))
+    return name
+
+
+@pytest.fixture
+def run_service(amqp_isolation, db_engine, topology_queue):
+    started = []
+
+    def run():
+        service = RunningService(amqp_isolation, db_engine, topology_queue).start()
+        started.append(service)
+        return service
+    yield run
+    for service in started:
+        if service.thread.is_alive():
+            service.stop()
+
+
+def journal_seqs(engine) -> list[int]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(journal.c.seq).order_by(journal.c.seq)).scalars())
+
+
+def power_states(engine) -> dict[str, str]:
+    with engine.connect() as conn:
+        return {r.uuid: r.power_state for r in conn.execute(sa.select(instances))}
+
+
+def test_notifications_are_applied_and_acked(amqp_isolation, db_engine, topology_queue,
+                                             run_service, wait_for):
+    running = run_service()
+    vms = [str(uuid.uuid4()) for _ in range(30)]
+    for seq, vm in enumerate(vms, 1):
+        amqp_isolation.publish(body(seq, vm))
+    amqp_isolation.publish(body(31, vms[0], paused=True))
+    wait_for(lambda: len(journal_seqs(db_engine)) == 31, timeout=15,
+             message=lambda: f"31 journal rows, have {journal_seqs(db_engine)}")
+    states = power_states(db_engine)
+    assert set(states) == set(vms)
+    assert states[vms[0]] == "paused"
+    assert all(states[vm] == "running" for vm in vms[1:])
+    running.stop()
+    assert amqp_isolation.message_count(topology_queue) == 0  # all acked
+    assert amqp_isolation.message_count(f"{topology_queue}.dlq") == 0
+    assert running.service.stats.applied == 31
+
+
+def test_bad_messages_are_dead_lettered_with_their_reason(amqp_isolation, db_engine,
+                                                           topology_queue, run_service, wait_for):
+    running = run_service()
+    before, after = str(uuid.uuid4()), str(uuid.uuid4())
+    good = json.loads(body(2, before))
+    invalid_message = json.loads(good["oslo.message"])
+    invalid_message["payload"]["lifecycle_object.data"]["power_state"] = "exploded"
+    del invalid_message["payload"]["lifecycle_object.data"]["seq"]
+    invalid = json.dumps({"oslo.version": "2.0", "oslo.message": json.dumps(invalid_message)})
+    foreign = json.dumps({"oslo.version": "2.0", "oslo.message": json.dumps({
+        "message_id": str(uuid.uuid4()), "publisher_id": "compute.nova-1",
+        "event_type": "compute.instance.update", "priority": "INFO",
+        "payload": {"nova_object.name": "InstanceUpdatePayload"},
+        "timestamp": "2026-11-25 08:54:44.123456"})})
+
+    amqp_isolation.publish(body(1, before))
+    amqp_isolation.publish(b"\x00this is not json", message_id="malformed")
+    amqp_isolation.publish(invalid.encode(), message_id="invalid")
+    amqp_isolation.publish(foreign.encode(), message_id="foreign")
+    amqp_isolation.publish(body(3, after))
+
+    wait_for(lambda: journal_seqs(db_engine) == [1, 3], timeout=15,
+             message=lambda: f"seqs 1 and 3 applied, have {journal_seqs(db_engine)}")
+    dlq = f"{topology_queue}.dlq"
+    wait_for(lambda: amqp_isolation.message_count(dlq) == 2, timeout=10,
+             message=lambda: f"2 dead letters, have {amqp_isolation.message_count(dlq)}")
+    dead = {m.properties["message_id"]: m for m in amqp_isolation.get_all(dlq)}
+    assert set(dead) == {"malformed", "invalid"}
+    malformed_reason = dead["malformed"].properties["application_headers"][REASON_HEADER]
+    invalid_reason = dead["invalid"].properties["application_headers"][REASON_HEADER]
+    assert "not JSON" in malformed_reason
+    assert invalid_reason.startswith("instance.started: InstanceLifecyclePayload 1.0")
+    assert "seq" in invalid_reason or "exploded" in invalid_reason
+    assert dead["malformed"].body == b"\x00this is not json"
+    assert dead["invalid"].properties["application_headers"]["x-original-routing-key"] == ROUTING_KEY
+
+    # Still running: a later message is applied too.
+    amqp_isolation.publish(body(4, before, paused=True))
+    wait_for(lambda: journal_seqs(db_engine) == [1, 3, 4], timeout=15)
+    assert power_states(db_engine)[before] == "paused"
+    assert running.thread.is_alive()
+    stats = running.service.stats
+    running.stop()
+    assert (stats.dead_lettered, stats.foreign) == (2, 1)
+    assert amqp_isolation.message_count(topology_queue) == 0
+    assert amqp_isolation.message_count(dlq) == 0  # read above
+
+
+def test_the_same_message_twice_is_applied_once(amqp_isolation, db_engine, topology_queue,
+                                                run_service, wait_for):
+    running = run_service()
+    vm = str(uuid.uuid4())
+    message = body(7, vm)
+    amqp_isolation.publish(message)
+    amqp_isolation.publish(message)
+    amqp_isolation.publish(body(8, vm, paused=True))
+    wait_for(lambda: running.service.stats.duplicates + running.service.stats.applied == 3,
+             timeout=15, message=lambda: f"3 messages handled: {running.service.stats}")
+    running.stop()
+    assert journal_seqs(db_engine) == [7, 8]
+    assert running.service.stats.duplicates == 1
+    assert power_states(db_engine) == {vm: "paused"}
+    assert amqp_isolation.message_count(topology_queue) == 0
+
+
+def test_messages_published_while_stopped_are_applied_at_start(amqp_isolation, db_engine,
+                                                               topology_queue, run_service,
+                                                               wait_for):
+    first = run_service()
+    vm = str(uuid.uuid4())
+    amqp_isolation.publish(body(1, vm))
+    wait_for(lambda: journal_seqs(db_engine) == [1], timeout=15)
+    first.stop()
+
+    for seq in range(2, 12):
+        amqp_isolation.publish(body(seq, vm, paused=seq % 2 == 0))
+    wait_for(lambda: amqp_isolation.message_count(topology_queue) == 10, timeout=5)  # waiting
+    assert journal_seqs(db_engine) == [1]
+
+    second = run_service()
+    wait_for(lambda: journal_seqs(db_engine) == list(range(1, 12)), timeout=15,
+             message=lambda: f"seqs 1..11, have {journal_seqs(db_engine)}")
+    second.stop()
+    assert power_states(db_engine) == {vm: "running"}  # seq 11: started
+    assert amqp_isolation.message_count(topology_queue) == 0

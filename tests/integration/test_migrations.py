@@ -1,0 +1,85 @@
+"""``lifecycle-manage db sync`` against SQLite, PostgreSQL and MariaDB."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from consumer.cmd import manage
+from consumer.db import engine as db_engine
+from consumer.db import migrate
+from consumer.db.tables import hosts, journal, metadata
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def empty_engine(empty_db_url):
+    engine = db_engine.create(empty_db_url)
+    yield engine
+    engine.dispose()
+
+
+def _tables(engine) -> set[str]:
+    return set(sa.inspect(engine).get_table_names())
+
+
+def test_sync_creates_the_schema_and_a_second_sync_is_a_no_op(empty_engine):
+    assert migrate.current(empty_engine) is None
+    assert not _tables(empty_engine) & {"hosts", "instances", "journal"}
+
+    migrate.sync(empty_engine)
+    assert migrate.current(empty_engine) == migrate.head()
+    assert {"hosts", "instances", "journal", "alembic_version"} <= _tables(empty_engine)
+    with empty_engine.begin() as conn:
+        conn.execute(hosts.insert().values(
+            name="h1", status="up", agent_status="running", libvirt_connected=True,
+            last_heartbeat_at=None, epoch=1, last_seq=1,
+            updated_at=datetime.datetime(2026, 1, 1)))
+
+    migrate.sync(empty_engine)
+    assert migrate.current(empty_engine) == migrate.head()
+    with empty_engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(hosts)).scalar() == 1
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM alembic_version")).scalar() == 1
+
+
+def test_migrated_schema_matches_the_tables_module(empty_engine):
+    migrate.sync(empty_engine)
+    with empty_engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        diff = compare_metadata(context, metadata)
+    assert diff == []
+
+
+def test_timestamps_keep_microseconds(empty_engine):
+    migrate.sync(empty_engine)
+    moment = datetime.datetime(2026, 11, 25, 8, 54, 44, 123456)
+    later = moment + datetime.timedelta(microseconds=1)
+    with empty_engine.begin() as conn:
+        conn.execute(hosts.insert().values(
+            name="h1", status="up", agent_status="running", libvirt_connected=True,
+            last_heartbeat_at=moment, epoch=1, last_seq=1, updated_at=later))
+        conn.execute(journal.insert().values(
+            host="h1", epoch=1, seq=1, event_type="instance.started", instance_uuid=None,
+            outcome="applied", occurred_at=moment, applied_at=later))
+    with empty_engine.connect() as conn:
+        row = conn.execute(sa.select(hosts)).one()
+        entry = conn.execute(sa.select(journal)).one()
+    assert row.last_heartbeat_at == moment
+    assert row.updated_at == later
+    assert entry.occurred_at == moment
+    assert entry.applied_at == later
+
+
+def test_manage_db_sync_command(empty_db_url, tmp_path, capsys):
+    config = tmp_path / "manage.conf"
+    config.write_text(f"[database]\nconnection = {empty_db_url}\n")
+    assert manage.main(["--config-file", str(config), "db", "sync"]) == 0
+    assert migrate.head() in capsys.readouterr().out
+    assert manage.main(["--config-file", str(config), "db", "version"]) == 0
+    assert capsys.readouterr().out.strip() == migrate.head()
