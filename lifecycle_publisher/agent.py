@@ -30,6 +30,8 @@ from lifecycle_publisher.publisher import Publisher, backoff
 
 LOG = logging.getLogger(__name__)
 
+_LIVENESS_CHECK = 5.0  # seconds between checks that the libvirt connection is alive
+
 
 class Agent:
     def __init__(self, conf: cfg.ConfigOpts):
@@ -43,8 +45,11 @@ class Agent:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._attention = threading.Event()  # stop, or the libvirt connection was lost
+        self._lost_reason: str | None = None
         self._stopping = False
-        self.source = EventSource(conf.libvirt.connection_uri, self.sequencer, self._queue.put)
+        self.source = EventSource(conf.libvirt.connection_uri, self.sequencer, self._queue.put,
+                                  on_lost=self._libvirt_lost)
         self.writer = OutboxWriter(self._queue, self.outbox, self.host, self.epoch, self._wake)
         topics = conf.oslo_messaging_notifications.topics
         self.publisher = Publisher(
@@ -74,16 +79,32 @@ class Agent:
             interval = self.conf.agent.inventory_interval
             next_inventory = time.monotonic() + interval if interval else None
             while not self._stop.is_set():
-                timeout = None if next_inventory is None else max(0, next_inventory - time.monotonic())
-                if self._stop.wait(timeout):
+                timeout = _LIVENESS_CHECK
+                if next_inventory is not None:
+                    timeout = min(timeout, max(0.0, next_inventory - time.monotonic()))
+                self._attention.wait(timeout)
+                self._attention.clear()
+                if self._stop.is_set():
                     break
-                self._publish_inventory("periodic")
-                next_inventory = time.monotonic() + interval
+                if self._lost_reason is not None or not self.source.connected:
+                    LOG.warning("host %s: libvirt connection to %s lost (%s); reconnecting",
+                                self.host, self.source.uri, self._lost_reason or "not alive")
+                    self._lost_reason = None
+                    self._connect_libvirt(reason="reconnect")
+                elif next_inventory is not None and time.monotonic() >= next_inventory:
+                    self._publish_inventory("periodic")
+                    next_inventory = time.monotonic() + interval
         finally:
             self._shutdown()
 
     def stop(self) -> None:
         self._stop.set()
+        self._attention.set()
+
+    def _libvirt_lost(self, reason: str) -> None:
+        # Called on libvirt's event loop thread: flag only.
+        self._lost_reason = reason
+        self._attention.set()
 
     def _connect_libvirt(self, reason: str) -> None:
         attempt = 0
@@ -96,7 +117,8 @@ class Agent:
                 self.source.close()
                 delay = backoff(attempt, self.conf.libvirt.reconnect_interval_max)
                 attempt += 1
-                LOG.warning("libvirt unavailable (%s); retrying in %.1fs", exc, delay)
+                LOG.warning("host %s: libvirt unavailable (%s); events cannot be seen until "
+                            "it returns; retrying in %.1fs", self.host, exc, delay)
                 self._stop.wait(delay)
 
     def _publish_inventory(self, reason: str) -> None:

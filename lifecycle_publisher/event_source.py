@@ -30,6 +30,9 @@ def start_event_loop() -> None:
     with _event_loop_lock:
         if _event_loop_started:
             return
+        # Errors reach us as exceptions and are logged where handled; libvirt's own
+        # handler would print each one to stderr a second time.
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         libvirt.virEventRegisterDefaultImpl()
         thread = threading.Thread(target=_run_event_loop, name="libvirt-event-loop", daemon=True)
         thread.start()
@@ -41,15 +44,23 @@ def _run_event_loop() -> None:
         libvirt.virEventRunDefaultImpl()
 
 
-class EventSource:
-    """One libvirt connection whose lifecycle events go to ``deliver``."""
+KEEPALIVE_INTERVAL = 5  # seconds between keepalive probes on a remote connection
+KEEPALIVE_COUNT = 3     # unanswered probes before libvirt closes the connection
 
-    def __init__(self, uri: str, sequencer: Sequencer, deliver: Callable[[object], None]):
+
+class EventSource:
+    """One libvirt connection whose lifecycle events go to ``deliver``; ``on_lost`` is
+    told (on libvirt's thread, so it must only flag) when the connection closes."""
+
+    def __init__(self, uri: str, sequencer: Sequencer, deliver: Callable[[object], None],
+                 on_lost: Callable[[str], None] = lambda reason: None):
         self.uri = uri
         self._sequencer = sequencer
         self._deliver = deliver
+        self._on_lost = on_lost
         self._conn: libvirt.virConnect | None = None
         self._callback_id: int | None = None
+        self._lock = threading.Lock()  # connect and close are not run concurrently
 
     @property
     def connected(self) -> bool:
@@ -60,28 +71,42 @@ class EventSource:
             return False
 
     def connect(self) -> None:
-        """Open the connection and subscribe to lifecycle events."""
+        """Open the connection, ask for keepalives, and subscribe to its close and to
+        lifecycle events. Every callback is registered anew on every connection."""
         start_event_loop()
-        try:
-            conn = libvirt.open(self.uri)
-            self._callback_id = conn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
-        except libvirt.libvirtError as exc:
-            raise LibvirtUnavailable(f"{self.uri}: {exc}") from exc
-        self._conn = conn
+        with self._lock:
+            self._close_locked()
+            conn = None
+            try:
+                conn = libvirt.open(self.uri)
+                _enable_keepalive(conn)
+                conn.registerCloseCallback(self._on_close, None)
+                self._callback_id = conn.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
+            except libvirt.libvirtError as exc:
+                if conn is not None:
+                    _quietly(conn.close)
+                raise LibvirtUnavailable(f"{self.uri}: {exc}") from exc
+            self._conn = conn
         LOG.info("connected to libvirt at %s", self.uri)
 
     def close(self) -> None:
+        with self._lock:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        try:
-            if self._callback_id is not None:
-                conn.domainEventDeregisterAny(self._callback_id)
-            conn.close()
-        except libvirt.libvirtError as exc:
-            LOG.debug("closing libvirt connection %s: %s", self.uri, exc)
+        if self._callback_id is not None:
+            _quietly(conn.domainEventDeregisterAny, self._callback_id)
+        _quietly(conn.unregisterCloseCallback)
+        _quietly(conn.close)
         self._callback_id = None
+
+    def _on_close(self, conn, reason, opaque) -> None:
+        # libvirt's thread: flag and return.
+        self._on_lost(_CLOSE_REASONS.get(reason, f"reason {reason}"))
 
     def _on_lifecycle(self, conn, dom, event, detail, opaque) -> None:
         # libvirt's thread: stamp and hand over, nothing else.
@@ -102,6 +127,23 @@ class EventSource:
         except libvirt.libvirtError as exc:
             raise LibvirtUnavailable(f"{self.uri}: listing domains: {exc}") from exc
         return Inventory(seq=seq, occurred_at=occurred_at, reason=reason, domains=domains)
+
+
+_CLOSE_REASONS = {0: "error", 1: "end of file", 2: "keepalive timeout", 3: "client closed"}
+
+
+def _enable_keepalive(conn) -> None:
+    try:
+        conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
+    except libvirt.libvirtError as exc:  # local drivers (test:///) have no keepalive
+        LOG.debug("no keepalive on %s: %s", conn.getURI(), exc)
+
+
+def _quietly(call, *args) -> None:
+    try:
+        call(*args)
+    except libvirt.libvirtError as exc:
+        LOG.debug("libvirt clean-up call %s failed: %s", getattr(call, "__name__", call), exc)
 
 
 def _snapshots(conn):
