@@ -4,7 +4,11 @@ The rules make applying idempotent and order-independent, so redeliveries and
 competing consumers cannot move an instance backwards:
 - from the host that wrote the row, an event applies only if its ``(epoch, seq)`` is
   greater than the row's (a duplicate or an older event changes nothing);
-- from another host (the instance moved), it applies only if it occurred later;
+- from another host, only news that the guest now runs there (a start, a resume, an
+  inventory listing it running) applies, and only if it occurred after the row's last
+  event or the owner announced that the guest is leaving (a migration): the new host
+  becomes the owner. Anything else from a host that no longer owns the instance (the
+  source's own migration events, its late stop or undefine) is stale;
 - an inventory is the truth for its host: each listed instance is set as an event with
   the inventory's ``(epoch, seq)`` would be, and an instance of that host missing from
   it, last changed before the inventory, is marked deleted.
@@ -52,6 +56,11 @@ class Observation:
     event_type: str
     power_state: Optional[str]   # None: the event does not change it
     deleted: bool
+    runs_here: bool = False      # says the guest runs on obs.host: may move the owner
+
+
+# The owner's last event said the guest is leaving: another host may take it at once.
+DEPARTURES = frozenset({"instance.migrating", "instance.migrated"})
 
 
 def is_newer(row: Optional[InstanceRow], obs: Observation) -> bool:
@@ -59,7 +68,11 @@ def is_newer(row: Optional[InstanceRow], obs: Observation) -> bool:
         return True
     if row.host == obs.host:
         return (obs.epoch, obs.seq) > (row.epoch, row.seq)
-    return obs.occurred_at > row.event_occurred_at
+    if row.deleted:
+        return obs.occurred_at > row.event_occurred_at
+    if not obs.runs_here:
+        return False
+    return row.last_event_type in DEPARTURES or obs.occurred_at > row.event_occurred_at
 
 
 def apply(row: Optional[InstanceRow], obs: Observation) -> tuple[Optional[InstanceRow], Outcome]:

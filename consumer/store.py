@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from lifecycle_common import timeutil
+from lifecycle_common.power_state import PowerState
 from lifecycle_common.wire import Notification
 from lifecycle_common.wire.payloads import (
     HostHeartbeatPayload, HostInventoryPayload, InstanceLifecyclePayload)
@@ -30,6 +31,8 @@ from consumer.errors import BatchRejected, DatabaseUnavailable
 LOG = logging.getLogger(__name__)
 
 _CONFLICT_RETRIES = 5
+# Transitions that say the guest runs on the event's host (see apply_rules.is_newer).
+RUNS_HERE = frozenset({"started", "resumed"})
 _CHUNK = 500
 
 
@@ -171,7 +174,8 @@ def _fold(current: dict[str, InstanceRow], note: Notification) -> tuple[Outcome,
         obs = Observation(
             uuid=p.uuid, name=p.name, host=p.host, epoch=p.epoch, seq=p.seq,
             occurred_at=occurred_at, event_type=note.event_type,
-            power_state=p.power_state, deleted=p.transition == "undefined")
+            power_state=p.power_state, deleted=p.transition == "undefined",
+            runs_here=p.transition in RUNS_HERE)
         current[p.uuid], outcome = apply_rules.apply(current.get(p.uuid), obs)
         return outcome, p.uuid
     # An inventory: the truth for its host.
@@ -181,7 +185,8 @@ def _fold(current: dict[str, InstanceRow], note: Notification) -> tuple[Outcome,
         obs = Observation(
             uuid=entry.uuid, name=entry.name, host=p.host, epoch=p.epoch, seq=p.seq,
             occurred_at=occurred_at, event_type=note.event_type,
-            power_state=entry.power_state, deleted=False)
+            power_state=entry.power_state, deleted=False,
+            runs_here=entry.power_state == PowerState.RUNNING.value)
         current[entry.uuid], _ = apply_rules.apply(current.get(entry.uuid), obs)
     for uuid, row in list(current.items()):
         if uuid not in listed and row is not None:

@@ -50,7 +50,9 @@ class Agent:
         self._stopping = False
         self.source = EventSource(conf.libvirt.connection_uri, self.sequencer, self._queue.put,
                                   on_lost=self._libvirt_lost)
-        self.writer = OutboxWriter(self._queue, self.outbox, self.host, self.epoch, self._wake)
+        self.writer = OutboxWriter(self._queue, self.outbox, self.host, self.epoch, self._wake,
+                                   observe=self.source.observe,
+                                   stopped_delay=conf.agent.stopped_event_delay)
         topics = conf.oslo_messaging_notifications.topics
         self.publisher = Publisher(
             self.outbox, transport.kombu_urls(conf.transport_url), conf.control_exchange,

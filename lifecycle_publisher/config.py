@@ -29,6 +29,14 @@ AGENT_OPTS = [
     cfg.FloatOpt("inventory_interval", default=600.0, min=0,
                  help="Seconds between full inventories of the host's domains, besides the "
                       "one at start. 0 disables the periodic inventory."),
+    cfg.FloatOpt("stopped_event_delay", default=0.0, min=0, max=60,
+                 help="Seconds to hold a STOPPED event back, dropping it if any later "
+                      "event for the same domain arrives first. A guest that reboots "
+                      "emits STOPPED then STARTED; with a delay of a few seconds the "
+                      "control plane never sees it stopped (nova uses 15 s). The price: "
+                      "every real stop is seen that much later, and a held event is lost "
+                      "if the agent crashes meanwhile (the next inventory corrects it). "
+                      "0, the default, publishes a stop at once."),
     cfg.IntOpt("publish_window", default=256, min=1, max=65535,
                help="Publisher confirms: how many messages may wait for the broker's "
                     "confirmation at once. Larger windows raise throughput; 1 waits for "

@@ -17,6 +17,8 @@ class DomainEvent:
     name: str
     event: int
     detail: int
+    # libvirt's domain object, to read the state after the event off libvirt's thread.
+    domain: object = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)

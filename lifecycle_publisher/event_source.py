@@ -7,6 +7,7 @@ logs or talks to libvirt over the wire.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -15,7 +16,10 @@ from typing import Callable
 import libvirt
 
 from lifecycle_publisher.domain_event import DomainEvent, DomainSnapshot, Inventory, Sequencer
+from lifecycle_publisher import translation
 from lifecycle_publisher.errors import LibvirtUnavailable
+from lifecycle_publisher.libvirt_codes import JobType
+from lifecycle_publisher.translation import Observed
 
 LOG = logging.getLogger(__name__)
 
@@ -112,7 +116,30 @@ class EventSource:
         # libvirt's thread: stamp and hand over, nothing else.
         self._deliver(DomainEvent(
             seq=self._sequencer.next(), occurred_at=time.time(),
-            uuid=dom.UUIDString(), name=dom.name(), event=event, detail=detail))
+            uuid=dom.UUIDString(), name=dom.name(), event=event, detail=detail, domain=dom))
+
+    def observe(self, events: list[DomainEvent]) -> dict[str, Observed]:
+        """Each event's domain as it is now (one read per domain, however many events
+        it has here): its state, or that it no longer exists, and for SUSPENDED/MIGRATED
+        its migration job. A domain that cannot be read is left out."""
+        conn = self._conn
+        if conn is None or not events:
+            return {}
+        domains = {e.uuid: e.domain for e in events if e.domain is not None}
+        try:
+            stats = conn.domainListGetStats(list(domains.values()), libvirt.VIR_DOMAIN_STATS_STATE)
+        except libvirt.libvirtError as exc:
+            LOG.debug("reading domain states after events failed: %s", exc)
+            return {}
+        # libvirt leaves out the domains that no longer exist.
+        observed = {uuid: Observed(state=None) for uuid in domains}
+        for dom, record in stats:
+            observed[dom.UUIDString()] = Observed(
+                state=record.get("state.state", 0), reason=record.get("state.reason", 0))
+        for e in events:
+            if translation.needs_job(e.event, e.detail) and observed[e.uuid].state is not None:
+                observed[e.uuid] = dataclasses.replace(observed[e.uuid], job=_migration_job(e.domain))
+        return observed
 
     def inventory(self, reason: str) -> Inventory:
         """List every domain with its state. The sequence number is taken before the
@@ -144,6 +171,19 @@ def _quietly(call, *args) -> None:
         call(*args)
     except libvirt.libvirtError as exc:
         LOG.debug("libvirt clean-up call %s failed: %s", getattr(call, "__name__", call), exc)
+
+
+def _migration_job(dom) -> int | None:
+    """The migration job's type: under way, or else how the last one ended (nova's
+    approach); None when libvirt cannot tell."""
+    try:
+        job = dom.jobStats().get("type", JobType.NONE)
+        if job != JobType.NONE:
+            return job
+        return dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED).get("type", JobType.NONE)
+    except libvirt.libvirtError as exc:
+        LOG.debug("reading the migration job failed: %s", exc)
+        return None
 
 
 def _snapshots(conn):

@@ -5,6 +5,8 @@ The values are libvirt's stable ABI (``virDomainEventType``, ``virDomainEvent*De
 the libvirt module.
 """
 
+from __future__ import annotations
+
 import enum
 
 
@@ -128,5 +130,25 @@ def detail_name(event: int, detail: int) -> str:
 def state_name(code: int) -> str:
     try:
         return DomainState(code).name
+    except ValueError:
+        return f"UNKNOWN_{code}"
+
+
+class JobType(enum.IntEnum):
+    """``virDomainJobType``: the migration job's state, read after SUSPENDED/MIGRATED."""
+
+    NONE = 0
+    BOUNDED = 1
+    UNBOUNDED = 2
+    COMPLETED = 3
+    FAILED = 4
+    CANCELLED = 5
+
+
+def job_name(code: int | None) -> str | None:
+    if code is None:
+        return None
+    try:
+        return JobType(code).name
     except ValueError:
         return f"UNKNOWN_{code}"

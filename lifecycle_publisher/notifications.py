@@ -22,8 +22,10 @@ def _oslo_timestamp(moment: datetime.datetime) -> str:
     return moment.astimezone(timeutil.UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
-def instance_notification(host: str, epoch: int, event: DomainEvent) -> Notification:
-    result = translation.translate(event.event, event.detail)
+def instance_notification(host: str, epoch: int, event: DomainEvent,
+                          observed: translation.Observed | None = None) -> Notification:
+    """``observed``: the domain as read after the event (None: not read)."""
+    result = translation.translate(event.event, event.detail, observed)
     occurred = timeutil.from_epoch(event.occurred_at)
     payload = payloads.InstanceLifecyclePayload(
         uuid=event.uuid, name=event.name, host=host, epoch=epoch, seq=event.seq,
@@ -32,7 +34,12 @@ def instance_notification(host: str, epoch: int, event: DomainEvent) -> Notifica
         power_state=result.power_state.value if result.power_state else None,
         libvirt_event=libvirt_codes.event_name(event.event),
         libvirt_detail=libvirt_codes.detail_name(event.event, event.detail),
-        libvirt_event_code=event.event, libvirt_detail_code=event.detail)
+        libvirt_event_code=event.event, libvirt_detail_code=event.detail,
+        libvirt_state=(libvirt_codes.state_name(observed.state)
+                       if observed is not None and observed.state is not None else None),
+        libvirt_reason=(observed.reason
+                        if observed is not None and observed.state is not None else None),
+        migration_job=libvirt_codes.job_name(observed.job) if observed is not None else None)
     return Notification(event_type=result.transition.event_type, payload=payload,
                         publisher_id=publisher_id(host), timestamp=_oslo_timestamp(occurred))
 

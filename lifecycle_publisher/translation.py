@@ -1,7 +1,14 @@
-"""libvirt ``(event, detail)`` -> a transition and Nova's power state. Pure; table-tested.
+"""libvirt ``(event, detail)``, and the domain as read after it, -> a transition and
+Nova's power state. Pure; table-tested.
 
-``power_state`` is None where the event says nothing about whether the guest runs
-(a configuration update, a guest that has begun to shut down but not yet stopped).
+Edge first: ``translate(event, detail)`` says what the event means on its own.
+Level next: given an ``Observed`` domain (its state, and for a migration its job, read
+off libvirt's thread after the event), the power state is the one the domain really
+has, so that a burst of events that the reader overtook still ends right. Migration
+events never set a power state: a guest paused at the end of a live migration is not
+a paused guest, and a guest that left for another host is not powered off.
+
+``power_state`` is None where the event says nothing about whether the guest runs.
 Unknown codes from a newer libvirt translate to ``Transition.IGNORED``.
 """
 
@@ -13,7 +20,8 @@ from typing import Optional
 
 from lifecycle_common.power_state import PowerState
 from lifecycle_publisher.libvirt_codes import (
-    DefinedDetail, DomainState, Event, StoppedDetail, UndefinedDetail)
+    DefinedDetail, DomainState, Event, JobType, StartedDetail,
+    StoppedDetail, SuspendedDetail, UndefinedDetail)
 
 
 class Transition(str, enum.Enum):
@@ -26,6 +34,9 @@ class Transition(str, enum.Enum):
     STOPPED = "stopped"
     SUSPENDED = "suspended"
     CRASHED = "crashed"
+    ARRIVING = "arriving"    # incoming migration started here; the source still owns it
+    MIGRATING = "migrating"  # outgoing migration under way (the guest paused to finish it)
+    MIGRATED = "migrated"    # the guest left this host for another
     IGNORED = "ignored"
 
     @property
@@ -33,10 +44,24 @@ class Transition(str, enum.Enum):
         return f"instance.{self.value}"
 
 
+# Transitions about a migration: they never carry a power state.
+MIGRATION = frozenset({Transition.ARRIVING, Transition.MIGRATING, Transition.MIGRATED})
+
+
 @dataclasses.dataclass(frozen=True)
 class Translation:
     transition: Transition
     power_state: Optional[PowerState]
+
+
+@dataclasses.dataclass(frozen=True)
+class Observed:
+    """The domain as read after the event. ``state`` None: the domain no longer exists.
+    ``job`` is the migration job's type, read only for SUSPENDED/MIGRATED."""
+
+    state: Optional[int]
+    reason: int = 0
+    job: Optional[int] = None
 
 
 IGNORED = Translation(Transition.IGNORED, None)
@@ -53,17 +78,40 @@ _BY_EVENT = {
 
 _STOPPED_CRASHED = Translation(Transition.CRASHED, PowerState.CRASHED)
 _STOPPED = Translation(Transition.STOPPED, PowerState.SHUTDOWN)
+_MIGRATING = Translation(Transition.MIGRATING, None)
+_JOB_UNDER_WAY = (JobType.BOUNDED, JobType.UNBOUNDED, JobType.COMPLETED)
 
 
-def translate(event: int, detail: int) -> Translation:
-    """Translate one libvirt lifecycle event."""
+def translate(event: int, detail: int, observed: Optional[Observed] = None) -> Translation:
+    """Translate one libvirt lifecycle event, with the domain as read after it if known."""
+    edge = _edge(event, detail, observed)
+    if (observed is None or observed.state is None or edge.transition in MIGRATION
+            or edge.transition is Transition.IGNORED):
+        return edge
+    return Translation(edge.transition, power_state_of(observed.state))
+
+
+def _edge(event: int, detail: int, observed: Optional[Observed]) -> Translation:
     try:
         kind = Event(event)
     except ValueError:
         return IGNORED
+    if kind is Event.SUSPENDED:
+        if detail == SuspendedDetail.POSTCOPY:
+            return _MIGRATING
+        if detail == SuspendedDetail.MIGRATED:
+            # Also sent when a live migration fails: only a job under way or completed
+            # means the guest is leaving; otherwise it is paused (as nova decides).
+            if observed is not None and observed.job in _JOB_UNDER_WAY:
+                return _MIGRATING
+            return _BY_EVENT[kind]
+    if kind is Event.STARTED and detail == StartedDetail.MIGRATED:
+        return Translation(Transition.ARRIVING, None)
     if kind in _BY_EVENT:
         return _BY_EVENT[kind]
     if kind is Event.STOPPED:
+        if detail == StoppedDetail.MIGRATED:
+            return Translation(Transition.MIGRATED, None)
         # The guest's emulator died (FAILED) or the guest crashed: not a clean stop.
         if detail in (StoppedDetail.CRASHED, StoppedDetail.FAILED):
             return _STOPPED_CRASHED
@@ -79,6 +127,11 @@ def translate(event: int, detail: int) -> Translation:
             return IGNORED
         return Translation(Transition.UNDEFINED, None)
     return IGNORED
+
+
+def needs_job(event: int, detail: int) -> bool:
+    """Whether translating this event needs the migration job read after it."""
+    return event == Event.SUSPENDED and detail == SuspendedDetail.MIGRATED
 
 
 _STATE_TO_POWER = {

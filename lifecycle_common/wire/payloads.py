@@ -20,7 +20,9 @@ class InstanceLifecyclePayload:
     """One libvirt lifecycle event of one domain, translated."""
 
     NAME: typing.ClassVar[str] = "InstanceLifecyclePayload"
-    VERSION: typing.ClassVar[str] = "1.0"
+    # 1.0: the event, translated. 1.1: the domain's state and reason read after the
+    # event, the migration job's type, and the migration transitions.
+    VERSION: typing.ClassVar[str] = "1.1"
 
     uuid: str
     name: str
@@ -34,6 +36,9 @@ class InstanceLifecyclePayload:
     libvirt_detail: str
     libvirt_event_code: int
     libvirt_detail_code: int
+    libvirt_state: typing.Optional[str] = None
+    libvirt_reason: typing.Optional[int] = None
+    migration_job: typing.Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
