@@ -112,6 +112,20 @@ class DomainState(enum.IntEnum):
     PMSUSPENDED = 7
 
 
+class ShutoffReason(enum.IntEnum):
+    """``virDomainShutoffReason``: why a domain is shut off."""
+
+    UNKNOWN = 0
+    SHUTDOWN = 1
+    DESTROYED = 2
+    CRASHED = 3
+    MIGRATED = 4
+    SAVED = 5
+    FAILED = 6
+    FROM_SNAPSHOT = 7
+    DAEMON = 8
+
+
 def event_name(code: int) -> str:
     try:
         return Event(code).name

@@ -49,7 +49,7 @@ def inventory_notification(host: str, epoch: int, inventory: Inventory) -> Notif
     entries = tuple(
         payloads.InventoryEntry(
             uuid=d.uuid, name=d.name,
-            power_state=translation.power_state_of(d.state).value,
+            power_state=translation.power_state_of(d.state, d.reason).value,
             libvirt_state=libvirt_codes.state_name(d.state), libvirt_reason=d.reason)
         for d in inventory.domains)
     payload = payloads.HostInventoryPayload(

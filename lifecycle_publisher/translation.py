@@ -20,7 +20,7 @@ from typing import Optional
 
 from lifecycle_common.power_state import PowerState
 from lifecycle_publisher.libvirt_codes import (
-    DefinedDetail, DomainState, Event, JobType, StartedDetail,
+    DefinedDetail, DomainState, Event, JobType, ShutoffReason, StartedDetail,
     StoppedDetail, SuspendedDetail, UndefinedDetail)
 
 
@@ -88,7 +88,7 @@ def translate(event: int, detail: int, observed: Optional[Observed] = None) -> T
     if (observed is None or observed.state is None or edge.transition in MIGRATION
             or edge.transition is Transition.IGNORED):
         return edge
-    return Translation(edge.transition, power_state_of(observed.state))
+    return Translation(edge.transition, power_state_of(observed.state, observed.reason))
 
 
 def _edge(event: int, detail: int, observed: Optional[Observed]) -> Translation:
@@ -134,6 +134,8 @@ def needs_job(event: int, detail: int) -> bool:
     return event == Event.SUSPENDED and detail == SuspendedDetail.MIGRATED
 
 
+_CRASHED_SHUTOFF_REASONS = (ShutoffReason.CRASHED, ShutoffReason.FAILED)
+
 _STATE_TO_POWER = {
     DomainState.NOSTATE: PowerState.PENDING,
     DomainState.RUNNING: PowerState.RUNNING,
@@ -146,8 +148,11 @@ _STATE_TO_POWER = {
 }
 
 
-def power_state_of(state: int) -> PowerState:
-    """Nova's power state for a libvirt domain state (as Nova's libvirt driver maps it)."""
+def power_state_of(state: int, reason: int = 0) -> PowerState:
+    """Nova's power state for a libvirt domain state, as Nova's libvirt driver maps it,
+    except that a guest shut off because it crashed or its emulator died is crashed."""
+    if state == DomainState.SHUTOFF and reason in _CRASHED_SHUTOFF_REASONS:
+        return PowerState.CRASHED
     try:
         return _STATE_TO_POWER[DomainState(state)]
     except ValueError:

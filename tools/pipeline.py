@@ -191,3 +191,13 @@ heartbeat_interval = {self.heartbeat_interval}
                     return row
             return None
         return self.wait_for(match, timeout, f"instance {name} with {expected}")
+
+
+def qemu_domain_xml(name: str) -> str:
+    """A real QEMU guest: 32 MiB, no disk, no display; KVM where /dev/kvm exists."""
+    kind = "kvm" if os.path.exists("/dev/kvm") else "qemu"
+    return (f"<domain type='{kind}'><name>{name}</name><memory unit='MiB'>32</memory>"
+            "<vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os>"
+            "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator>"
+            "<video><model type='none'/></video><memballoon model='none'/></devices>"
+            "</domain>")

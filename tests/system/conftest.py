@@ -33,7 +33,28 @@ def libvirtd():
     # The shared test hypervisor keeps defined domains only while a client is connected.
     conn = libvirt.open(TEST_URI)
     yield conn
-    conn.close()
+    try:
+        conn.close()
+    except libvirt.libvirtError:
+        pass  # a test restarted libvirtd under it
+
+
+FIGURES: list[tuple[str, str]] = []
+
+
+@pytest.fixture
+def figure():
+    """Record a measured figure; all are printed at the end of the run."""
+    def record(name: str, value: float, unit: str = "ms") -> None:
+        FIGURES.append((name, f"{value:.1f} {unit}"))
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FIGURES:
+        terminalreporter.section("figures measured by the system tests")
+        for name, value in FIGURES:
+            terminalreporter.write_line(f"{name}: {value}")
 
 
 @pytest.fixture
