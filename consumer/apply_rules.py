@@ -68,11 +68,11 @@ def is_newer(row: Optional[InstanceRow], obs: Observation) -> bool:
         return True
     if row.host == obs.host:
         return (obs.epoch, obs.seq) > (row.epoch, row.seq)
+    if obs.runs_here and row.last_event_type in DEPARTURES:
+        return True
     if row.deleted:
         return obs.occurred_at > row.event_occurred_at
-    if not obs.runs_here:
-        return False
-    return row.last_event_type in DEPARTURES or obs.occurred_at > row.event_occurred_at
+    return obs.runs_here and obs.occurred_at > row.event_occurred_at
 
 
 def apply(row: Optional[InstanceRow], obs: Observation) -> tuple[Optional[InstanceRow], Outcome]:

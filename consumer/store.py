@@ -131,9 +131,9 @@ def _journaled(conn, keys: list[tuple[str, int, int]]) -> set:
     seen = set()
     for host, seqs in by_host.items():
         for chunk in _chunks(seqs):
-            seen.update(conn.execute(
+            seen.update(tuple(r) for r in conn.execute(
                 sa.select(journal.c.host, journal.c.epoch, journal.c.seq)
-                .where(journal.c.host == host, journal.c.seq.in_(chunk))).tuples())
+                .where(journal.c.host == host, journal.c.seq.in_(chunk))))
     return seen & set(keys)
 
 

@@ -23,9 +23,11 @@ def _oslo_timestamp(moment: datetime.datetime) -> str:
 
 
 def instance_notification(host: str, epoch: int, event: DomainEvent,
-                          observed: translation.Observed | None = None) -> Notification:
-    """``observed``: the domain as read after the event (None: not read)."""
-    result = translation.translate(event.event, event.detail, observed)
+                          observed: translation.Observed | None = None,
+                          previous: translation.Transition | None = None) -> Notification:
+    """``observed``: the domain as read after the event (None: not read); ``previous``:
+    the domain's previous transition on this host (None: not known)."""
+    result = translation.translate(event.event, event.detail, observed, previous)
     occurred = timeutil.from_epoch(event.occurred_at)
     payload = payloads.InstanceLifecyclePayload(
         uuid=event.uuid, name=event.name, host=host, epoch=epoch, seq=event.seq,

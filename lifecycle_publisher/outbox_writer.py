@@ -11,6 +11,7 @@ emits STOPPED then STARTED, and the control plane should not see it stopped.
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -22,12 +23,13 @@ from lifecycle_publisher import notifications
 from lifecycle_publisher.domain_event import DomainEvent, Inventory
 from lifecycle_publisher.libvirt_codes import Event
 from lifecycle_publisher.outbox import Outbox
-from lifecycle_publisher.translation import Observed
+from lifecycle_publisher.translation import Observed, Transition
 
 LOG = logging.getLogger(__name__)
 
 STOP = object()  # put on the queue to end the writer once everything before it is written
 MAX_BATCH = 2000
+MAX_REMEMBERED = 100_000  # domains whose last transition is kept
 
 Observe = Callable[[list[DomainEvent]], dict[str, Observed]]
 
@@ -79,6 +81,7 @@ class OutboxWriter:
         self._wake = wake
         self._observe = observe
         self._delay = StoppedDelay(stopped_delay)
+        self._previous: collections.OrderedDict[str, Transition] = collections.OrderedDict()
         self.written = 0
 
     def run(self) -> None:
@@ -135,10 +138,19 @@ class OutboxWriter:
                 LOG.info("host %s seq %d: %s inventory of %d domains written to the outbox",
                          self._host, item.seq, item.reason, len(item.domains))
 
+    def _remember(self, uuid: str, transition: Transition) -> None:
+        """Each domain's last transition here (translation needs it); bounded."""
+        self._previous[uuid] = transition
+        self._previous.move_to_end(uuid)
+        if len(self._previous) > MAX_REMEMBERED:
+            self._previous.popitem(last=False)
+
     def _row(self, item, observed: dict[str, Observed]) -> tuple[int, str, bytes]:
         if isinstance(item, DomainEvent):
             note = notifications.instance_notification(
-                self._host, self._epoch, item, observed.get(item.uuid))
+                self._host, self._epoch, item, observed.get(item.uuid),
+                self._previous.get(item.uuid))
+            self._remember(item.uuid, Transition(note.payload.transition))
         elif isinstance(item, Inventory):
             note = notifications.inventory_notification(self._host, self._epoch, item)
         else:

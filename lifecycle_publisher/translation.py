@@ -82,8 +82,13 @@ _MIGRATING = Translation(Transition.MIGRATING, None)
 _JOB_UNDER_WAY = (JobType.BOUNDED, JobType.UNBOUNDED, JobType.COMPLETED)
 
 
-def translate(event: int, detail: int, observed: Optional[Observed] = None) -> Translation:
-    """Translate one libvirt lifecycle event, with the domain as read after it if known."""
+def translate(event: int, detail: int, observed: Optional[Observed] = None,
+              previous: Optional[Transition] = None) -> Translation:
+    """Translate one libvirt lifecycle event, with the domain as read after it and the
+    previous transition of the same domain on this host, where known."""
+    if event == Event.UNDEFINED and previous is Transition.MIGRATED:
+        # The source host removing a guest that migrated away: not a deletion.
+        return Translation(Transition.MIGRATED, None)
     edge = _edge(event, detail, observed)
     if (observed is None or observed.state is None or edge.transition in MIGRATION
             or edge.transition is Transition.IGNORED):
