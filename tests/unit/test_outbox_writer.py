@@ -1,0 +1,83 @@
+"""The outbox writer: events reach the outbox translated, with the state read after
+them; a held STOPPED is dropped by a later event and written when due or at stop."""
+
+import queue
+import threading
+import time
+
+from lifecycle_common import wire
+from lifecycle_publisher.domain_event import DomainEvent
+from lifecycle_publisher.libvirt_codes import DomainState, Event, StartedDetail, StoppedDetail
+from lifecycle_publisher.outbox import Outbox
+from lifecycle_publisher.outbox_writer import STOP, OutboxWriter
+from lifecycle_publisher.translation import Observed
+
+UUID = "6695eb01-f6a4-8304-79aa-97f2502e193f"
+
+
+def ev(seq, event, detail):
+    return DomainEvent(seq=seq, occurred_at=time.time(), uuid=UUID, name="vm",
+                       event=int(event), detail=int(detail))
+
+
+def run_writer(tmp_path, stopped_delay=0.0, observe=lambda events: {}):
+    q = queue.SimpleQueue()
+    outbox = Outbox(str(tmp_path / "outbox.sqlite"))
+    writer = OutboxWriter(q, outbox, "h1", 7, threading.Event(), observe=observe,
+                          stopped_delay=stopped_delay)
+    thread = threading.Thread(target=writer.run)
+    thread.start()
+    return q, outbox, thread
+
+
+def written(outbox):
+    return [wire.decode(r.body) for r in outbox.fetch_after(0, 100)]
+
+
+def test_events_are_written_with_the_state_read_after_them(tmp_path):
+    seen = []
+
+    def observe(events):
+        seen.extend(e.seq for e in events)
+        return {UUID: Observed(DomainState.PAUSED, 1)}
+
+    q, outbox, thread = run_writer(tmp_path, observe=observe)
+    q.put(ev(1, Event.STARTED, StartedDetail.BOOTED))
+    q.put(STOP)
+    thread.join(10)
+    [note] = written(outbox)
+    assert seen == [1]
+    assert note.event_type == "instance.started"
+    assert note.payload.libvirt_state == "PAUSED" and note.payload.libvirt_reason == 1
+    assert note.payload.power_state == "paused"  # level-triggered
+    assert note.payload.host == "h1" and note.payload.epoch == 7 and note.payload.seq == 1
+
+
+def test_held_stop_is_dropped_by_a_restart(tmp_path):
+    q, outbox, thread = run_writer(tmp_path, stopped_delay=30)
+    q.put(ev(1, Event.STOPPED, StoppedDetail.SHUTDOWN))
+    q.put(ev(2, Event.STARTED, StartedDetail.BOOTED))
+    q.put(STOP)
+    thread.join(10)
+    assert [n.event_type for n in written(outbox)] == ["instance.started"]
+
+
+def test_held_stop_is_written_when_due(tmp_path):
+    q, outbox, thread = run_writer(tmp_path, stopped_delay=0.2)
+    q.put(ev(1, Event.STOPPED, StoppedDetail.DESTROYED))
+    deadline = time.monotonic() + 10
+    while outbox.pending() == 0:
+        assert time.monotonic() < deadline, "held STOPPED never written"
+        time.sleep(0.01)
+    q.put(STOP)
+    thread.join(10)
+    assert [n.event_type for n in written(outbox)] == ["instance.stopped"]
+
+
+def test_held_stop_is_written_at_shutdown(tmp_path):
+    q, outbox, thread = run_writer(tmp_path, stopped_delay=30)
+    q.put(ev(1, Event.STOPPED, StoppedDetail.DESTROYED))
+    q.put(STOP)
+    thread.join(10)
+    assert not thread.is_alive()
+    assert [n.event_type for n in written(outbox)] == ["instance.stopped"]
