@@ -1,0 +1,284 @@
+"""The agent against a real RabbitMQ and libvirt's in-process ``test:///default``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+
+import pytest
+from oslo_config import cfg
+
+from lifecycle_common import wire
+from lifecycle_publisher import config as agent_config
+from lifecycle_publisher.agent import Agent
+from lifecycle_publisher.outbox import Outbox
+
+pytestmark = pytest.mark.integration
+
+HOST = "agent-host-1"
+DOMAIN_XML = ("<domain type='test'><name>{name}</name><memory>1024</memory>"
+              "<os><type>hvm</type></os></domain>")
+
+
+def make_conf(state_path, exchange: str, transport_url: str, **agent_opts) -> cfg.ConfigOpts:
+    conf = cfg.ConfigOpts()
+    agent_config.register_opts(conf)
+    conf(args=[], default_config_files=[], default_config_dirs=[])
+    conf.set_override("host", HOST)
+    conf.set_override("transport_url", transport_url)
+    conf.set_override("control_exchange", exchange)
+    conf.set_override("state_path", str(state_path))
+    conf.set_override("connection_uri", "test:///default", group="libvirt")
+    conf.set_override("reconnect_interval_max", 0.5, group="libvirt")
+    options = {"heartbeat_interval": 0.2, "broker_retry_interval_max": 0.2,
+               "shutdown_timeout": 5.0, "inventory_interval": 0, **agent_opts}
+    for name, value in options.items():
+        conf.set_override(name, value, group="agent")
+    return conf
+
+
+class RunningAgent:
+    def __init__(self, conf):
+        self.agent = Agent(conf)
+        self.thread = threading.Thread(target=self.agent.run, name="agent")
+        self.thread.start()
+
+    def stop(self):
+        self.agent.stop()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "the agent did not stop"
+
+
+class Received:
+    """Everything that arrived on a queue, decoded (and so validated) with wire.decode."""
+
+    def __init__(self, isolation, queue: str):
+        self._isolation = isolation
+        self.queue = queue
+        self.notes: list[wire.Notification] = []
+
+    def poll(self) -> list[wire.Notification]:
+        for message in self._isolation.get_all(self.queue):
+            assert message.delivery_info["routing_key"] == "notifications.info"
+            self.notes.append(wire.decode(message.body))
+        return self.notes
+
+    def of_type(self, *event_types) -> list[wire.Notification]:
+        return [n for n in self.poll() if n.event_type in event_types]
+
+    def inventories(self):
+        return self.of_type("host.inventory")
+
+    def heartbeats(self):
+        return self.of_type("host.heartbeat")
+
+    def instance_events(self, vm: str):
+        return [n for n in self.poll()
+                if n.event_type.startswith("instance.") and n.payload.uuid == vm]
+
+
+@pytest.fixture
+def agents():
+    running: list[RunningAgent] = []
+
+    def start(conf) -> RunningAgent:
+        agent = RunningAgent(conf)
+        running.append(agent)
+        return agent
+    yield start
+    for agent in running:
+        if agent.thread.is_alive():
+            agent.stop()
+
+
+@pytest.fixture
+def domain(libvirt_conn):
+    """Define (and at the end undefine) a fresh inactive domain on test:///default."""
+    import libvirt
+    defined = []
+
+    def define():
+        dom = libvirt_conn.defineXML(DOMAIN_XML.format(name=f"it-{uuid.uuid4().hex[:8]}"))
+        defined.append(dom)
+        return dom
+    yield define
+    for dom in defined:
+        try:
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+        except libvirt.libvirtError:
+            pass
+
+
+@pytest.fixture
+def outbox(tmp_path):
+    box = Outbox(os.path.join(tmp_path, "outbox.sqlite"))
+    yield box
+    box.close()
+
+
+@pytest.fixture
+def bound_queue(amqp_isolation):
+    return amqp_isolation.declare_queue("agent", "notifications.*")
+
+
+def test_inventory_events_in_order_and_stopping_heartbeat(
+        tmp_path, amqp_isolation, bound_queue, libvirt_conn, domain, agents, wait_for):
+    received = Received(amqp_isolation, bound_queue)
+    running = agents(make_conf(tmp_path, amqp_isolation.exchange, amqp_isolation.transport_url))
+    (start,) = wait_for(received.inventories, timeout=10, message="the start inventory")
+    assert start.publisher_id == f"lifecycle-agent:{HOST}"
+    inv = start.payload
+    assert (inv.host, inv.reason, inv.epoch) == (HOST, "start", running.agent.epoch)
+    test_dom = libvirt_conn.lookupByName("test")
+    listed = {e.uuid: e for e in inv.instances}
+    assert listed[test_dom.UUIDString()].name == "test"
+    assert listed[test_dom.UUIDString()].power_state == "running"
+
+    # One step at a time: an event's power state is the domain's state read after it
+    # (payload 1.1), so waiting for each event makes every state deterministic.
+    dom = domain()
+    vm = dom.UUIDString()
+    steps = [(None, "instance.defined", "shutdown"), (dom.create, "instance.started", "running"),
+             (dom.suspend, "instance.paused", "paused"), (dom.resume, "instance.resumed", "running"),
+             (dom.destroy, "instance.stopped", "shutdown"), (dom.undefine, "instance.undefined", None)]
+    for count, (action, event_type, _) in enumerate(steps, 1):
+        if action is not None:
+            action()
+        wait_for(lambda: len(received.instance_events(vm)) >= count, timeout=10,
+                 message=lambda: f"{event_type}, have "
+                                 f"{[n.event_type for n in received.instance_events(vm)]}")
+    events = received.instance_events(vm)
+    assert [n.event_type for n in events] == [t for _, t, _ in steps]
+    assert [n.payload.power_state for n in events] == [p for _, _, p in steps]
+    seqs = [n.payload.seq for n in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert seqs[0] > inv.seq
+    assert {(n.payload.host, n.payload.epoch) for n in events} == {(HOST, running.agent.epoch)}
+    wait_for(received.heartbeats, timeout=5, message="a heartbeat")
+
+    running.stop()
+    last = received.heartbeats()[-1].payload
+    assert (last.status, last.last_seq, last.epoch) == ("stopping", seqs[-1], running.agent.epoch)
+    assert all(h.payload.status == "running" for h in received.heartbeats()[:-1])
+
+
+def test_restart_grows_the_epoch_and_continues_the_sequence(
+        tmp_path, amqp_isolation, bound_queue, libvirt_conn, domain, agents, wait_for):
+    received = Received(amqp_isolation, bound_queue)
+    conf = make_conf(tmp_path, amqp_isolation.exchange, amqp_isolation.transport_url)
+    first = agents(conf)
+    wait_for(received.inventories, timeout=10, message="the first start inventory")
+    dom = domain()
+    wait_for(lambda: received.instance_events(dom.UUIDString()), timeout=10)
+    first.stop()
+    before = [n.payload for n in received.poll() if n.event_type != "host.heartbeat"]
+    last_seq = max(p.seq for p in before)
+
+    second = agents(conf)
+    inventories = wait_for(lambda: len(received.inventories()) == 2 and received.inventories(),
+                           timeout=10, message="the second start inventory")
+    again = inventories[1].payload
+    assert again.epoch == second.agent.epoch > first.agent.epoch
+    assert again.seq == last_seq + 1
+    dom.create()
+    (started,) = wait_for(lambda: [n for n in received.instance_events(dom.UUIDString())
+                                   if n.event_type == "instance.started"], timeout=10)
+    assert (started.payload.epoch, started.payload.seq) == (second.agent.epoch, last_seq + 2)
+
+
+def test_events_wait_in_the_outbox_while_the_broker_is_unreachable(
+        tmp_path, amqp_isolation, bound_queue, libvirt_conn, domain, agents, outbox,
+        tcp_forwarder, wait_for):
+    received = Received(amqp_isolation, bound_queue)
+    url = f"rabbit://guest:guest@127.0.0.1:{tcp_forwarder.port}/"
+    running = agents(make_conf(tmp_path, amqp_isolation.exchange, url))
+    wait_for(received.inventories, timeout=10, message="the start inventory")
+    wait_for(lambda: outbox.pending() == 0, timeout=5, message="the inventory confirmed")
+
+    tcp_forwarder.stop()
+    dom = domain()
+    vm = dom.UUIDString()
+    dom.create()
+    for _ in range(20):
+        dom.suspend()
+        dom.resume()
+    wait_for(lambda: outbox.pending() >= 42, timeout=10,
+             message=lambda: f"42 events in the outbox, have {outbox.pending()}")
+    wait_for(lambda: not running.agent.publisher.connected.is_set(), timeout=10,
+             message="the publisher noticing the outage")
+    assert outbox.pending() >= 42
+    assert received.instance_events(vm) == []
+
+    tcp_forwarder.start()
+    events = wait_for(lambda: len({n.payload.seq for n in received.instance_events(vm)}) == 42
+                      and received.instance_events(vm), timeout=15,
+                      message=lambda: f"42 events after the outage, have "
+                                      f"{len(received.instance_events(vm))}")
+    wait_for(lambda: outbox.pending() == 0, timeout=10, message="the outbox emptied")
+    seqs = sorted({n.payload.seq for n in events})
+    assert seqs == list(range(seqs[0], seqs[0] + 42))  # none lost
+    assert [n.event_type for n in events][:3] == ["instance.defined", "instance.started",
+                                                   "instance.paused"]
+
+
+def test_unroutable_events_stay_in_the_outbox_until_a_queue_is_bound(
+        tmp_path, amqp_isolation, libvirt_conn, agents, outbox, caplog, wait_for):
+    caplog.set_level(logging.ERROR, logger="lifecycle_publisher.publisher")
+    running = agents(make_conf(tmp_path, amqp_isolation.exchange, amqp_isolation.transport_url))
+    wait_for(lambda: "no queue is bound" in caplog.text, timeout=10,
+             message="the broker returning the unroutable inventory")
+    assert outbox.pending() >= 1
+    assert running.agent.publisher.confirmed == 0
+
+    queue = amqp_isolation.declare_queue("late", "notifications.*")
+    received = Received(amqp_isolation, queue)
+    (inventory,) = wait_for(received.inventories, timeout=15,
+                            message="the inventory, retried once a queue is bound")
+    assert inventory.payload.reason == "start"
+    wait_for(lambda: outbox.pending() == 0, timeout=5, message="the outbox emptied")
+
+
+def test_the_publish_window_carries_thousands_of_events(
+        tmp_path, amqp_isolation, bound_queue, libvirt_conn, agents, outbox, wait_for):
+    received = Received(amqp_isolation, bound_queue)
+    running = agents(make_conf(tmp_path, amqp_isolation.exchange, amqp_isolation.transport_url,
+                               publish_window=256))
+    wait_for(received.inventories, timeout=10, message="the start inventory")
+    wait_for(lambda: outbox.pending() == 0, timeout=5)
+    test_dom = libvirt_conn.lookupByName("test")
+    vm = test_dom.UUIDString()
+    in_flight = []
+    sampling = threading.Event()
+
+    def sample():  # the publisher's unconfirmed messages, sampled while it works
+        while not sampling.is_set():
+            in_flight.append(len(running.agent.publisher._inflight))
+            time.sleep(0.005)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.monotonic()
+    for _ in range(1000):
+        test_dom.suspend()
+        test_dom.resume()
+    generated = time.monotonic()
+    wait_for(lambda: running.agent.publisher.confirmed >= 2001 and outbox.pending() == 0,
+             timeout=60, interval=0.002,
+             message=lambda: f"2000 events confirmed, {running.agent.publisher.confirmed} so far")
+    confirmed = time.monotonic()
+    sampling.set()
+    sampler.join()
+    events = wait_for(lambda: len(received.instance_events(vm)) >= 2000 and
+                      received.instance_events(vm), timeout=30)
+    seqs = [n.payload.seq for n in events]
+    assert len(set(seqs)) == 2000 and seqs == sorted(seqs)
+    assert [n.event_type for n in events[:2]] == ["instance.paused", "instance.resumed"]
+    rate = 2000 / (confirmed - started)
+    print(f"\n2000 events: generated in {generated - started:.3f}s, all confirmed and "
+          f"deleted from the outbox after {confirmed - started:.3f}s: {rate:.0f} events/s; "
+          f"most unconfirmed at once: {max(in_flight)}")
+    assert max(in_flight) > 1, "the publisher never had two messages unconfirmed at once"
