@@ -21,8 +21,10 @@ def _libvirtd_answers() -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def libvirtd():
+    """A connection to libvirtd's shared test hypervisor, held for the whole test (per
+    test: a test may restart libvirtd, which ends every connection)."""
     if not _libvirtd_answers():
         message = ("libvirtd does not answer on test+unix:///default; "
                    "run tools/bootstrap.sh (it starts virtlogd and libvirtd)")
