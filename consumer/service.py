@@ -16,6 +16,7 @@ import time
 import amqp
 
 from lifecycle_common import timeutil, wire
+from lifecycle_common.retry import backoff
 from lifecycle_common.wire.payloads import HostHeartbeatPayload
 from consumer.amqp_queue import BatchQueue
 from consumer.errors import BatchRejected, BrokerUnavailable, DatabaseUnavailable
@@ -25,9 +26,6 @@ LOG = logging.getLogger(__name__)
 
 AGENT_PUBLISHER_PREFIX = "lifecycle-agent:"
 
-
-def backoff(attempt: int, maximum: float, base: float = 0.5) -> float:
-    return min(maximum, base * (2 ** min(attempt, 30)))
 
 
 @dataclasses.dataclass

@@ -26,7 +26,8 @@ from lifecycle_publisher.errors import LibvirtUnavailable
 from lifecycle_publisher.event_source import EventSource
 from lifecycle_publisher.outbox import Outbox
 from lifecycle_publisher.outbox_writer import STOP, OutboxWriter
-from lifecycle_publisher.publisher import Publisher, backoff
+from lifecycle_common.retry import backoff
+from lifecycle_publisher.publisher import Publisher
 
 LOG = logging.getLogger(__name__)
 

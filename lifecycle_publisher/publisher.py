@@ -21,6 +21,7 @@ from typing import Callable, Optional
 import amqp
 import kombu
 
+from lifecycle_common.retry import backoff
 from lifecycle_publisher.errors import BrokerUnavailable
 from lifecycle_publisher.outbox import Outbox, OutboxRow
 
@@ -28,10 +29,6 @@ LOG = logging.getLogger(__name__)
 
 _POLL = 0.001  # seconds to wait for confirms while some are outstanding
 
-
-def backoff(attempt: int, maximum: float, base: float = 0.5) -> float:
-    """Exponential back-off: 0.5, 1, 2, ... capped at ``maximum`` seconds."""
-    return min(maximum, base * (2 ** min(attempt, 30)))
 
 
 class Publisher:
