@@ -9,6 +9,7 @@ oslo.messaging, whose import drags eventlet into the process.
 from __future__ import annotations
 
 import dataclasses
+import re
 import urllib.parse
 
 SCHEMES = ("rabbit", "amqp", "kombu")
@@ -26,12 +27,20 @@ class Broker:
     password: str
 
 
+def redact(transport_url: str) -> str:
+    """The URL with every password replaced, for error messages and logs."""
+    return re.sub(r"(?<=[/,])([^:/@,]*):[^@/,]*@", r"\1:***@", transport_url)
+
+
 def parse(transport_url: str) -> tuple[list[Broker], str]:
     """Brokers (in failover order) and the virtual host of a transport URL."""
-    url = urllib.parse.urlsplit(transport_url)
+    try:
+        url = urllib.parse.urlsplit(transport_url)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise TransportURLError(f"transport_url {redact(transport_url)!r}: {exc}") from None
     if url.scheme not in SCHEMES:
         raise TransportURLError(
-            f"transport_url {transport_url!r}: scheme {url.scheme!r} is not supported, "
+            f"transport_url {redact(transport_url)!r}: scheme {url.scheme!r} is not supported, "
             "use rabbit://")
     vhost = urllib.parse.unquote(url.path[1:]) if url.path.startswith("/") else ""
     brokers = []
@@ -42,7 +51,7 @@ def parse(transport_url: str) -> tuple[list[Broker], str]:
         brokers.append(Broker(hostname, port, urllib.parse.unquote(user),
                               urllib.parse.unquote(password)))
     if not brokers:
-        raise TransportURLError(f"transport_url {transport_url!r} names no broker")
+        raise TransportURLError(f"transport_url {redact(transport_url)!r} names no broker")
     return brokers, vhost
 
 
@@ -53,11 +62,12 @@ def _split_hostport(hostport: str, transport_url: str) -> tuple[str, int]:
     else:
         host, _, port = hostport.partition(":")
     if not host:
-        raise TransportURLError(f"transport_url {transport_url!r}: a broker has no host")
-    try:
-        return host, int(port) if port else 5672
-    except ValueError:
-        raise TransportURLError(f"transport_url {transport_url!r}: bad port {port!r}") from None
+        raise TransportURLError(f"transport_url {redact(transport_url)!r}: a broker has no host")
+    if not port:
+        return host, 5672
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise TransportURLError(f"transport_url {redact(transport_url)!r}: bad port {port!r}")
+    return host, int(port)
 
 
 def kombu_urls(transport_url: str) -> list[str]:

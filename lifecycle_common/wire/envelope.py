@@ -66,7 +66,7 @@ def decode(body: bytes | str) -> Notification:
     if readable is None:
         raise WireError(f"{event_type}: {name} version {version} is not supported")
     if readable != version:
-        data = payloads.known_fields(cls, data)
+        data = payloads.known_data(cls, data)
     error = jsonschema.exceptions.best_match(schemas.validator(name, readable).iter_errors(data))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "payload"

@@ -117,6 +117,16 @@ def from_data(cls, data: dict):
     return cls(**known_fields(cls, data))
 
 
+def known_data(cls, data: dict) -> dict:
+    """``data`` of a newer minor version without the fields ``cls`` does not know, in
+    nested entries too, so that it can be validated with the newest schema known."""
+    known = known_fields(cls, data)
+    if cls is HostInventoryPayload and isinstance(known.get("instances"), list):
+        known["instances"] = [known_fields(InventoryEntry, e) if isinstance(e, dict) else e
+                              for e in known["instances"]]
+    return known
+
+
 def known_fields(cls, data: dict) -> dict:
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in data.items() if k in names}

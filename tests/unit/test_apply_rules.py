@@ -1,0 +1,213 @@
+"""consumer.apply_rules: which notification changes an instance row, and how."""
+
+import dataclasses
+import datetime
+
+import pytest
+
+from consumer.apply_rules import InstanceRow, Observation, Outcome, apply, vanished
+
+UUID = "3f9c2a1e-7b4d-4e8a-9c61-2d5f0b8e4a17"
+T0 = datetime.datetime(2026, 11, 25, 8, 0, 0, tzinfo=datetime.timezone.utc)
+
+
+def at(seconds: float) -> datetime.datetime:
+    return T0 + datetime.timedelta(seconds=seconds)
+
+
+def row(**changes) -> InstanceRow:
+    base = InstanceRow(uuid=UUID, name="vm-1", host="host-a", power_state="running",
+                       deleted=False, epoch=100, seq=10, last_event_type="instance.started",
+                       event_occurred_at=at(0))
+    return dataclasses.replace(base, **changes)
+
+
+def obs(**changes) -> Observation:
+    base = Observation(uuid=UUID, name="vm-1", host="host-a", epoch=100, seq=11,
+                       occurred_at=at(1), event_type="instance.paused", power_state="paused",
+                       deleted=False)
+    return dataclasses.replace(base, **changes)
+
+
+# -- the host that owns the row: (epoch, seq) decides -------------------------------
+
+@pytest.mark.parametrize(("epoch", "seq", "expected"), [
+    (100, 11, Outcome.APPLIED),   # next in sequence
+    (100, 500, Outcome.APPLIED),  # later, with a gap
+    (101, 1, Outcome.APPLIED),    # a new epoch restarts nothing: it is newer
+    (100, 10, Outcome.STALE),     # duplicate
+    (100, 9, Outcome.STALE),      # older
+    (99, 999, Outcome.STALE),     # an earlier epoch, however high its seq
+])
+def test_same_host_orders_by_epoch_then_seq(epoch, seq, expected):
+    current = row()
+    after, outcome = apply(current, obs(epoch=epoch, seq=seq))
+    assert outcome is expected
+    if expected is Outcome.APPLIED:
+        assert (after.power_state, after.epoch, after.seq) == ("paused", epoch, seq)
+        assert after.last_event_type == "instance.paused"
+    else:
+        assert after == current
+
+
+def test_same_host_ignores_occurred_at():
+    # a newer (epoch, seq) applies even if the host's clock went backwards
+    after, outcome = apply(row(), obs(occurred_at=at(-3600)))
+    assert outcome is Outcome.APPLIED
+    assert after.event_occurred_at == at(-3600)
+    # an older one does not, even with a later clock
+    _, outcome = apply(row(), obs(seq=9, occurred_at=at(3600)))
+    assert outcome is Outcome.STALE
+
+
+def test_applying_twice_is_applying_once():
+    first, _ = apply(row(), obs())
+    second, outcome = apply(first, obs())
+    assert outcome is Outcome.STALE
+    assert second == first
+
+
+def test_order_of_delivery_does_not_matter():
+    events = [obs(seq=11, power_state="paused", event_type="instance.paused"),
+              obs(seq=12, power_state="running", event_type="instance.resumed"),
+              obs(seq=13, power_state="shutdown", event_type="instance.stopped")]
+    in_order = row()
+    for e in events:
+        in_order, _ = apply(in_order, e)
+    reversed_ = row()
+    for e in reversed(events):
+        reversed_, _ = apply(reversed_, e)
+    assert in_order == reversed_
+    assert (in_order.power_state, in_order.seq) == ("shutdown", 13)
+
+
+# -- power state and deletion -----------------------------------------------------
+
+def test_no_power_state_keeps_the_previous_one():
+    after, outcome = apply(row(power_state="paused"),
+                           obs(power_state=None, event_type="instance.shutting_down"))
+    assert outcome is Outcome.APPLIED
+    assert after.power_state == "paused"
+    assert after.last_event_type == "instance.shutting_down"
+    assert after.seq == 11
+
+
+def test_new_instance_without_power_state_is_pending():
+    after, outcome = apply(None, obs(power_state=None, event_type="instance.defined"))
+    assert outcome is Outcome.APPLIED
+    assert after.power_state == "pending"
+    assert (after.uuid, after.host, after.epoch, after.seq) == (UUID, "host-a", 100, 11)
+
+
+def test_new_instance_takes_the_event_power_state():
+    after, outcome = apply(None, obs(power_state="running", event_type="instance.started"))
+    assert outcome is Outcome.APPLIED
+    assert (after.power_state, after.deleted) == ("running", False)
+
+
+def test_undefined_marks_deleted_and_keeps_the_power_state():
+    after, outcome = apply(row(power_state="shutdown"),
+                           obs(event_type="instance.undefined", power_state=None, deleted=True))
+    assert outcome is Outcome.APPLIED
+    assert after.deleted is True
+    assert after.power_state == "shutdown"
+
+
+def test_a_newer_event_brings_a_deleted_instance_back():
+    deleted = row(deleted=True, power_state="shutdown", last_event_type="instance.undefined")
+    after, outcome = apply(deleted, obs(event_type="instance.defined", power_state="shutdown"))
+    assert outcome is Outcome.APPLIED
+    assert after.deleted is False
+
+
+def test_an_empty_name_keeps_the_known_one():
+    after, _ = apply(row(name="vm-1"), obs(name=""))
+    assert after.name == "vm-1"
+
+
+# -- another host: only news that the guest runs there, by occurred_at ---------------
+
+@pytest.mark.parametrize(("event_type", "power_state", "runs_here", "occurred", "expected"), [
+    ("instance.started", "running", True, 5, Outcome.APPLIED),   # later: the guest moved
+    ("instance.resumed", "running", True, 5, Outcome.APPLIED),
+    ("instance.started", "running", True, -5, Outcome.STALE),    # earlier: old news
+    ("instance.started", "running", True, 0, Outcome.STALE),     # same moment: not after
+    ("instance.stopped", "shutdown", False, 5, Outcome.STALE),   # not the owner: stale
+    ("instance.undefined", None, False, 5, Outcome.STALE),
+    ("instance.migrated", None, False, 5, Outcome.STALE),
+])
+def test_another_host(event_type, power_state, runs_here, occurred, expected):
+    current = row(host="host-a", epoch=100, seq=10, event_occurred_at=at(0))
+    # the other host's (epoch, seq) is far greater: it must not matter
+    after, outcome = apply(current, obs(host="host-b", epoch=900, seq=9000,
+                                        event_type=event_type, power_state=power_state,
+                                        deleted=event_type == "instance.undefined",
+                                        runs_here=runs_here, occurred_at=at(occurred)))
+    assert outcome is expected
+    if expected is Outcome.APPLIED:
+        assert (after.host, after.epoch, after.seq) == ("host-b", 900, 9000)
+        assert after.power_state == "running"
+    else:
+        assert after == current
+
+
+@pytest.mark.parametrize("departure", ["instance.migrating", "instance.migrated"])
+def test_after_a_departure_the_destination_takes_over_whatever_the_clocks(departure):
+    current = row(last_event_type=departure, event_occurred_at=at(10), power_state="paused")
+    after, outcome = apply(current, obs(host="host-b", epoch=5, seq=2, occurred_at=at(9),
+                                        event_type="instance.resumed",
+                                        power_state="running", runs_here=True))
+    assert outcome is Outcome.APPLIED
+    assert (after.host, after.power_state) == ("host-b", "running")
+
+
+def test_after_a_departure_other_news_from_elsewhere_is_still_stale():
+    current = row(last_event_type="instance.migrating", event_occurred_at=at(0))
+    _, outcome = apply(current, obs(host="host-b", occurred_at=at(5), event_type="instance.arriving",
+                                    power_state=None, runs_here=False))
+    assert outcome is Outcome.STALE
+
+
+@pytest.mark.parametrize(("occurred", "expected"), [(5, Outcome.APPLIED), (-5, Outcome.STALE)])
+def test_a_deleted_instance_is_taken_by_any_later_event_from_another_host(occurred, expected):
+    current = row(deleted=True, last_event_type="instance.undefined", event_occurred_at=at(0))
+    after, outcome = apply(current, obs(host="host-b", occurred_at=at(occurred),
+                                        event_type="instance.defined", power_state="shutdown"))
+    assert outcome is expected
+    if expected is Outcome.APPLIED:
+        assert (after.host, after.deleted, after.power_state) == ("host-b", False, "shutdown")
+
+
+# -- vanished: an instance of the host that its inventory does not list -------------
+
+def test_vanished_instance_is_deleted_with_the_inventory_position():
+    gone = vanished(row(epoch=100, seq=10), "host-a", 100, 20, at(30))
+    assert gone is not None
+    assert gone.deleted is True
+    assert (gone.epoch, gone.seq, gone.event_occurred_at) == (100, 20, at(30))
+    assert gone.last_event_type == "host.inventory"
+    assert (gone.uuid, gone.name, gone.host, gone.power_state) == (UUID, "vm-1", "host-a", "running")
+
+
+@pytest.mark.parametrize(("epoch", "seq"), [(100, 10), (100, 11), (101, 1)])
+def test_vanished_keeps_a_row_changed_after_the_inventory(epoch, seq):
+    # the row's (epoch, seq) is at or after the inventory's (100, 10)
+    assert vanished(row(epoch=epoch, seq=seq), "host-a", 100, 10, at(30)) is None
+
+
+def test_vanished_leaves_another_host_instances_alone():
+    assert vanished(row(host="host-b", epoch=1, seq=1), "host-a", 100, 20, at(30)) is None
+
+
+def test_vanished_leaves_an_already_deleted_instance_alone():
+    assert vanished(row(deleted=True, epoch=100, seq=5), "host-a", 100, 20, at(30)) is None
+
+
+def test_an_inventory_listing_an_instance_applies_like_an_event():
+    # listed instances go through apply() with the inventory's (epoch, seq)
+    listed = obs(event_type="host.inventory", seq=20, power_state="shutdown")
+    after, outcome = apply(row(seq=10), listed)
+    assert outcome is Outcome.APPLIED
+    assert (after.power_state, after.last_event_type) == ("shutdown", "host.inventory")
+    _, outcome = apply(row(seq=25), listed)
+    assert outcome is Outcome.STALE

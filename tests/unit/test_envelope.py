@@ -1,0 +1,179 @@
+"""wire.decode: what it refuses, with which reason, and what newer payloads it reads."""
+
+import copy
+import json
+
+import pytest
+
+from lifecycle_common.wire import WireError, decode, payloads, schemas
+
+KEY = payloads.OBJECT_KEY
+
+
+def sample(event_type: str) -> dict:
+    return json.loads((schemas.SAMPLE_DIR / f"{event_type}.json").read_text())
+
+
+def wrap(message) -> bytes:
+    return json.dumps({"oslo.version": "2.0", "oslo.message": json.dumps(message)}).encode()
+
+
+def started(**data_changes) -> dict:
+    message = copy.deepcopy(sample("instance.started"))
+    message["payload"][f"{KEY}.data"].update(data_changes)
+    return message
+
+
+def with_payload(message: dict, **changes) -> dict:
+    message = copy.deepcopy(message)
+    message["payload"].update({f"{KEY}.{k}": v for k, v in changes.items()})
+    return message
+
+
+def without(message: dict, *path: str) -> dict:
+    message = copy.deepcopy(message)
+    inner = message
+    for key in path[:-1]:
+        inner = inner[key]
+    del inner[path[-1]]
+    return message
+
+
+# body -> a fragment the reason must contain
+REFUSED = {
+    "not JSON": (b"\x00not json", "body is not JSON"),
+    "not UTF-8": (b"\xff\xfe{", "body is not JSON"),
+    "not an object": (b"[1, 2]", "body is not a JSON object"),
+    "no oslo.message": (json.dumps({"oslo.version": "2.0"}).encode(), "no oslo.message"),
+    "wrong oslo.version": (
+        json.dumps({"oslo.version": "1.0", "oslo.message": "{}"}).encode(),
+        "envelope version '1.0' is not 2.0"),
+    "no oslo.version": (
+        json.dumps({"oslo.message": "{}"}).encode(), "envelope version None is not 2.0"),
+    "oslo.message not JSON": (
+        json.dumps({"oslo.version": "2.0", "oslo.message": "{oops"}).encode(),
+        "oslo.message is not JSON"),
+    "oslo.message not an object": (wrap([1]), "oslo.message is not a JSON object"),
+    "no event_type": (wrap(without(sample("instance.started"), "event_type")),
+                      "message has no event_type"),
+    "unknown event_type": (wrap({**sample("instance.started"), "event_type": "volume.attached"}),
+                           "unknown event_type 'volume.attached'"),
+    "bare instance. prefix": (wrap({**sample("instance.started"), "event_type": "instance."}),
+                              "unknown event_type 'instance.'"),
+    "payload not an object": (wrap({**sample("instance.started"), "payload": "running"}),
+                              "instance.started: payload is not an object"),
+    "wrong payload name": (
+        wrap(with_payload(sample("instance.started"), name="HostHeartbeatPayload")),
+        "instance.started: payload is 'HostHeartbeatPayload', expected 'InstanceLifecyclePayload'"),
+    "heartbeat carrying an instance payload": (
+        wrap({**sample("instance.started"), "event_type": "host.heartbeat"}),
+        "expected 'HostHeartbeatPayload'"),
+    "no version": (wrap(without(sample("instance.started"), "payload", f"{KEY}.version")),
+                   f"lacks {KEY}.version or {KEY}.data"),
+    "data not an object": (wrap(with_payload(sample("instance.started"), data=[])),
+                           f"lacks {KEY}.version or {KEY}.data"),
+    "unsupported major": (wrap(with_payload(sample("instance.started"), version="2.0")),
+                          "InstanceLifecyclePayload version 2.0 is not supported"),
+    "older major": (wrap(with_payload(sample("host.heartbeat"), version="0.9")),
+                    "HostHeartbeatPayload version 0.9 is not supported"),
+    "version not MAJOR.MINOR": (wrap(with_payload(sample("instance.started"), version="latest")),
+                                "version latest is not supported"),
+    "field of the wrong type": (wrap(started(seq="eleven")), "seq: 'eleven' is not of type"),
+    "field below its minimum": (wrap(started(epoch=-1)), "epoch: -1 is less than the minimum"),
+    "unknown transition": (wrap(started(transition="exploded")), "transition: 'exploded'"),
+    "missing field": (wrap(without(started(), "payload", f"{KEY}.data", "uuid")),
+                      "payload: 'uuid' is a required property"),
+    "extra field in a known version": (wrap(started(colour="blue")), "'colour' was unexpected"),
+}
+
+
+@pytest.mark.parametrize(("body", "reason"), list(REFUSED.values()), ids=list(REFUSED))
+def test_refused_with_a_clear_reason(body, reason):
+    with pytest.raises(WireError) as caught:
+        decode(body)
+    assert reason in str(caught.value)
+
+
+def test_a_bad_field_in_an_inventory_entry_is_named_by_its_path():
+    message = copy.deepcopy(sample("host.inventory"))
+    message["payload"][f"{KEY}.data"]["instances"][1]["power_state"] = "exploded"
+    with pytest.raises(WireError, match=r"host\.inventory: HostInventoryPayload 1\.0: "
+                                        r"instances/1/power_state: 'exploded'"):
+        decode(wrap(message))
+
+
+def test_wire_error_is_a_value_error():
+    assert issubclass(WireError, ValueError)
+
+
+def test_decode_accepts_text_as_well_as_bytes():
+    body = wrap(sample("host.heartbeat"))
+    assert decode(body.decode()) == decode(body)
+
+
+# -- versions -----------------------------------------------------------------------
+
+def test_a_newer_minor_with_an_extra_field_decodes():
+    message = with_payload(started(boot_id="9f1c", cpu_model="EPYC"), version="1.7")
+    note = decode(wrap(message))
+    assert isinstance(note.payload, payloads.InstanceLifecyclePayload)
+    assert note.payload.seq == sample("instance.started")["payload"][f"{KEY}.data"]["seq"]
+    assert note.payload.transition == "started"
+    assert not hasattr(note.payload, "boot_id")
+
+
+def test_a_newer_minor_is_still_validated_for_the_fields_this_code_knows():
+    message = with_payload(started(seq="eleven", boot_id="9f1c"), version="1.7")
+    with pytest.raises(WireError, match="seq"):
+        decode(wrap(message))
+
+
+def test_a_newer_minor_of_a_host_payload_decodes():
+    message = copy.deepcopy(sample("host.heartbeat"))
+    message["payload"][f"{KEY}.data"]["load_average"] = 0.42
+    message = with_payload(message, version="1.1")
+    note = decode(wrap(message))
+    assert isinstance(note.payload, payloads.HostHeartbeatPayload)
+    assert note.payload.status == "running"
+
+
+def test_a_newer_major_with_the_same_fields_does_not_decode():
+    with pytest.raises(WireError, match="version 2.0 is not supported"):
+        decode(wrap(with_payload(sample("instance.started"), version="2.0")))
+
+
+def test_an_older_minor_decodes_with_the_fields_it_lacks_left_empty():
+    message = copy.deepcopy(sample("instance.started"))
+    data = message["payload"][f"{KEY}.data"]
+    for added_in_1_1 in ("libvirt_state", "libvirt_reason", "migration_job"):
+        del data[added_in_1_1]
+    note = decode(wrap(with_payload(message, version="1.0")))
+    assert note.payload.power_state == "running"
+    assert (note.payload.libvirt_state, note.payload.libvirt_reason,
+            note.payload.migration_job) == (None, None, None)
+
+
+def test_an_older_minor_is_read_with_its_own_schema():
+    # 1.0 did not have 'migration_job': a 1.0 payload carrying it is not valid 1.0
+    message = with_payload(sample("instance.started"), version="1.0")
+    with pytest.raises(WireError, match="InstanceLifecyclePayload 1.0"):
+        decode(wrap(message))
+
+
+def test_a_newer_minor_with_an_extra_field_in_an_inventory_entry_decodes():
+    message = copy.deepcopy(sample("host.inventory"))
+    data = message["payload"][f"{KEY}.data"]
+    data["cpu_count"] = 64
+    for entry in data["instances"]:
+        entry["flavor"] = "m1.small"
+    note = decode(wrap(with_payload(message, version="1.4")))
+    assert isinstance(note.payload, payloads.HostInventoryPayload)
+    assert [e.uuid for e in note.payload.instances] == [e["uuid"] for e in data["instances"]]
+    assert all(isinstance(e, payloads.InventoryEntry) for e in note.payload.instances)
+
+
+def test_an_extra_field_in_an_inventory_entry_of_a_known_version_is_refused():
+    message = copy.deepcopy(sample("host.inventory"))
+    message["payload"][f"{KEY}.data"]["instances"][0]["flavor"] = "m1.small"
+    with pytest.raises(WireError, match="instances/0"):
+        decode(wrap(message))

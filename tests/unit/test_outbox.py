@@ -1,0 +1,193 @@
+"""The agent's durable outbox (a real SQLite file in tmp_path) and the sequencer."""
+
+import threading
+
+import pytest
+
+from lifecycle_publisher.domain_event import Sequencer
+from lifecycle_publisher.outbox import Epoch, Outbox, OutboxRow
+
+NOW = 1_795_596_800.0
+
+
+@pytest.fixture
+def path(tmp_path):
+    return str(tmp_path / "state" / "outbox.sqlite")
+
+
+def reopen(path: str) -> Outbox:
+    return Outbox(path)
+
+
+def rows(*seqs: int) -> list[tuple[int, str, bytes]]:
+    return [(seq, "instance.started", f"body-{seq}".encode()) for seq in seqs]
+
+
+# -- epoch and sequence across restarts --------------------------------------------
+
+def test_first_epoch_is_the_clock_and_the_sequence_starts_at_one(path):
+    outbox = Outbox(path)
+    assert outbox.open_epoch(now=NOW) == Epoch(epoch=int(NOW), next_seq=1)
+
+
+@pytest.mark.parametrize("clock_step", [+60.0, 0.0, -3600.0, -NOW])
+def test_epoch_strictly_grows_across_reopenings_whatever_the_clock(path, clock_step):
+    epochs = []
+    now = NOW
+    for _ in range(4):
+        outbox = reopen(path)
+        epochs.append(outbox.open_epoch(now=now).epoch)
+        outbox.close()
+        now = max(now + clock_step, 0.0)
+    assert all(later > earlier for earlier, later in zip(epochs, epochs[1:])), epochs
+
+
+def test_epoch_follows_a_clock_that_jumps_forward(path):
+    outbox = Outbox(path)
+    first = outbox.open_epoch(now=NOW).epoch
+    assert outbox.open_epoch(now=NOW + 1000).epoch == first + 1000
+
+
+def test_next_seq_continues_after_the_last_assigned_seq(path):
+    outbox = Outbox(path)
+    outbox.open_epoch(now=NOW)
+    outbox.append(rows(1, 2, 3))
+    outbox.close()
+    assert reopen(path).open_epoch(now=NOW).next_seq == 4
+
+
+def test_next_seq_continues_even_when_every_row_was_published(path):
+    outbox = Outbox(path)
+    outbox.open_epoch(now=NOW)
+    outbox.append(rows(1, 2, 3, 4, 5))
+    outbox.delete([r.id for r in outbox.fetch_after(0, 100)])
+    assert outbox.pending() == 0
+    outbox.close()
+    again = reopen(path)
+    assert again.open_epoch(now=NOW - 100).next_seq == 6
+
+
+def test_last_seq_never_goes_backwards(path):
+    outbox = Outbox(path)
+    outbox.append(rows(10))
+    outbox.append(rows(7))  # appended late, lower: the high mark stays
+    outbox.delete([r.id for r in outbox.fetch_after(0, 100)])
+    assert outbox.open_epoch(now=NOW).next_seq == 11
+
+
+# -- rows -------------------------------------------------------------------------
+
+def test_fetch_after_returns_rows_in_write_order_from_the_cursor(path):
+    outbox = Outbox(path)
+    outbox.append(rows(1, 2))
+    outbox.append(rows(3))
+    everything = outbox.fetch_after(0, 100)
+    assert [(r.seq, r.event_type, r.body) for r in everything] == [
+        (1, "instance.started", b"body-1"), (2, "instance.started", b"body-2"),
+        (3, "instance.started", b"body-3")]
+    ids = [r.id for r in everything]
+    assert ids == sorted(ids)
+    assert outbox.fetch_after(ids[0], 100) == everything[1:]
+    assert outbox.fetch_after(0, 2) == everything[:2]
+    assert outbox.fetch_after(ids[-1], 100) == []
+
+
+def test_fetch_ids_returns_the_rows_asked_for_that_still_exist(path):
+    outbox = Outbox(path)
+    outbox.append(rows(1, 2, 3, 4))
+    a, b, c, d = outbox.fetch_after(0, 100)
+    outbox.delete([c.id])
+    assert outbox.fetch_ids([d.id, a.id, c.id]) == [a, d]
+    assert outbox.fetch_ids([]) == []
+
+
+def test_fetch_ids_handles_more_ids_than_one_sql_statement_takes(path):
+    outbox = Outbox(path)
+    outbox.append(rows(*range(1, 1201)))
+    all_rows = outbox.fetch_after(0, 5000)
+    assert outbox.fetch_ids([r.id for r in all_rows]) == all_rows
+
+
+def test_delete_forgets_only_the_given_rows(path):
+    outbox = Outbox(path)
+    outbox.append(rows(1, 2, 3))
+    assert outbox.pending() == 3
+    first, second, third = outbox.fetch_after(0, 100)
+    outbox.delete([first.id, third.id])
+    assert outbox.pending() == 1
+    assert outbox.fetch_after(0, 100) == [second]
+    outbox.delete([])
+    assert outbox.pending() == 1
+
+
+def test_append_nothing_is_a_no_op(path):
+    outbox = Outbox(path)
+    outbox.append([])
+    assert outbox.pending() == 0
+    assert outbox.open_epoch(now=NOW).next_seq == 1
+
+
+def test_rows_survive_closing_and_reopening(path):
+    outbox = Outbox(path)
+    outbox.append(rows(1, 2, 3))
+    outbox.delete([outbox.fetch_after(0, 1)[0].id])
+    outbox.close()
+    again = reopen(path)
+    assert again.pending() == 2
+    assert [(r.seq, r.body) for r in again.fetch_after(0, 100)] == [(2, b"body-2"), (3, b"body-3")]
+    assert all(isinstance(r, OutboxRow) for r in again.fetch_after(0, 100))
+
+
+def test_rows_written_by_one_thread_are_read_by_another(path):
+    outbox = Outbox(path)
+    writer = threading.Thread(target=outbox.append, args=(rows(1, 2),))
+    writer.start()
+    writer.join()
+    assert [r.seq for r in outbox.fetch_after(0, 100)] == [1, 2]
+
+
+@pytest.mark.parametrize("synchronous", ["NORMAL", "FULL"])
+def test_synchronous_modes(path, synchronous):
+    outbox = Outbox(path, synchronous=synchronous)
+    outbox.append(rows(1))
+    assert outbox.pending() == 1
+
+
+def test_bad_synchronous_mode_is_refused(path):
+    with pytest.raises(ValueError, match="OFF"):
+        Outbox(path, synchronous="OFF")
+
+
+# -- sequencer --------------------------------------------------------------------
+
+def test_sequencer_counts_from_first():
+    sequencer = Sequencer(first=42)
+    assert sequencer.last == 41
+    assert [sequencer.next() for _ in range(3)] == [42, 43, 44]
+    assert sequencer.last == 44
+
+
+def test_sequencer_hands_out_each_number_once_across_threads():
+    sequencer = Sequencer(first=1)
+    taken: list[list[int]] = [[] for _ in range(8)]
+
+    def take(mine: list[int]) -> None:
+        for _ in range(2000):
+            mine.append(sequencer.next())
+
+    threads = [threading.Thread(target=take, args=(mine,)) for mine in taken]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    everything = sorted(n for mine in taken for n in mine)
+    assert everything == list(range(1, 16001))
+    assert all(mine == sorted(mine) for mine in taken)
+    assert sequencer.last == 16000
+
+
+def test_sequencer_continues_from_the_outbox(path):
+    outbox = Outbox(path)
+    outbox.append(rows(1, 2, 3))
+    sequencer = Sequencer(outbox.open_epoch(now=NOW).next_seq)
+    assert sequencer.next() == 4
