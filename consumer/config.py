@@ -29,6 +29,10 @@ CONSUMER_OPTS = [
     cfg.FloatOpt("host_down_after", default=30.0, min=0.1,
                  help="Seconds without a heartbeat after which a host is marked down; "
                       "set it to a few times the agents' [agent] heartbeat_interval."),
+    cfg.FloatOpt("journal_retention", default=7 * 86400.0, min=60,
+                 help="Seconds to keep the journal of applied events. It makes "
+                      "redeliveries count as duplicates; older redeliveries still cannot "
+                      "move an instance backwards."),
     cfg.FloatOpt("retry_interval_max", default=30.0, min=0.1,
                  help="Upper bound, in seconds, of the back-off between attempts to reach "
                       "the broker or the database."),

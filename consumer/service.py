@@ -25,6 +25,7 @@ from consumer.store import Store
 LOG = logging.getLogger(__name__)
 
 AGENT_PUBLISHER_PREFIX = "lifecycle-agent:"
+_PRUNE_INTERVAL = 60.0
 
 
 
@@ -42,13 +43,15 @@ class Stats:
 
 class ConsumerService:
     def __init__(self, queue: BatchQueue, store: Store, host_down_after: float,
-                 retry_max: float):
+                 retry_max: float, journal_retention: float = 7 * 86400):
         self.queue = queue
         self.store = store
         self._host_down_after = host_down_after
         self._retry_max = retry_max
         self._stop = threading.Event()
         self._next_liveness = 0.0
+        self._journal_retention = journal_retention
+        self._next_prune = 0.0
         self.stats = Stats()
 
     def stop(self) -> None:
@@ -75,7 +78,20 @@ class ConsumerService:
             batch = self.queue.next_batch(timeout=0.5)
             if batch:
                 self._handle(batch)
-            self._check_liveness()
+            self._housekeeping()
+
+    def _housekeeping(self) -> None:
+        self._check_liveness()
+        now = time.monotonic()
+        if now >= self._next_prune:
+            self._next_prune = now + _PRUNE_INTERVAL
+            try:
+                pruned = self.store.prune_journal(self._journal_retention)
+                if pruned:
+                    LOG.info("pruned %d journal rows older than %.0fs", pruned,
+                             self._journal_retention)
+            except DatabaseUnavailable as exc:
+                LOG.warning("journal pruning skipped: database unavailable (%s)", exc)
 
     def _check_liveness(self) -> None:
         now = time.monotonic()

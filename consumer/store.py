@@ -69,6 +69,23 @@ class Store:
                 time.sleep(0.01 * attempt)
         raise AssertionError("unreachable")
 
+    def prune_journal(self, older_than: float, limit: int = 10000) -> int:
+        """Delete up to ``limit`` journal rows applied more than ``older_than`` seconds
+        ago. Redeliveries older than that are still kept from moving an instance
+        backwards by the (epoch, seq) rule; they just are no longer counted as duplicates."""
+        cutoff = db_engine.naive_utc(timeutil.utcnow() - datetime.timedelta(seconds=older_than))
+        try:
+            with self.engine.begin() as conn:
+                keys = conn.execute(
+                    sa.select(journal.c.host, journal.c.epoch, journal.c.seq)
+                    .where(journal.c.applied_at < cutoff).limit(limit)).all()
+                for host, epoch, seqs in _group_keys(keys):
+                    conn.execute(journal.delete().where(
+                        journal.c.host == host, journal.c.epoch == epoch, journal.c.seq.in_(seqs)))
+        except sa_exc.DBAPIError as exc:
+            raise DatabaseUnavailable(str(exc.orig)) from exc
+        return len(keys)
+
     def mark_silent_hosts_down(self, down_after: float) -> list[str]:
         """Mark ``down`` every host whose last heartbeat is older than ``down_after``."""
         now = timeutil.utcnow()
@@ -251,6 +268,15 @@ def _update_hosts(conn, payloads: list, heartbeats: list[HostHeartbeatPayload],
                 "epoch": epoch, "last_seq": seq, **values}))
         else:
             conn.execute(hosts.update().where(hosts.c.name == name).values(values))
+
+
+def _group_keys(keys):
+    groups: dict[tuple[str, int], list[int]] = {}
+    for host, epoch, seq in keys:
+        groups.setdefault((host, epoch), []).append(seq)
+    for (host, epoch), seqs in groups.items():
+        for chunk in _chunks(seqs):
+            yield host, epoch, chunk
 
 
 def _chunks(items: list):

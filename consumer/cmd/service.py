@@ -39,7 +39,8 @@ def _run(conf) -> int:
         queue_type=conf.consumer.queue_type)
     service = ConsumerService(
         BatchQueue(urls, topology, conf.consumer.batch_size, conf.consumer.batch_linger),
-        Store(engine), conf.consumer.host_down_after, conf.consumer.retry_interval_max)
+        Store(engine), conf.consumer.host_down_after, conf.consumer.retry_interval_max,
+        conf.consumer.journal_retention)
     signal.signal(signal.SIGTERM, lambda *_: service.stop())
     signal.signal(signal.SIGINT, lambda *_: service.stop())
     service.run()
