@@ -117,22 +117,25 @@ heartbeat_interval = {self.heartbeat_interval}
         return proc
 
     def _last_seq(self, host: str) -> int:
-        from consumer.db import engine, queries
-        if self._engine is None:
-            self._engine = engine.create(self.database)
-        return max([h["last_seq"] for h in queries.list_hosts(self._engine)
-                    if h["name"] == host] or [0])
+        return max([h["last_seq"] for h in self.hosts(direct=True) if h["name"] == host] or [0])
 
-    def stop_process(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+    def stop_process(self, name: str, sig: int | None = signal.SIGTERM,
+                     timeout: float = 20.0) -> int:
+        """Signal the process (``sig`` None: it was signalled already) and wait for it;
+        SIGKILL after ``timeout``. Returns its exit status."""
         proc = self._procs.pop(name)
         if proc.poll() is None:
-            proc.send_signal(sig)
+            if sig is not None:
+                proc.send_signal(sig)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         return proc.returncode
+
+    def signal_process(self, name: str, sig: int) -> None:
+        self._procs[name].send_signal(sig)
 
     def stop(self) -> None:
         for name in reversed(list(self._procs)):  # agents before the consumer
@@ -158,14 +161,23 @@ heartbeat_interval = {self.heartbeat_interval}
         """The instance list as ``lifecycle-manage instance list --format json`` prints
         it; ``direct`` reads the same through the library, without a process per call."""
         if direct:
-            from consumer.db import engine, queries
-            if self._engine is None:
-                self._engine = engine.create(self.database)
-            return json.loads(json.dumps(queries.list_instances(self._engine)))
+            from consumer.db import queries
+            return json.loads(json.dumps(queries.list_instances(self._db())))
         return json.loads(self.manage("instance", "list", "--format", "json"))
 
-    def hosts(self) -> list[dict]:
+    def hosts(self, direct: bool = False) -> list[dict]:
+        """As ``lifecycle-manage host list --format json`` prints it (``direct``: read
+        through the library)."""
+        if direct:
+            from consumer.db import queries
+            return json.loads(json.dumps(queries.list_hosts(self._db())))
         return json.loads(self.manage("host", "list", "--format", "json"))
+
+    def _db(self):
+        from consumer.db import engine
+        if self._engine is None:
+            self._engine = engine.create(self.database)
+        return self._engine
 
     def wait_for(self, what: Callable[[], object], timeout: float, message: str,
                  interval: float = 0.05):
@@ -176,7 +188,7 @@ heartbeat_interval = {self.heartbeat_interval}
             if result:
                 return result
             for name, proc in self._procs.items():
-                if proc.poll() is not None:
+                if proc.poll() not in (None, 0):  # a clean exit may be what we wait for
                     raise RuntimeError(f"{name} exited with {proc.returncode} while waiting "
                                        f"for {message}:\n{self.log(name)[-3000:]}")
             if time.monotonic() > deadline:

@@ -8,6 +8,7 @@ import datetime
 import re
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -96,7 +97,7 @@ def test_events_survive_a_consumer_outage(pipeline, domains):
     assert row["last_event_type"] == "instance.paused"
 
 
-def test_agent_restart_reconciles_what_happened_meanwhile(pipeline, domains):
+def test_agent_restart_reconciles_what_happened_meanwhile(pipeline, domains, figure):
     pipeline.start_consumer()
     pipeline.start_agent("sys-host", URI)
     kept, removed = define(pipeline, domains[0]), define(pipeline, domains[1])
@@ -105,29 +106,45 @@ def test_agent_restart_reconciles_what_happened_meanwhile(pipeline, domains):
     pipeline.wait_for_instance(removed, power_state="shutdown")
     epoch = pipeline.hosts()[0]["epoch"]
 
-    assert pipeline.stop_process("agent-sys-host") == 0
+    stopping = time.monotonic()
+    pipeline.signal_process("agent-sys-host", signal.SIGTERM)
     # A clean stop says so: the host is down at once, not after host_down_after.
-    pipeline.wait_for(lambda: pipeline.hosts()[0]["status"] == "down", 10, "host down")
+    pipeline.wait_for(lambda: pipeline.hosts(direct=True)[0]["status"] == "down", 10, "host down")
+    figure("clean agent stop: SIGTERM -> host down in the database",
+           (time.monotonic() - stopping) * 1000)
+    assert pipeline.stop_process("agent-sys-host", sig=None) == 0
+    assert pipeline.hosts()[0]["status"] == "down"
 
     virsh(URI, "suspend", kept)       # nobody listens: only the next inventory can tell
     virsh(URI, "undefine", removed)
-    pipeline.start_agent("sys-host", URI)
-    pipeline.wait_for_instance(kept, power_state="paused")
-    pipeline.wait_for_instance(removed, deleted=True)
+    starting = time.monotonic()
+    pipeline.start_agent("sys-host", URI, wait=False)
+    pipeline.wait_for_instance(kept, power_state="paused", direct=True)
+    pipeline.wait_for_instance(removed, deleted=True, direct=True)
+    figure("agent restart: process start -> changes made while it was down reconciled",
+           (time.monotonic() - starting) * 1000)
+    pipeline.wait_for_instance(kept, power_state="paused")  # and as lifecycle-manage shows it
     host = pipeline.wait_for(lambda: [h for h in pipeline.hosts() if h["status"] == "up"],
                              10, "host up again")[0]
     assert host["epoch"] > epoch
 
 
-def test_silent_host_is_marked_down(pipeline):
+def test_silent_host_is_marked_down(pipeline, figure):
     pipeline.start_consumer()
     pipeline.start_agent("sys-host", URI)
     pipeline.wait_for(lambda: [h for h in pipeline.hosts() if h["status"] == "up"], 15, "host up")
     # No farewell heartbeat: the consumer must notice the silence.
     assert pipeline.stop_process("agent-sys-host", signal.SIGKILL) == -signal.SIGKILL
     started = datetime.datetime.now(datetime.timezone.utc)
-    pipeline.wait_for(lambda: pipeline.hosts()[0]["status"] == "down", 15, "host marked down")
-    assert (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds() >= 1.0
+    pipeline.wait_for(lambda: pipeline.hosts(direct=True)[0]["status"] == "down", 15,
+                      "host marked down")
+    silent = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
+    figure(f"kill -9 of the agent: host down after (host_down_after = "
+           f"{pipeline.host_down_after:.0f} s)", silent * 1000)
+    assert silent >= 1.0
+    # Heartbeats returning bring it back up.
+    pipeline.start_agent("sys-host", URI, wait=False)
+    pipeline.wait_for(lambda: pipeline.hosts()[0]["status"] == "up", 15, "host up again")
 
 
 def test_bad_option_stops_the_service_with_a_message_naming_it(tmp_path):
