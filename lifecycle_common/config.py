@@ -52,11 +52,19 @@ def load(conf: cfg.ConfigOpts, argv: list[str] | None, prog: str, opts_by_group,
                 getattr(group, opt.dest)
     except cfg.Error as exc:
         raise ConfigError(str(exc)) from exc
-    for validate in validators:
+    for validate in (_check_transport_url, *validators):
         validate(conf)
     if not conf.oslo_messaging_notifications.topics:
         raise ConfigError("[oslo_messaging_notifications] topics must name at least one topic")
     return conf
+
+
+def _check_transport_url(conf: cfg.ConfigOpts) -> None:
+    from lifecycle_common import transport
+    try:
+        transport.kombu_urls(conf.transport_url)
+    except transport.TransportURLError as exc:
+        raise ConfigError(f"[DEFAULT] {exc}") from exc
 
 
 def run_main(prog: str, make_conf, argv, body) -> int:

@@ -6,7 +6,6 @@ import signal
 import sys
 
 from lifecycle_common import config as common
-from lifecycle_common.transport import TransportURLError
 from lifecycle_publisher import config
 
 
@@ -18,11 +17,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(conf) -> int:
     from lifecycle_publisher.agent import Agent  # imports libvirt: after option checks
 
-    try:
-        agent = Agent(conf)
-    except TransportURLError as exc:
-        print(f"lifecycle-agent: configuration error: [DEFAULT] {exc}", file=sys.stderr)
-        return 2
+    agent = Agent(conf)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     agent.run()

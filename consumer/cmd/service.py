@@ -22,11 +22,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(conf) -> int:
-    try:
-        urls = transport.kombu_urls(conf.transport_url)
-    except transport.TransportURLError as exc:
-        print(f"lifecycle-consumer: configuration error: [DEFAULT] {exc}", file=sys.stderr)
-        return 2
+    urls = transport.kombu_urls(conf.transport_url)  # checked when the options loaded
     engine = db_engine.create(conf.database.connection)
     current, head = migrate.current(engine), migrate.head()
     if current != head:

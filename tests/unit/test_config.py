@@ -188,3 +188,14 @@ def test_oslo_config_generator_writes_the_sample(tmp_path, namespace, expected):
     text = output.read_text()
     for line in expected:
         assert line in text
+
+
+def test_a_bad_transport_url_stops_both_services_naming_the_option(tmp_path, capsys):
+    from consumer.cmd import service
+    from lifecycle_publisher import cmd
+    conf = tmp_path / "bad.conf"
+    conf.write_text("[DEFAULT]\ntransport_url = http://user:pw@host/\n")
+    for main in (cmd.main, service.main):
+        assert main(["--config-file", str(conf)]) == 2
+        err = capsys.readouterr().err
+        assert "transport_url" in err and "pw@" not in err
