@@ -4,6 +4,7 @@ the service at start with a message naming the option."""
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import sys
 
@@ -77,6 +78,14 @@ def run_main(prog: str, make_conf, argv, body) -> int:
         return 2
     setup_logging(conf.debug)
     return body(conf)
+
+
+def serve(service) -> int:
+    """Run ``service`` until SIGTERM or SIGINT asks it to stop (cleanly)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: service.stop())
+    service.run()
+    return 0
 
 
 def setup_logging(debug: bool) -> None:

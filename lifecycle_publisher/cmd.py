@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 
 from lifecycle_common import config as common
@@ -17,11 +16,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(conf) -> int:
     from lifecycle_publisher.agent import Agent  # imports libvirt: after option checks
 
-    agent = Agent(conf)
-    signal.signal(signal.SIGTERM, lambda *_: agent.stop())
-    signal.signal(signal.SIGINT, lambda *_: agent.stop())
-    agent.run()
-    return 0
+    return common.serve(Agent(conf))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import signal
 import sys
+
+from sqlalchemy import exc as sa_exc
 
 from lifecycle_common import config as common
 from lifecycle_common import transport
@@ -24,7 +25,12 @@ def main(argv: list[str] | None = None) -> int:
 def _run(conf) -> int:
     urls = transport.kombu_urls(conf.transport_url)  # checked when the options loaded
     engine = db_engine.create(conf.database.connection)
-    current, head = migrate.current(engine), migrate.head()
+    try:
+        current, head = migrate.current(engine), migrate.head()
+    except sa_exc.DBAPIError as exc:
+        print(f"lifecycle-consumer: cannot read the database "
+              f"{engine.url.render_as_string(hide_password=True)}: {exc.orig}", file=sys.stderr)
+        return 1
     if current != head:
         print(f"lifecycle-consumer: the database schema is at {current}, not {head}: "
               "run 'lifecycle-manage db sync'", file=sys.stderr)
@@ -37,10 +43,7 @@ def _run(conf) -> int:
         BatchQueue(urls, topology, conf.consumer.batch_size, conf.consumer.batch_linger),
         Store(engine), conf.consumer.host_down_after, conf.consumer.retry_interval_max,
         conf.consumer.journal_retention)
-    signal.signal(signal.SIGTERM, lambda *_: service.stop())
-    signal.signal(signal.SIGINT, lambda *_: service.stop())
-    service.run()
-    return 0
+    return common.serve(service)
 
 
 if __name__ == "__main__":
