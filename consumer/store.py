@@ -34,6 +34,7 @@ _CONFLICT_RETRIES = 5
 # Transitions that say the guest runs on the event's host (see apply_rules.is_newer).
 RUNS_HERE = frozenset({"started", "resumed"})
 _CHUNK = 500
+_ROW_FIELDS = tuple(f.name for f in dataclasses.fields(InstanceRow))
 
 
 @dataclasses.dataclass
@@ -219,7 +220,8 @@ def _write_instances(conn, original: dict, current: dict, now: datetime.datetime
     for uuid, row in current.items():
         if row is None or row == original.get(uuid):
             continue
-        values = {**dataclasses.asdict(row), "applied_at": applied_at,
+        # A shallow copy: the row's fields are plain values (asdict would deep-copy each).
+        values = {**{f: getattr(row, f) for f in _ROW_FIELDS}, "applied_at": applied_at,
                   "event_occurred_at": db_engine.naive_utc(row.event_occurred_at)}
         (updates if uuid in original else inserts).append(values)
     if inserts:

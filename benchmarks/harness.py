@@ -1,0 +1,411 @@
+"""What every scenario shares: names isolated per run, the PostgreSQL database of the
+run, the consumer as a separate process, the simulated hosts' process, RSS sampling,
+and the result rows the table and the JSON are made of.
+
+Each run gets its own exchanges and queues (``bench-<run id>-<scenario>``), deleted at
+the end, and its own PostgreSQL database created with ``lifecycle-manage db sync`` and
+dropped at the end, so a run never sees another's messages or rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Callable, Optional
+
+import amqp
+import kombu
+import sqlalchemy as sa
+
+from consumer.topology import Topology, declare
+from tools.pipeline import Pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RABBITMQ_URL = os.environ.get("LIFECYCLE_BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+TRANSPORT_URL = os.environ.get("LIFECYCLE_BENCH_TRANSPORT_URL", "rabbit://guest:guest@127.0.0.1:5672/")
+POSTGRES_ADMIN_URL = os.environ.get("LIFECYCLE_BENCH_POSTGRES_URL",
+                                    "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+ROUTING_KEY = "notifications.info"
+
+
+class BenchError(Exception):
+    """A benchmark could not run or its result cannot be trusted (e.g. events lost)."""
+
+
+# -- results -------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Row:
+    """One line of the table: a figure, its target, ours, the baseline's and the ratio."""
+
+    scenario: str
+    figure: str
+    unit: str
+    ours: Optional[float]
+    target: Optional[float] = None
+    higher_is_better: bool = True
+    baseline: Optional[float] = None
+    baseline_label: str = ""
+    ratio: Optional[float] = None  # how many times better ours is than the baseline
+    met: Optional[bool] = None
+    note: str = ""
+
+    def __post_init__(self):
+        if self.met is None and self.target is not None and self.ours is not None:
+            self.met = (self.ours >= self.target) if self.higher_is_better else (self.ours <= self.target)
+        if self.ratio is None and self.baseline and self.ours:
+            self.ratio = (self.ours / self.baseline) if self.higher_is_better else (self.baseline / self.ours)
+
+
+@dataclasses.dataclass
+class ScenarioResult:
+    name: str
+    rows: list[Row]
+    details: dict
+    seconds: float = 0.0
+
+
+# -- the run ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """Sizes of one run: the full one, or --quick for a smoke run."""
+
+    quick: bool
+    soak_seconds: float
+    publish_domains: int = 2000
+    publish_steps: int = 8               # 2 full cycles: 16,000 events
+    baseline_publish_events: int = 8000
+    hosts: int = 20
+    domains_per_host: int = 500          # 20 x 500 = 10,000 instances
+    apply_steps: int = 4                 # 40,000 events in the queue
+    baseline_apply_events: int = 6000
+    latency_rate: float = 1000.0
+    latency_seconds: float = 20.0
+    soak_rate: float = 1000.0
+
+    @classmethod
+    def make(cls, quick: bool, soak_seconds: float) -> "Profile":
+        if not quick:
+            return cls(quick=False, soak_seconds=soak_seconds)
+        return cls(quick=True, soak_seconds=min(soak_seconds, 20.0), publish_steps=4,
+                   baseline_publish_events=2000, apply_steps=2, baseline_apply_events=1500,
+                   latency_seconds=5.0)
+
+
+class Run:
+    """The run's names, work directory, database and clean-up."""
+
+    def __init__(self, profile: Profile, results_dir: str):
+        self.profile = profile
+        self.id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        self.results_dir = results_dir
+        self.workdir = os.path.join(results_dir, f"run-{self.id}")
+        os.makedirs(self.workdir, exist_ok=True)
+        self._queues: list[str] = []
+        self._exchanges: list[str] = []
+        self._databases: list[str] = []
+        self._cleanups: list[Callable[[], None]] = []
+
+    def name(self, scenario: str, suffix: str = "") -> str:
+        return f"bench-{self.id}-{scenario}{'-' + suffix if suffix else ''}"
+
+    # -- broker ----------------------------------------------------------------------
+    def topology(self, scenario: str) -> Topology:
+        """A scenario's own exchange and consumer queue, declared as the consumer would."""
+        name = self.name(scenario)
+        topology = Topology(exchange=name, queue=name, routing_key=ROUTING_KEY)
+        with broker() as channel:
+            declare(channel, topology)
+        self._exchanges += [topology.exchange, topology.dead_letter_exchange]
+        self._queues += [topology.queue, topology.dead_letter_queue]
+        return topology
+
+    def extra_queue(self, exchange: str, name: str) -> str:
+        with broker() as channel:
+            channel.queue_declare(name, durable=True, auto_delete=False)
+            channel.queue_bind(name, exchange, ROUTING_KEY)
+        self._queues.append(name)
+        return name
+
+    def track(self, queues=(), exchanges=()) -> None:
+        self._queues += list(queues)
+        self._exchanges += list(exchanges)
+
+    # -- database ----------------------------------------------------------------------
+    def database(self, label: str) -> str:
+        """A new PostgreSQL database, its schema made by ``lifecycle-manage db sync``."""
+        name = f"lifecycle_bench_{self.id.replace('-', '_')}_{label}"
+        admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        admin.dispose()
+        self._databases.append(name)
+        url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        pipeline = Pipeline(os.path.join(self.workdir, f"db-{label}"), exchange="unused",
+                            queue="unused", database=url)
+        pipeline.db_sync()
+        return url
+
+    def main_database(self) -> tuple[str, sa.Engine]:
+        """The run's database for the consumer's scenarios (each uses its own hosts), and
+        an engine to read it."""
+        if not hasattr(self, "_main"):
+            url = self.database("main")
+            engine = sa.create_engine(url, pool_size=2)
+            self.on_cleanup(engine.dispose)
+            self._main = (url, engine)
+        return self._main
+
+    def on_cleanup(self, action: Callable[[], None]) -> None:
+        self._cleanups.append(action)
+
+    def cleanup(self) -> None:
+        for action in reversed(self._cleanups):
+            try:
+                action()
+            except Exception as exc:  # noqa: BLE001 - clean up the rest regardless
+                print(f"bench: clean-up step failed: {exc}", file=sys.stderr)
+        with broker() as channel:
+            for q in self._queues:
+                _quietly(channel, "queue_delete", q)
+            for x in self._exchanges:
+                _quietly(channel, "exchange_delete", x)
+        if self._databases:
+            admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                for name in self._databases:
+                    conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.dispose()
+
+
+class broker:
+    """A short-lived channel to RabbitMQ: ``with broker() as channel``."""
+
+    def __enter__(self):
+        self._conn = kombu.Connection(RABBITMQ_URL, connect_timeout=5)
+        self._conn.connect()
+        return self._conn.channel()
+
+    def __exit__(self, *exc):
+        self._conn.release()
+
+
+def _quietly(channel, method: str, name: str) -> None:
+    try:
+        getattr(channel, method)(name)
+    except amqp.exceptions.AMQPError:
+        pass
+
+
+def queue_counts(queue: str) -> tuple[int, int]:
+    """(ready messages, consumers) of ``queue``."""
+    with broker() as channel:
+        _, messages, consumers = channel.queue_declare(queue, passive=True)
+        return messages, consumers
+
+
+# -- processes -------------------------------------------------------------------------
+
+class HostsProcess:
+    """``benchmarks.hosts`` in a process of its own: simulated hosts driven by commands."""
+
+    def __init__(self, run: Run, label: str, names: list[str], domains: int, exchange: str,
+                 **agent_opts):
+        spec = {"hosts": names, "workdir": os.path.join(run.workdir, label), "domains": domains,
+                "exchange": exchange, "transport_url": TRANSPORT_URL,
+                "agent_opts": {"heartbeat_interval": 1.0, "inventory_interval": 0,
+                               "shutdown_timeout": 10.0, **agent_opts}}
+        os.makedirs(spec["workdir"], exist_ok=True)
+        self.log_path = os.path.join(run.workdir, f"{label}.log")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.hosts", "--spec", json.dumps(spec)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=REPO,
+                start_new_session=True)
+        run.on_cleanup(self.close)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def call(self, cmd: str, timeout: float = 120.0, **args) -> dict:
+        self.proc.stdin.write((json.dumps({"cmd": cmd, **args}) + "\n").encode())
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            raise BenchError(f"simulated hosts: no reply to {cmd} within {timeout}s "
+                             f"(see {self.log_path})")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise BenchError(f"simulated hosts exited during {cmd} (see {self.log_path})")
+        reply = json.loads(line)
+        if not reply.pop("ok"):
+            raise BenchError(f"simulated hosts: {cmd} failed: {reply['error']}")
+        return reply
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.call("stop", timeout=90)
+            except (BenchError, OSError):
+                pass
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_consumer(run: Run, scenario: str, topology: Topology, database: str,
+                   wait_consuming: bool = True) -> tuple[Pipeline, subprocess.Popen]:
+    """``lifecycle-consumer`` as a separate process, through tools.pipeline.Pipeline."""
+    pipeline = Pipeline(os.path.join(run.workdir, f"consumer-{scenario}"),
+                        exchange=topology.exchange, queue=topology.queue, database=database,
+                        host_down_after=30.0)
+    proc = pipeline.start_consumer()
+    run.on_cleanup(pipeline.stop)
+    if wait_consuming:
+        wait_for(lambda: queue_counts(topology.queue)[1] > 0, 30, "the consumer to consume",
+                 interval=0.005)
+    return pipeline, proc
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str,
+             interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+# -- memory ------------------------------------------------------------------------------
+
+def proc_status(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM (peak RSS) of ``pid`` in MB, from /proc/<pid>/status."""
+    values = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    values[key] = int(rest.split()[0]) / 1024.0
+    except FileNotFoundError:
+        pass
+    return values
+
+
+class RssSampler:
+    """Samples VmRSS and VmHWM of labelled processes in a thread."""
+
+    def __init__(self, interval: float = 0.25):
+        self.interval = interval
+        self.pids: dict[str, int] = {}
+        self.series: dict[str, list[tuple[float, float]]] = {}
+        self.peak: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def watch(self, label: str, pid: int) -> None:
+        self.pids[label] = pid
+        self.series.setdefault(label, [])
+
+    def start(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def sample(self) -> None:
+        now = time.monotonic()
+        for label, pid in list(self.pids.items()):
+            status = proc_status(pid)
+            if "VmRSS" in status:
+                self.series[label].append((now, status["VmRSS"]))
+                self.peak[label] = max(self.peak.get(label, 0.0), status.get("VmHWM", 0.0),
+                                       status["VmRSS"])
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def stop(self) -> None:
+        self.sample()
+        self._stop.set()
+        self._thread.join()
+
+
+# -- database reads ------------------------------------------------------------------------
+
+def journal_rows(engine: sa.Engine, host_prefix: str) -> list:
+    """(event_type, occurred_at, applied_at) of every journal row of the hosts."""
+    with engine.connect() as conn:
+        return list(conn.exec_driver_sql(
+            "SELECT event_type, occurred_at, applied_at FROM journal WHERE host LIKE %s",
+            (host_prefix + "%",)))
+
+
+def caught_up(engine: sa.Engine, last_seq: dict[str, int]) -> bool:
+    """Whether each host's journal reached the given sequence number. A host's events
+    reach the queue in order and each batch commits in order, so this says every event
+    up to there is committed. One index lookup per host (the journal's primary key), so
+    polling it does not load the database being measured, unlike counting the journal;
+    ``hosts.last_seq`` would not do: a heartbeat can carry a number whose event is still
+    on its way."""
+    with engine.connect() as conn:
+        rows = dict(conn.exec_driver_sql(
+            "SELECT h, (SELECT max(seq) FROM journal WHERE host = h) FROM unnest(%s) AS h",
+            (list(last_seq),)).all())
+    return all((rows.get(name) or -1) >= seq for name, seq in last_seq.items())
+
+
+def journal_count(engine: sa.Engine, host_prefix: str) -> int:
+    with engine.connect() as conn:
+        return conn.exec_driver_sql("SELECT count(*) FROM journal WHERE host LIKE %s",
+                                    (host_prefix + "%",)).scalar()
+
+
+def instance_states(engine: sa.Engine, host_prefix: str) -> dict[str, int]:
+    with engine.connect() as conn:
+        return dict(conn.exec_driver_sql(
+            "SELECT power_state, count(*) FROM instances WHERE host LIKE %s AND NOT deleted "
+            "GROUP BY power_state", (host_prefix + "%",)).all())
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, int(round(fraction * (len(ordered) - 1)))))
+    return ordered[index]
+
+
+def seconds(delta: datetime.timedelta) -> float:
+    return delta.total_seconds()
+
+
+def run_baseline(run: Run, module: str, args: dict, timeout: float) -> dict:
+    """Run ``benchmarks.<module>`` as a subprocess (oslo.messaging and its eventlet stay
+    out of this process); it prints one JSON object on its last line of output."""
+    log_path = os.path.join(run.workdir, f"{module}.log")
+    with open(log_path, "ab") as log:
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", f"benchmarks.{module}", json.dumps(args)],
+                stdout=subprocess.PIPE, stderr=log, cwd=REPO, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise BenchError(f"{module} did not finish within {timeout}s (see {log_path})") from exc
+    lines = done.stdout.decode().strip().splitlines()
+    if done.returncode != 0 or not lines:
+        raise BenchError(f"{module} failed with status {done.returncode} (see {log_path})")
+    return json.loads(lines[-1])
