@@ -17,7 +17,9 @@ def isoformat(moment: datetime.datetime) -> str:
     """ISO 8601 in UTC with microseconds, e.g. ``2026-11-25T08:54:44.123456+00:00``."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+    elif moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="microseconds")
 
 
 def parse(text: str) -> datetime.datetime:

@@ -126,26 +126,22 @@ class ShutoffReason(enum.IntEnum):
     DAEMON = 8
 
 
+# Plain dicts: names are looked up for every event, and Enum calls are slow.
+_EVENT_NAMES = {int(e): e.name for e in Event}
+_DETAIL_NAMES = {(int(e), int(d)): d.name for e, details in DETAILS.items() for d in details}
+_STATE_NAMES = {int(s): s.name for s in DomainState}
+
+
 def event_name(code: int) -> str:
-    try:
-        return Event(code).name
-    except ValueError:
-        return f"UNKNOWN_{code}"
+    return _EVENT_NAMES.get(code) or f"UNKNOWN_{code}"
 
 
 def detail_name(event: int, detail: int) -> str:
-    enum_cls = DETAILS.get(event)
-    try:
-        return enum_cls(detail).name if enum_cls else f"UNKNOWN_{detail}"
-    except ValueError:
-        return f"UNKNOWN_{detail}"
+    return _DETAIL_NAMES.get((event, detail)) or f"UNKNOWN_{detail}"
 
 
 def state_name(code: int) -> str:
-    try:
-        return DomainState(code).name
-    except ValueError:
-        return f"UNKNOWN_{code}"
+    return _STATE_NAMES.get(code) or f"UNKNOWN_{code}"
 
 
 class JobType(enum.IntEnum):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 from typing import Optional
 
 from lifecycle_common.power_state import PowerState
@@ -82,10 +83,12 @@ _MIGRATING = Translation(Transition.MIGRATING, None)
 _JOB_UNDER_WAY = (JobType.BOUNDED, JobType.UNBOUNDED, JobType.COMPLETED)
 
 
+@functools.lru_cache(maxsize=4096)
 def translate(event: int, detail: int, observed: Optional[Observed] = None,
               previous: Optional[Transition] = None) -> Translation:
     """Translate one libvirt lifecycle event, with the domain as read after it and the
-    previous transition of the same domain on this host, where known."""
+    previous transition of the same domain on this host, where known. Pure, so its
+    answers are cached: a storm repeats a handful of combinations."""
     if event == Event.UNDEFINED and previous is Transition.MIGRATED:
         # The source host removing a guest that migrated away: not a deletion.
         return Translation(Transition.MIGRATED, None)
