@@ -17,9 +17,10 @@ def publisher_id(host: str) -> str:
     return f"lifecycle-agent:{host}"
 
 
-def _oslo_timestamp(moment: datetime.datetime) -> str:
-    # oslo.messaging's own notifier stamps str(utcnow()): naive UTC, space-separated.
-    return moment.astimezone(timeutil.UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+def _oslo_timestamp(iso: str) -> str:
+    """oslo.messaging's notifier stamps str(utcnow()): naive UTC, space-separated.
+    ``iso`` is timeutil.isoformat's UTC form, 2026-11-25T08:54:44.123456+00:00."""
+    return f"{iso[:10]} {iso[11:26]}"
 
 
 def instance_notification(host: str, epoch: int, event: DomainEvent,
@@ -28,10 +29,10 @@ def instance_notification(host: str, epoch: int, event: DomainEvent,
     """``observed``: the domain as read after the event (None: not read); ``previous``:
     the domain's previous transition on this host (None: not known)."""
     result = translation.translate(event.event, event.detail, observed, previous)
-    occurred = timeutil.from_epoch(event.occurred_at)
+    occurred = timeutil.isoformat(timeutil.from_epoch(event.occurred_at))
     payload = payloads.InstanceLifecyclePayload(
         uuid=event.uuid, name=event.name, host=host, epoch=epoch, seq=event.seq,
-        occurred_at=timeutil.isoformat(occurred),
+        occurred_at=occurred,
         transition=result.transition.value,
         power_state=result.power_state.value if result.power_state else None,
         libvirt_event=libvirt_codes.event_name(event.event),
@@ -47,7 +48,7 @@ def instance_notification(host: str, epoch: int, event: DomainEvent,
 
 
 def inventory_notification(host: str, epoch: int, inventory: Inventory) -> Notification:
-    occurred = timeutil.from_epoch(inventory.occurred_at)
+    occurred = timeutil.isoformat(timeutil.from_epoch(inventory.occurred_at))
     entries = tuple(
         payloads.InventoryEntry(
             uuid=d.uuid, name=d.name,
@@ -55,7 +56,7 @@ def inventory_notification(host: str, epoch: int, inventory: Inventory) -> Notif
             libvirt_state=libvirt_codes.state_name(d.state), libvirt_reason=d.reason)
         for d in inventory.domains)
     payload = payloads.HostInventoryPayload(
-        host=host, epoch=epoch, seq=inventory.seq, occurred_at=timeutil.isoformat(occurred),
+        host=host, epoch=epoch, seq=inventory.seq, occurred_at=occurred,
         reason=inventory.reason, instances=entries)
     return Notification(event_type=INVENTORY, payload=payload,
                         publisher_id=publisher_id(host), timestamp=_oslo_timestamp(occurred))
@@ -64,9 +65,9 @@ def inventory_notification(host: str, epoch: int, inventory: Inventory) -> Notif
 def heartbeat_notification(host: str, epoch: int, last_seq: int, interval: float,
                            status: str, libvirt_connected: bool,
                            now: datetime.datetime | None = None) -> Notification:
-    now = now or timeutil.utcnow()
+    now = timeutil.isoformat(now or timeutil.utcnow())
     payload = payloads.HostHeartbeatPayload(
-        host=host, epoch=epoch, last_seq=last_seq, occurred_at=timeutil.isoformat(now),
+        host=host, epoch=epoch, last_seq=last_seq, occurred_at=now,
         interval=interval, status=status, libvirt_connected=libvirt_connected)
     return Notification(event_type=HEARTBEAT, payload=payload,
                         publisher_id=publisher_id(host), timestamp=_oslo_timestamp(now))
