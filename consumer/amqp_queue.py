@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import time
 import amqp
@@ -60,7 +61,8 @@ class BatchQueue:
 
     def next_batch(self, timeout: float) -> list[amqp.Message]:
         """Up to batch_size messages: waits up to ``timeout`` for the first, then takes
-        whatever arrives within ``linger`` of the last one."""
+        whatever the broker has already sent and whatever arrives within ``linger`` of
+        the first: a batch never waits longer than that to fill."""
         with _broker_errors():
             transport = self._conn.connection
             deadline = time.monotonic() + timeout
@@ -73,9 +75,15 @@ class BatchQueue:
                     transport.drain_events(timeout=min(remaining, 1.0))
                 except socket.timeout:
                     self._conn.heartbeat_check()
+            linger_until = time.monotonic() + self._linger
             while len(self._buffer) < self._batch_size:
+                remaining = linger_until - time.monotonic()
+                if remaining <= 0:
+                    if not _readable(transport):
+                        break
+                    remaining = self._linger  # sent already: arriving, not awaited
                 try:
-                    transport.drain_events(timeout=self._linger)
+                    transport.drain_events(timeout=remaining)
                 except socket.timeout:
                     break
             batch = self._buffer[:self._batch_size]
@@ -124,6 +132,13 @@ def _broker_errors():
         yield
     except (OSError, amqp.exceptions.AMQPError, kombu.exceptions.KombuError) as exc:
         raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
+
+
+def _readable(connection: amqp.Connection) -> bool:
+    """Whether bytes from the broker wait in the socket (py-amqp reads no further ahead
+    than the frame it is reading, so nothing waits in its own buffer)."""
+    sock = connection.transport.sock
+    return sock is not None and bool(select.select([sock], [], [], 0)[0])
 
 
 def _release(conn: kombu.Connection) -> None:

@@ -24,6 +24,7 @@ from lifecycle_common.wire.payloads import (
     HostHeartbeatPayload, HostInventoryPayload, InstanceLifecyclePayload)
 from consumer import apply_rules
 from consumer.apply_rules import InstanceRow, Observation, Outcome
+from consumer.db import bulk
 from consumer.db import engine as db_engine
 from consumer.db.tables import hosts, instances, journal
 from consumer.errors import BatchRejected, DatabaseUnavailable
@@ -123,36 +124,52 @@ def _apply(conn: sa.Connection, notes: list[Notification], now: datetime.datetim
 
     original = _load_instances(conn, fresh)
     current = dict(original)
+    applied_at = db_engine.naive_utc(now)
     journal_rows = []
     for note in fresh:
-        outcome, uuid = _fold(current, note)
-        result.outcomes[outcome] += 1
         p = note.payload
+        occurred_at = timeutil.parse(p.occurred_at)
+        outcome, uuid = _fold(current, note, occurred_at)
+        result.outcomes[outcome] += 1
         journal_rows.append({
             "host": p.host, "epoch": p.epoch, "seq": p.seq, "event_type": note.event_type,
             "instance_uuid": uuid, "outcome": outcome.value,
-            "occurred_at": db_engine.naive_utc(timeutil.parse(p.occurred_at)),
-            "applied_at": db_engine.naive_utc(now)})
+            "occurred_at": db_engine.naive_utc(occurred_at), "applied_at": applied_at})
 
-    _write_instances(conn, original, current, now)
-    if journal_rows:
-        conn.execute(journal.insert(), journal_rows)
-    _update_hosts(conn, [n.payload for n in fresh], heartbeats, now)
+    _write_instances(conn, original, current, applied_at)
+    # A key another consumer journaled meanwhile is an IntegrityError: tried again.
+    bulk.insert(conn, journal, journal_rows)
+    _update_hosts(conn, [n.payload for n in fresh], heartbeats, applied_at)
     result.heartbeats = len(heartbeats)
     return result
 
 
 def _journaled(conn, keys: list[tuple[str, int, int]]) -> set:
+    """The ``keys`` already in the journal, in one query per 500 sequence numbers."""
     by_host: dict[str, list[int]] = {}
     for host, _epoch, seq in keys:
         by_host.setdefault(host, []).append(seq)
     seen = set()
+    for group in _host_groups(by_host):
+        where = sa.or_(*(sa.and_(journal.c.host == host, bulk.one_of(conn, journal.c.seq, seqs))
+                         for host, seqs in group))
+        seen.update(conn.execute(
+            sa.select(journal.c.host, journal.c.epoch, journal.c.seq).where(where)).all())
+    return seen & set(keys)
+
+
+def _host_groups(by_host: dict[str, list[int]]):
+    """``(host, seqs)`` pairs in groups of about _CHUNK sequence numbers in all."""
+    group, size = [], 0
     for host, seqs in by_host.items():
         for chunk in _chunks(seqs):
-            seen.update(tuple(r) for r in conn.execute(
-                sa.select(journal.c.host, journal.c.epoch, journal.c.seq)
-                .where(journal.c.host == host, journal.c.seq.in_(chunk))))
-    return seen & set(keys)
+            if group and size + len(chunk) > _CHUNK:
+                yield group
+                group, size = [], 0
+            group.append((host, chunk))
+            size += len(chunk)
+    if group:
+        yield group
 
 
 def _load_instances(conn, notes: list[Notification]) -> dict[str, InstanceRow]:
@@ -167,25 +184,33 @@ def _load_instances(conn, notes: list[Notification]) -> dict[str, InstanceRow]:
             inventory_hosts.add(p.host)
     rows = {}
     for chunk in _chunks(sorted(uuids)):
-        rows.update(_select_rows(conn, instances.c.uuid.in_(chunk)))
+        rows.update(_select_rows(conn, bulk.one_of(conn, instances.c.uuid, chunk)))
     for host in sorted(inventory_hosts):
         rows.update(_select_rows(conn, sa.and_(instances.c.host == host,
                                                instances.c.deleted == sa.false())))
     return rows
 
 
+# InstanceRow's fields, as columns in the same order: rows are built from the tuples.
+_ROW_COLUMNS = tuple(instances.c[name] for name in _ROW_FIELDS)
+_OCCURRED_AT = _ROW_FIELDS.index("event_occurred_at")
+
+
 def _select_rows(conn, where) -> dict[str, InstanceRow]:
-    query = (sa.select(*[instances.c[f.name] for f in dataclasses.fields(InstanceRow)])
-             .where(where).order_by(instances.c.uuid).with_for_update())
-    return {r.uuid: InstanceRow(**{**r._asdict(),
-                                   "event_occurred_at": db_engine.aware(r.event_occurred_at)})
-            for r in conn.execute(query)}
+    """The rows ``where`` selects, locked until the transaction ends."""
+    query = sa.select(*_ROW_COLUMNS).where(where).order_by(instances.c.uuid).with_for_update()
+    rows = {}
+    for values in conn.execute(query):
+        values = list(values)
+        values[_OCCURRED_AT] = db_engine.aware(values[_OCCURRED_AT])
+        rows[values[0]] = InstanceRow(*values)
+    return rows
 
 
-def _fold(current: dict[str, InstanceRow], note: Notification) -> tuple[Outcome, str | None]:
+def _fold(current: dict[str, InstanceRow], note: Notification,
+          occurred_at: datetime.datetime) -> tuple[Outcome, str | None]:
     """Apply one notification to the in-memory rows; return its outcome."""
     p = note.payload
-    occurred_at = timeutil.parse(p.occurred_at)
     if isinstance(p, InstanceLifecyclePayload):
         if p.transition == "ignored":
             return Outcome.IGNORED, p.uuid
@@ -214,28 +239,26 @@ def _fold(current: dict[str, InstanceRow], note: Notification) -> tuple[Outcome,
     return Outcome.APPLIED, None
 
 
-def _write_instances(conn, original: dict, current: dict, now: datetime.datetime) -> None:
-    applied_at = db_engine.naive_utc(now)
+def _write_instances(conn, original: dict, current: dict, applied_at: datetime.datetime) -> None:
+    """Write the rows ``apply_rules`` changed: new ones inserted (one that another
+    consumer inserted meanwhile is an IntegrityError, and the batch is tried again),
+    the others, locked since they were read, rewritten in one multi-row upsert."""
+    naive_utc = db_engine.naive_utc
     inserts, updates = [], []
     for uuid, row in current.items():
         if row is None or row == original.get(uuid):
             continue
         # A shallow copy: the row's fields are plain values (asdict would deep-copy each).
-        values = {**{f: getattr(row, f) for f in _ROW_FIELDS}, "applied_at": applied_at,
-                  "event_occurred_at": db_engine.naive_utc(row.event_occurred_at)}
+        values = {f: getattr(row, f) for f in _ROW_FIELDS}
+        values["event_occurred_at"] = naive_utc(row.event_occurred_at)
+        values["applied_at"] = applied_at
         (updates if uuid in original else inserts).append(values)
-    if inserts:
-        conn.execute(instances.insert(), inserts)
-    if updates:
-        columns = [c for c in updates[0] if c != "uuid"]
-        conn.execute(
-            instances.update().where(instances.c.uuid == sa.bindparam("b_uuid"))
-            .values({c: sa.bindparam(c) for c in columns}),
-            [{**{c: u[c] for c in columns}, "b_uuid": u["uuid"]} for u in updates])
+    bulk.insert(conn, instances, inserts)
+    bulk.overwrite(conn, instances, updates)
 
 
 def _update_hosts(conn, payloads: list, heartbeats: list[HostHeartbeatPayload],
-                  now: datetime.datetime) -> None:
+                  stamp: datetime.datetime) -> None:
     newest: dict[str, tuple[int, int]] = {}
     for p in payloads:
         newest[p.host] = max(newest.get(p.host, (0, 0)), (p.epoch, p.seq))
@@ -247,29 +270,32 @@ def _update_hosts(conn, payloads: list, heartbeats: list[HostHeartbeatPayload],
     if not newest:
         return
     names = sorted(newest)
-    existing = {r.name: r for r in conn.execute(
-        sa.select(hosts).where(hosts.c.name.in_(names)).order_by(hosts.c.name).with_for_update())}
-    stamp = db_engine.naive_utc(now)
+    existing = {r["name"]: r for r in conn.execute(
+        sa.select(hosts).where(hosts.c.name.in_(names)).order_by(hosts.c.name)
+        .with_for_update()).mappings()}
+    inserts, updates = [], []
     for name in names:
         row = existing.get(name)
-        values = {"updated_at": stamp}
         epoch, seq = newest[name]
-        if row is None or (epoch, seq) > (row.epoch, row.last_seq):
-            values.update(epoch=epoch, last_seq=seq)
+        if row is None:
+            values = {"name": name, "status": "up", "agent_status": "running",
+                      "libvirt_connected": True, "last_heartbeat_at": None,
+                      "epoch": epoch, "last_seq": seq}
+        else:
+            values = dict(row)
+            if (epoch, seq) > (row["epoch"], row["last_seq"]):
+                values.update(epoch=epoch, last_seq=seq)
+        values["updated_at"] = stamp
         hb = beats.get(name)
         if hb is not None:
             beat_at = db_engine.naive_utc(timeutil.parse(hb.occurred_at))
-            if row is None or row.last_heartbeat_at is None or beat_at >= row.last_heartbeat_at:
+            if values["last_heartbeat_at"] is None or beat_at >= values["last_heartbeat_at"]:
                 values.update(last_heartbeat_at=beat_at, agent_status=hb.status,
                               libvirt_connected=hb.libvirt_connected,
                               status="down" if hb.status == "stopping" else "up")
-        if row is None:
-            conn.execute(hosts.insert().values({
-                "name": name, "status": "up", "agent_status": "running",
-                "libvirt_connected": True, "last_heartbeat_at": None,
-                "epoch": epoch, "last_seq": seq, **values}))
-        else:
-            conn.execute(hosts.update().where(hosts.c.name == name).values(values))
+        (inserts if row is None else updates).append(values)
+    bulk.insert(conn, hosts, inserts)
+    bulk.overwrite(conn, hosts, updates)
 
 
 def _group_keys(keys):

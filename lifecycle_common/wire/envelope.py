@@ -6,8 +6,6 @@ import dataclasses
 import json
 import uuid
 
-import jsonschema
-
 from lifecycle_common.wire import payloads, schemas
 from lifecycle_common.wire.errors import WireError
 
@@ -67,7 +65,7 @@ def decode(body: bytes | str) -> Notification:
         raise WireError(f"{event_type}: {name} version {version} is not supported")
     if readable != version:
         data = payloads.known_data(cls, data)
-    error = jsonschema.exceptions.best_match(schemas.validator(name, readable).iter_errors(data))
+    error = schemas.first_error(name, readable, data)
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "payload"
         raise WireError(f"{event_type}: {name} {version}: {where}: {error.message}")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import json
 import pathlib
+from typing import Callable
 
+import fastjsonschema
 import jsonschema
 
 SCHEMA_DIR = pathlib.Path(__file__).parent / "schemas"
@@ -35,6 +37,28 @@ def validator(name: str, version: str) -> jsonschema.protocols.Validator:
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     return cls(schema)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(name: str, version: str) -> Callable[[object], object]:
+    """The same schema compiled to Python by fastjsonschema: about a hundred times
+    faster than ``validator``, but its messages are poorer, so it only says whether."""
+    # Formats not asserted, as by ``validator``; defaults never written into the data.
+    return fastjsonschema.compile(validator(name, version).schema, use_default=False,
+                                  use_formats=False, detailed_exceptions=False)
+
+
+def first_error(name: str, version: str, data: object) -> jsonschema.ValidationError | None:
+    """Why ``data`` does not match the ``name`` ``version`` schema, or None if it does.
+
+    The compiled check passes valid data quickly; only data it refuses goes through
+    jsonschema, which gives the clear reason and has the last word (where the compiled
+    check is stricter, e.g. its ``pattern`` ``$`` refuses a trailing newline)."""
+    try:
+        _compiled(name, version)(data)
+        return None
+    except fastjsonschema.JsonSchemaException:
+        return jsonschema.exceptions.best_match(validator(name, version).iter_errors(data))
 
 
 def readable_version(name: str, version: str) -> str | None:

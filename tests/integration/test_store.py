@@ -105,6 +105,24 @@ def test_new_instance_is_inserted(store, db_engine):
     assert journal_keys(db_engine) == [(HOST, EPOCH, 5)]
 
 
+def test_names_and_hosts_are_stored_as_given_in_a_many_row_batch(store, db_engine):
+    """Rows are written many at a time (arrays on PostgreSQL): characters that mean
+    something in SQL or in an array literal come back unchanged, inserted and updated."""
+    odd = ['quote "q"', "back\\slash", "{brace},comma", "NULL", "", "it's", "tab\there", "é ü"]
+    host = 'host "x",{y}\\'
+    vms = [new_uuid() for _ in odd]
+    store.apply_batch(wire_roundtrip(
+        [event("started", i + 1, vm, name=name, host=host)
+         for i, (vm, name) in enumerate(zip(vms, odd))]))
+    store.apply_batch(wire_roundtrip(
+        [event("paused", i + 100, vm, name=name[::-1], host=host)
+         for i, (vm, name) in enumerate(zip(vms, odd))]))
+    for vm, name in zip(vms, odd):
+        row = instance_row(db_engine, vm)
+        assert (row.name, row.host, row.power_state) == (name[::-1], host, "paused")
+    assert host_row(db_engine, host).last_seq == 100 + len(odd) - 1
+
+
 def test_newer_event_updates_older_or_duplicate_changes_nothing(store, db_engine):
     vm = new_uuid()
     store.apply_batch(wire_roundtrip([event("started", 5, vm)]))

@@ -1,0 +1,99 @@
+"""Multi-row writes: many rows in one statement, whatever the backend.
+
+``insert`` adds new rows: a key that exists already is an IntegrityError, as with a
+plain INSERT. ``overwrite`` rewrites rows that exist and that the caller has locked
+(SELECT ... FOR UPDATE), every column given: an upsert whose conflict branch is
+therefore always the one taken, the portable way to UPDATE many rows in one statement.
+
+PostgreSQL gets each column as one array (``INSERT ... SELECT * FROM unnest(...)``):
+a single small statement that the server parses and plans once, rather than a VALUES
+list of thousands of literals; each array goes as the text of an array literal, which
+is written here about ten times faster than psycopg2 adapts a list element by element.
+MySQL/MariaDB and SQLite get an executemany of the dialect's INSERT (PyMySQL sends it
+as one multi-row statement; SQLite runs in process).
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+
+
+def insert(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> None:
+    """Insert ``rows`` (each with every column of ``table``)."""
+    if rows:
+        _execute(conn, _statement(conn.dialect.name, table, overwrite=False), rows)
+
+
+def overwrite(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> None:
+    """Rewrite the existing, locked rows of ``table`` that ``rows`` name by primary key
+    (each with every column of ``table``)."""
+    if rows:
+        _execute(conn, _statement(conn.dialect.name, table, overwrite=True), rows)
+
+
+def one_of(conn: sa.Connection, column: sa.Column, values: list) -> sa.ColumnElement[bool]:
+    """``column IN values``; on PostgreSQL ``column = ANY(array)``, the array sent as
+    one parameter rather than one per value."""
+    if conn.dialect.name == "postgresql":
+        array = sa.bindparam(None, array_literal(values), type_=sa.Text())
+        return column == sa.any_(sa.cast(array, postgresql.ARRAY(column.type)))
+    return column.in_(values)
+
+
+def _execute(conn, statement, rows: list[dict]) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(statement, {name: array_literal([r[name] for r in rows])
+                                 for name in rows[0]})
+    else:
+        conn.execute(statement, rows)
+
+
+@functools.lru_cache(maxsize=None)
+def _statement(dialect: str, table: sa.Table, overwrite: bool):
+    keys = [c.name for c in table.primary_key]
+    others = [c.name for c in table.columns if c.name not in keys]
+    if dialect == "postgresql":
+        names = [c.name for c in table.columns]
+        arrays = sa.func.unnest(*(
+            sa.cast(sa.bindparam(name, type_=sa.Text()), postgresql.ARRAY(table.c[name].type))
+            for name in names))
+        rows = arrays.table_valued(*names).render_derived(name="v")
+        statement = postgresql.insert(table).from_select(names, sa.select(*rows.c))
+        if overwrite:
+            statement = statement.on_conflict_do_update(
+                index_elements=keys, set_={c: statement.excluded[c] for c in others})
+        return statement
+    if not overwrite:
+        return table.insert()
+    if dialect == "sqlite":
+        statement = sqlite.insert(table)
+        return statement.on_conflict_do_update(
+            index_elements=keys, set_={c: statement.excluded[c] for c in others})
+    if dialect in ("mysql", "mariadb"):
+        statement = mysql.insert(table)
+        return statement.on_duplicate_key_update({c: statement.inserted[c] for c in others})
+    raise ValueError(f"no multi-row upsert for the {dialect} backend")
+
+
+def array_literal(values: list) -> str:
+    """PostgreSQL's text form of an array of ``values`` (None, bool, int, float, str or
+    naive datetime), e.g. ``{"a","b \\"c\\"",NULL}``."""
+    return "{" + ",".join(map(_element, values)) + "}"
+
+
+def _element(value) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, datetime.datetime):
+        return '"' + value.isoformat(sep=" ") + '"'
+    raise TypeError(f"no array element form for {type(value).__name__}")
