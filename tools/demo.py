@@ -47,6 +47,7 @@ def main() -> int:
     shutil.rmtree(args.workdir, ignore_errors=True)
     pipeline = Pipeline(args.workdir, exchange="lifecycle-demo", queue="lifecycle-demo")
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # also when started with SIGINT ignored
     try:
         return _run(pipeline)
     except KeyboardInterrupt:
