@@ -279,6 +279,35 @@ def start_consumer(run: Run, scenario: str, topology: Topology, database: str,
     return pipeline, proc
 
 
+@dataclasses.dataclass
+class Fleet:
+    """A consumer on the run's main database and a process of simulated hosts whose
+    start inventories are already committed."""
+
+    engine: object
+    pipeline: object
+    hosts: "HostsProcess"
+    names: list
+
+    def close(self) -> None:
+        self.hosts.close()
+        self.pipeline.stop_process("consumer")
+
+
+def start_fleet(run: Run, sampler: "RssSampler", scenario: str, prefix: str) -> Fleet:
+    p = run.profile
+    url, engine = run.main_database()
+    topology = run.topology(scenario)
+    pipeline, proc = start_consumer(run, scenario, topology, url)
+    sampler.watch(f"consumer-{scenario}", proc.pid)
+    names = [f"{prefix}-h{i:02d}" for i in range(p.hosts)]
+    hosts = HostsProcess(run, f"{scenario}-hosts", names, p.domains_per_host, topology.exchange)
+    start = hosts.call("start", timeout=180)
+    wait_for(lambda: caught_up(engine, start["last_seq"]), 60,
+             "the start inventories in the database")
+    return Fleet(engine, pipeline, hosts, names)
+
+
 def wait_for(predicate: Callable[[], object], timeout: float, what: str,
              interval: float = 0.02):
     deadline = time.monotonic() + timeout

@@ -12,29 +12,20 @@ PostgreSQL) is not included. The baseline is the periodic poll (baseline_poll).
 from __future__ import annotations
 
 from benchmarks import baseline_poll, harness
-from benchmarks.harness import HostsProcess, Row, Run, ScenarioResult
+from benchmarks.harness import Row, Run, ScenarioResult
 
 NAME = "latency"
 
 
 def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
     p = run.profile
-    url, engine = run.main_database()
-    topology = run.topology(NAME)
-    pipeline, proc = harness.start_consumer(run, NAME, topology, url)
-    sampler.watch("consumer-latency", proc.pid)
-    names = [f"lat-h{i:02d}" for i in range(p.hosts)]
-    hosts = HostsProcess(run, "latency-hosts", names, p.domains_per_host, topology.exchange)
-    start = hosts.call("start", timeout=180)
-    harness.wait_for(lambda: harness.caught_up(engine, start["last_seq"]), 60,
-                     "the start inventories in the database")
-    steady = hosts.call("steady", timeout=p.latency_seconds + 120, rate=p.latency_rate,
+    fleet = harness.start_fleet(run, sampler, NAME, "lat")
+    engine = fleet.engine
+    steady = fleet.hosts.call("steady", timeout=p.latency_seconds + 120, rate=p.latency_rate,
                         seconds=p.latency_seconds)
-    sequenced = steady["events"] + len(names)
     harness.wait_for(lambda: harness.caught_up(engine, steady["expected_seq"]), 60,
                      "every event committed")
-    hosts.close()
-    pipeline.stop_process("consumer")
+    fleet.close()
     lat = [harness.seconds(applied - occurred) * 1000
            for event_type, occurred, applied in harness.journal_rows(engine, "lat-")
            if event_type.startswith("instance.")]

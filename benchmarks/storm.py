@@ -12,23 +12,16 @@ from __future__ import annotations
 import time
 
 from benchmarks import harness
-from benchmarks.harness import HostsProcess, Row, Run, ScenarioResult
+from benchmarks.harness import Row, Run, ScenarioResult
 
 NAME = "storm"
 
 
 def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
     p = run.profile
-    url, engine = run.main_database()
-    topology = run.topology(NAME)
-    pipeline, proc = harness.start_consumer(run, NAME, topology, url)
-    sampler.watch("consumer-storm", proc.pid)
-    names = [f"storm-h{i:02d}" for i in range(p.hosts)]
     instances = p.hosts * p.domains_per_host
-    hosts = HostsProcess(run, "storm-hosts", names, p.domains_per_host, topology.exchange)
-    start = hosts.call("start", timeout=180)
-    harness.wait_for(lambda: harness.caught_up(engine, start["last_seq"]), 60,
-                     "the start inventories in the database")
+    fleet = harness.start_fleet(run, sampler, NAME, "storm")
+    engine, hosts, names = fleet.engine, fleet.hosts, fleet.names
     if harness.instance_states(engine, "storm-") != {"running": instances}:
         raise harness.BenchError("storm: not every instance is running before the storm")
     burst = hosts.call("burst", timeout=120, steps=1, parallel=True, wait_confirmed=False)
@@ -40,8 +33,7 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
     if states != {state: instances}:
         raise harness.BenchError(f"storm: the database shows {states}, not {instances} {state}")
     journaled = harness.journal_count(engine, "storm-")
-    hosts.close()
-    pipeline.stop_process("consumer")
+    fleet.close()
     took = t_done - burst["t_start"]
     rows = [Row(NAME, f"{instances:,} instances change at once: all right in DB", "s", took,
                 target=3.0, higher_is_better=False,
