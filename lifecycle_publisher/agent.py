@@ -28,6 +28,7 @@ from lifecycle_publisher.outbox import Outbox
 from lifecycle_publisher.outbox_writer import STOP, OutboxWriter
 from lifecycle_common.retry import backoff
 from lifecycle_publisher.publisher import Publisher
+from lifecycle_publisher.wakeup import Wakeup
 
 LOG = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class Agent:
         self.epoch = opened.epoch
         self.sequencer = Sequencer(opened.next_seq)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._wake = threading.Event()
+        self._wake = Wakeup()  # the writer wakes the publisher
         self._stop = threading.Event()
         self._attention = threading.Event()  # stop, or the libvirt connection was lost
         self._lost_reason: str | None = None

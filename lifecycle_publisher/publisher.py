@@ -24,10 +24,13 @@ import kombu
 from lifecycle_common.retry import backoff
 from lifecycle_publisher.errors import BrokerUnavailable
 from lifecycle_publisher.outbox import Outbox, OutboxRow
+from lifecycle_publisher.wakeup import Wakeup
 
 LOG = logging.getLogger(__name__)
 
-_POLL = 0.001  # seconds to wait for confirms while some are outstanding
+# drain_events needs a timeout to not block; 0 would make py-amqp's socket non-blocking,
+# whose "nothing to read" it does not expect.
+_NO_WAIT = 0.0001
 
 
 
@@ -35,7 +38,7 @@ class Publisher:
     def __init__(self, outbox: Outbox, urls: list[str], exchange: str,
                  routing_keys: list[str], window: int, retry_max: float,
                  heartbeat: Callable[[], Optional[bytes]], heartbeat_interval: float,
-                 wake: threading.Event):
+                 wake: Wakeup):
         self._outbox = outbox
         self._urls = urls
         self._exchange = exchange
@@ -142,13 +145,10 @@ class Publisher:
                 return
             try:
                 self._send(channel)
-                if self._inflight:
-                    try:
-                        transport.drain_events(timeout=_POLL)
-                    except socket.timeout:
-                        pass
-                else:
-                    self._wake.wait(self._idle_timeout())
+                # Sleep until the broker sends something (confirms) or the writer
+                # commits new rows, whichever comes first: no polling.
+                self._wake.wait(self._idle_timeout(), also=transport.sock)
+                self._read_broker(transport)
                 conn.heartbeat_check()
             except (OSError, amqp.exceptions.AMQPError, kombu.exceptions.KombuError) as exc:
                 self._flush_done()
@@ -156,6 +156,15 @@ class Publisher:
             # Deleting is a SQLite transaction: do it per half window, or when idle.
             if len(self._done) >= self._window // 2 or not self._inflight:
                 self._flush_done()
+
+    @staticmethod
+    def _read_broker(transport) -> None:
+        """Handle every frame the broker has sent, without waiting for more."""
+        while True:
+            try:
+                transport.drain_events(timeout=_NO_WAIT)
+            except socket.timeout:
+                return
 
     def _idle_timeout(self) -> float:
         now = time.monotonic()
