@@ -6,7 +6,6 @@ import subprocess
 import time
 
 import pytest
-import sqlalchemy as sa
 
 from consumer.db import engine as db_engine
 from consumer.db.tables import instances
