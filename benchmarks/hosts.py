@@ -54,17 +54,10 @@ def node_xml(host: str, domains: int) -> str:
 def agent_conf(host: str, uri: str, state_path: str, exchange: str, transport_url: str,
                **agent_opts) -> cfg.ConfigOpts:
     from lifecycle_publisher import config as agent_config
-    conf = cfg.ConfigOpts()
-    agent_config.register_opts(conf)
-    conf(args=[], default_config_files=[], default_config_dirs=[])
-    conf.set_override("host", host)
-    conf.set_override("transport_url", transport_url)
-    conf.set_override("control_exchange", exchange)
-    conf.set_override("state_path", state_path)
-    conf.set_override("connection_uri", uri, group="libvirt")
-    for name, value in agent_opts.items():
-        conf.set_override(name, value, group="agent")
-    return conf
+    return agent_config.in_code(
+        {"host": host, "transport_url": transport_url, "control_exchange": exchange,
+         "state_path": state_path},
+        libvirt={"connection_uri": uri}, agent=agent_opts)
 
 
 class SimulatedHost:

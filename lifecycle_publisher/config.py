@@ -76,6 +76,21 @@ def load(argv: list[str] | None) -> cfg.ConfigOpts:
     return common.load(conf, argv, "lifecycle-agent", list_opts(), validators=(_check_host,))
 
 
+def in_code(defaults: dict, **groups: dict) -> cfg.ConfigOpts:
+    """A configuration built in code, reading no files: ``[DEFAULT]`` values from
+    ``defaults``, the others per group (``libvirt={...}``, ``agent={...}``). For running
+    the agent embedded: the tests and the benchmarks do."""
+    conf = cfg.ConfigOpts()
+    register_opts(conf)
+    conf(args=[], default_config_files=[], default_config_dirs=[])
+    for name, value in defaults.items():
+        conf.set_override(name, value)
+    for group, values in groups.items():
+        for name, value in values.items():
+            conf.set_override(name, value, group=group)
+    return conf
+
+
 def _check_host(conf: cfg.ConfigOpts) -> None:
     if not conf.host:
         raise common.ConfigError("[DEFAULT] host must not be empty")

@@ -130,10 +130,12 @@ class OutboxWriter:
         self._outbox.append(rows)
         self.written += len(rows)
         self._wake.set()
+        debug = LOG.isEnabledFor(logging.DEBUG)  # this loop runs for every event
         for item in items:
             if isinstance(item, DomainEvent):
-                LOG.debug("host %s seq %d instance %s: %s/%s written to the outbox",
-                          self._host, item.seq, item.uuid, item.event, item.detail)
+                if debug:
+                    LOG.debug("host %s seq %d instance %s: %s/%s written to the outbox",
+                              self._host, item.seq, item.uuid, item.event, item.detail)
             else:
                 LOG.info("host %s seq %d: %s inventory of %d domains written to the outbox",
                          self._host, item.seq, item.reason, len(item.domains))

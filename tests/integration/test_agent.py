@@ -24,20 +24,13 @@ DOMAIN_XML = ("<domain type='test'><name>{name}</name><memory>1024</memory>"
 
 
 def make_conf(state_path, exchange: str, transport_url: str, **agent_opts) -> cfg.ConfigOpts:
-    conf = cfg.ConfigOpts()
-    agent_config.register_opts(conf)
-    conf(args=[], default_config_files=[], default_config_dirs=[])
-    conf.set_override("host", HOST)
-    conf.set_override("transport_url", transport_url)
-    conf.set_override("control_exchange", exchange)
-    conf.set_override("state_path", str(state_path))
-    conf.set_override("connection_uri", "test:///default", group="libvirt")
-    conf.set_override("reconnect_interval_max", 0.5, group="libvirt")
     options = {"heartbeat_interval": 0.2, "broker_retry_interval_max": 0.2,
                "shutdown_timeout": 5.0, "inventory_interval": 0, **agent_opts}
-    for name, value in options.items():
-        conf.set_override(name, value, group="agent")
-    return conf
+    return agent_config.in_code(
+        {"host": HOST, "transport_url": transport_url, "control_exchange": exchange,
+         "state_path": str(state_path)},
+        libvirt={"connection_uri": "test:///default", "reconnect_interval_max": 0.5},
+        agent=options)
 
 
 class RunningAgent:
