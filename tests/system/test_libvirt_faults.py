@@ -9,6 +9,7 @@ import pytest
 
 from consumer.db import engine as db_engine
 from consumer.db.tables import instances
+from tests.conftest import wait_for
 from tools.pipeline import domain_xml, virsh
 
 pytestmark = pytest.mark.system
@@ -18,11 +19,8 @@ URI = "test+unix:///default"
 
 def restart_libvirtd() -> None:
     subprocess.run(["pkill", "-x", "libvirtd"], check=False)
-    deadline = time.monotonic() + 30
-    while subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True).returncode == 0:
-        if time.monotonic() > deadline:
-            raise TimeoutError("libvirtd did not exit")
-        time.sleep(0.05)
+    wait_for(lambda: subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True).returncode,
+             timeout=30, interval=0.05, message="libvirtd to exit")
     subprocess.run(["libvirtd", "-d"], check=True)
 
 

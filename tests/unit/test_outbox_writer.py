@@ -62,13 +62,10 @@ def test_held_stop_is_dropped_by_a_restart(tmp_path):
     assert [n.event_type for n in written(outbox)] == ["instance.started"]
 
 
-def test_held_stop_is_written_when_due(tmp_path):
+def test_held_stop_is_written_when_due(tmp_path, wait_for):
     q, outbox, thread = run_writer(tmp_path, stopped_delay=0.2)
     q.put(ev(1, Event.STOPPED, StoppedDetail.DESTROYED))
-    deadline = time.monotonic() + 10
-    while outbox.pending() == 0:
-        assert time.monotonic() < deadline, "held STOPPED never written"
-        time.sleep(0.01)
+    wait_for(lambda: outbox.pending() > 0, timeout=10, message="the held STOPPED written")
     q.put(STOP)
     thread.join(10)
     assert [n.event_type for n in written(outbox)] == ["instance.stopped"]
