@@ -20,6 +20,7 @@ import time
 from oslo_config import cfg
 
 from lifecycle_common import transport, wire
+from lifecycle_common.threads import named_thread
 from lifecycle_publisher import notifications
 from lifecycle_publisher.domain_event import Sequencer
 from lifecycle_publisher.errors import LibvirtUnavailable
@@ -62,8 +63,8 @@ class Agent:
             conf.agent.broker_retry_interval_max, self._heartbeat_body,
             conf.agent.heartbeat_interval, self._wake)
         self._threads = [
-            threading.Thread(target=self.writer.run, name="outbox-writer"),
-            threading.Thread(target=self.publisher.run, name="publisher"),
+            named_thread(self.writer.run, "outbox-writer"),
+            named_thread(self.publisher.run, "publisher"),
         ]
 
     def _heartbeat_body(self) -> bytes:

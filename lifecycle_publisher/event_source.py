@@ -16,6 +16,7 @@ from typing import Callable
 import libvirt
 
 from lifecycle_publisher.domain_event import DomainEvent, DomainSnapshot, Inventory, Sequencer
+from lifecycle_common.threads import named_thread
 from lifecycle_publisher import translation
 from lifecycle_publisher.errors import LibvirtUnavailable
 from lifecycle_publisher.libvirt_codes import JobType
@@ -38,7 +39,7 @@ def start_event_loop() -> None:
         # handler would print each one to stderr a second time.
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         libvirt.virEventRegisterDefaultImpl()
-        thread = threading.Thread(target=_run_event_loop, name="libvirt-event-loop", daemon=True)
+        thread = named_thread(_run_event_loop, "libvirt-events", daemon=True)
         thread.start()
         _event_loop_started = True
 
