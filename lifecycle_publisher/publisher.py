@@ -6,7 +6,9 @@ after a lost connection, everything still in the outbox is published again. Up t
 ``window`` messages wait for their confirms at once, so throughput does not depend on
 the round trip to the broker.
 
-One thread owns the AMQP connection: py-amqp is not thread-safe.
+One thread owns the AMQP connection: py-amqp is not thread-safe. py-amqp connects,
+reads the broker's frames (confirms, returns, heartbeats) and closes; the publishes
+themselves are framed by amqp_frames and written in one system call per round.
 """
 
 from __future__ import annotations
@@ -18,20 +20,27 @@ import threading
 import time
 from typing import Callable, Optional
 
+import select
+
 import amqp
 import kombu
 
 from lifecycle_common.retry import backoff
+from lifecycle_publisher.amqp_frames import PublishFramer
 from lifecycle_publisher.errors import BrokerUnavailable
 from lifecycle_publisher.outbox import Outbox, OutboxRow
 from lifecycle_publisher.wakeup import Wakeup
 
 LOG = logging.getLogger(__name__)
 
-# drain_events needs a timeout to not block; 0 would make py-amqp's socket non-blocking,
-# whose "nothing to read" it does not expect.
-_NO_WAIT = 0.0001
-
+# A frame the broker has begun to send arrives whole within this; py-amqp keeps a
+# partial frame for the next read if it does not.
+_FRAME_WAIT = 1.0
+# Confirmed rows are deleted from the outbox in one transaction per half window under
+# load, and otherwise at most this often: a delete per event would cost a SQLite
+# transaction per event at low rates. A crash can therefore republish up to this much
+# of confirmed events; consumers drop them as duplicates (host, epoch, seq).
+DELETE_INTERVAL = 0.2
 
 
 class Publisher:
@@ -60,6 +69,8 @@ class Publisher:
         self._remaining: dict[int, int] = {}     # row id -> confirms still awaited
         self._returned: set[int] = set()         # row ids the broker could not route
         self._done: list[int] = []               # confirmed row ids, to delete
+        self._delete_at = 0.0                    # when to delete them at the latest
+        self._out: list[bytes] = []              # framed publishes not yet written
         self._cursor = 0                         # last outbox row id sent
         self._more = True                        # the outbox may hold unsent rows
         self._next_heartbeat = 0.0
@@ -114,10 +125,7 @@ class Publisher:
                 channel.confirm_select()
             except (OSError, amqp.exceptions.AMQPError, kombu.exceptions.KombuError) as exc:
                 raise BrokerUnavailable(f"{conn.as_uri()}: {exc}") from exc
-            # py-amqp reads the socket before every publish to catch a connection.blocked
-            # from the broker; this loop drains the socket between windows anyway, so
-            # that read per message is pure cost.
-            conn.connection.client_properties.get("capabilities", {})["connection.blocked"] = False
+            framer = PublishFramer(channel.channel_id, self._exchange, conn.connection.frame_max)
             channel.events["basic_ack"].add(self._on_ack)
             channel.events["basic_nack"].add(self._on_nack)
             channel.events["basic_return"].add(self._on_return)
@@ -125,7 +133,7 @@ class Publisher:
                      conn.as_uri(), self._exchange, self._outbox.pending())
             self.connected_once = True
             self.connected.set()
-            self._loop(conn, channel)
+            self._loop(conn, framer)
         finally:
             self.connected.clear()
             try:
@@ -133,7 +141,7 @@ class Publisher:
             except Exception:  # noqa: BLE001 - the connection is being discarded
                 LOG.debug("closing the broker connection failed", exc_info=True)
 
-    def _loop(self, conn: kombu.Connection, channel) -> None:
+    def _loop(self, conn: kombu.Connection, framer: PublishFramer) -> None:
         transport = conn.connection  # the py-amqp Connection
         while True:
             if self._drain_deadline is not None:
@@ -144,7 +152,10 @@ class Publisher:
             elif self._stop.is_set():
                 return
             try:
-                self._send(channel)
+                self._send(framer)
+                if self._out:
+                    transport.transport.write(b"".join(self._out))
+                    self._out.clear()
                 # Sleep until the broker sends something (confirms) or the writer
                 # commits new rows, whichever comes first: no polling.
                 self._wake.wait(self._idle_timeout(), also=transport.sock)
@@ -153,39 +164,44 @@ class Publisher:
             except (OSError, amqp.exceptions.AMQPError, kombu.exceptions.KombuError) as exc:
                 self._flush_done()
                 raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
-            # Deleting is a SQLite transaction: do it per half window, or when idle.
-            if len(self._done) >= self._window // 2 or not self._inflight:
+            if len(self._done) >= self._window // 2 or (
+                    self._done and time.monotonic() >= self._delete_at):
                 self._flush_done()
 
     @staticmethod
     def _read_broker(transport) -> None:
-        """Handle every frame the broker has sent, without waiting for more."""
-        while True:
+        """Handle every frame the broker has sent, without waiting for more. py-amqp
+        reads no further than the frame it handles, so what the socket holds is what
+        is left to read."""
+        sock = transport.sock
+        while select.select([sock], [], [], 0)[0]:
             try:
-                transport.drain_events(timeout=_NO_WAIT)
+                transport.drain_events(timeout=_FRAME_WAIT)
             except socket.timeout:
                 return
 
     def _idle_timeout(self) -> float:
         now = time.monotonic()
         deadlines = [self._next_heartbeat] + list(self._retry_at.values())
+        if self._done:
+            deadlines.append(self._delete_at)
         return max(0.0, min(min(deadlines) - now, 1.0))
 
-    def _send(self, channel) -> None:
+    def _send(self, framer: PublishFramer) -> None:
         now = time.monotonic()
         farewell = self._drain_deadline is not None and not self._farewell_sent
         if farewell or now >= self._next_heartbeat:
             self._farewell_sent = self._drain_deadline is not None
             body = self._heartbeat()
             for key in self._routing_keys if body is not None else ():
-                self._publish(channel, None, body, key, mandatory=False)
+                self._publish(framer, None, body, key, mandatory=False)
             self._next_heartbeat = now + self._heartbeat_interval
         if self._retry_at:
             due = [row_id for row_id, at in self._retry_at.items() if at <= now]
             if due:
                 self._unroutable_rounds += 1
             for row in self._outbox.fetch_ids(due):
-                self._publish_row(channel, row)
+                self._publish_row(framer, row)
             for row_id in due:
                 del self._retry_at[row_id]
         if self._wake.is_set():
@@ -198,22 +214,21 @@ class Publisher:
             return
         rows = self._outbox.fetch_after(self._cursor, room // len(self._routing_keys))
         for row in rows:
-            self._publish_row(channel, row)
+            self._publish_row(framer, row)
             self._cursor = row.id
         self._more = len(rows) == room // len(self._routing_keys)
 
-    def _publish_row(self, channel, row: OutboxRow) -> None:
+    def _publish_row(self, framer: PublishFramer, row: OutboxRow) -> None:
         self._remaining[row.id] = len(self._routing_keys)
         for key in self._routing_keys:
-            self._publish(channel, row.id, row.body, key, mandatory=True)
+            self._publish(framer, row.id, row.body, key, mandatory=True)
 
-    def _publish(self, channel, row_id: Optional[int], body: bytes, routing_key: str,
-                 mandatory: bool) -> None:
-        message = amqp.Message(
-            body, content_type="application/json", content_encoding="utf-8",
-            delivery_mode=2, message_id=f"outbox-{row_id}" if row_id is not None else None)
-        channel.basic_publish(message, exchange=self._exchange, routing_key=routing_key,
-                              mandatory=mandatory)
+    def _publish(self, framer: PublishFramer, row_id: Optional[int], body: bytes,
+                 routing_key: str, mandatory: bool) -> None:
+        """Frame one persistent JSON message; the loop writes them all at once."""
+        self._out.append(framer.publish(
+            body, routing_key, mandatory,
+            message_id=f"outbox-{row_id}" if row_id is not None else None))
         self._delivery_tag += 1
         self._inflight[self._delivery_tag] = row_id
 
@@ -241,7 +256,10 @@ class Publisher:
                     self._retry_at[row_id] = time.monotonic() + backoff(
                         self._unroutable_rounds, self._retry_max)
                 else:
+                    if not self._done:
+                        self._delete_at = time.monotonic() + DELETE_INTERVAL
                     self._done.append(row_id)
+                    self.confirmed += 1
                     self._unroutable_rounds = 0
 
     def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
@@ -264,5 +282,4 @@ class Publisher:
     def _flush_done(self) -> None:
         if self._done:
             self._outbox.delete(self._done)
-            self.confirmed += len(self._done)
             self._done = []
