@@ -21,6 +21,8 @@ from consumer.topology import Topology, declare
 LOG = logging.getLogger(__name__)
 
 REASON_HEADER = "x-lifecycle-error"
+# A message the broker has begun to send arrives whole within this.
+_FRAME_WAIT = 1.0
 
 
 class BatchQueue:
@@ -81,7 +83,7 @@ class BatchQueue:
                 if remaining <= 0:
                     if not _readable(transport):
                         break
-                    remaining = self._linger  # sent already: arriving, not awaited
+                    remaining = _FRAME_WAIT  # sent already: arriving, not awaited
                 try:
                     transport.drain_events(timeout=remaining)
                 except socket.timeout:

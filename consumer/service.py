@@ -26,6 +26,7 @@ LOG = logging.getLogger(__name__)
 
 AGENT_PUBLISHER_PREFIX = "lifecycle-agent:"
 _PRUNE_INTERVAL = 60.0
+_SUMMARY_INTERVAL = 60.0  # an INFO line of what was applied, at most this often
 
 
 
@@ -53,6 +54,8 @@ class ConsumerService:
         self._journal_retention = journal_retention
         self._next_prune = 0.0
         self.stats = Stats()
+        self._summarised = Stats()
+        self._next_summary = time.monotonic() + _SUMMARY_INTERVAL
 
     def stop(self) -> None:
         self._stop.set()
@@ -83,6 +86,9 @@ class ConsumerService:
     def _housekeeping(self) -> None:
         self._check_liveness()
         now = time.monotonic()
+        if now >= self._next_summary:
+            self._next_summary = now + _SUMMARY_INTERVAL
+            self._summarise()
         if now >= self._next_prune:
             self._next_prune = now + _PRUNE_INTERVAL
             try:
@@ -176,8 +182,18 @@ class ConsumerService:
                     LOG.debug("host %s seq %d instance %s: %s applied %.1f ms after it occurred",
                               p.host, p.seq, getattr(p, "uuid", "-"), note.event_type,
                               lag.total_seconds() * 1000)
-        LOG.info("batch of %d: %s, %d duplicate, %d heartbeat", len(notes),
-                 dict(result.outcomes), result.duplicates, result.heartbeats)
+        LOG.debug("batch of %d: %s, %d duplicate, %d heartbeat", len(notes),
+                  dict(result.outcomes), result.duplicates, result.heartbeats)
+
+    def _summarise(self) -> None:
+        """One INFO line per interval of what changed since the last one (a line per
+        batch would be a line per event at low rates)."""
+        now, then = dataclasses.asdict(self.stats), dataclasses.asdict(self._summarised)
+        delta = {k: now[k] - then[k] for k in now}
+        if any(delta.values()):
+            LOG.info("in the last %.0fs: %s", _SUMMARY_INTERVAL,
+                     ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in delta.items()))
+        self._summarised = dataclasses.replace(self.stats)
 
 
 def _is_foreign(body: bytes) -> bool:
