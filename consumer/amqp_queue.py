@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import select
 import socket
 import time
 import amqp
 import kombu
 
+from lifecycle_common import amqp_read
 from consumer.errors import BrokerUnavailable
 from consumer.topology import Topology, declare
 
 LOG = logging.getLogger(__name__)
 
 REASON_HEADER = "x-lifecycle-error"
-# A message the broker has begun to send arrives whole within this.
-_FRAME_WAIT = 1.0
 
 
 class BatchQueue:
@@ -79,11 +77,12 @@ class BatchQueue:
                     self._conn.heartbeat_check()
             linger_until = time.monotonic() + self._linger
             while len(self._buffer) < self._batch_size:
+                if amqp_read.readable(transport):  # sent already: arriving, not awaited
+                    amqp_read.read_frame(transport)
+                    continue
                 remaining = linger_until - time.monotonic()
                 if remaining <= 0:
-                    if not _readable(transport):
-                        break
-                    remaining = _FRAME_WAIT  # sent already: arriving, not awaited
+                    break
                 try:
                     transport.drain_events(timeout=remaining)
                 except socket.timeout:
@@ -134,13 +133,6 @@ def _broker_errors():
         yield
     except (OSError, amqp.exceptions.AMQPError, kombu.exceptions.KombuError) as exc:
         raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
-
-
-def _readable(connection: amqp.Connection) -> bool:
-    """Whether bytes from the broker wait in the socket (py-amqp reads no further ahead
-    than the frame it is reading, so nothing waits in its own buffer)."""
-    sock = connection.transport.sock
-    return sock is not None and bool(select.select([sock], [], [], 0)[0])
 
 
 def _release(conn: kombu.Connection) -> None:

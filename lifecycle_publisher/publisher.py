@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import collections
 import logging
-import socket
 import threading
 import time
 from typing import Callable, Optional
 
-import select
-
 import amqp
 import kombu
 
+from lifecycle_common import amqp_read
 from lifecycle_common.retry import backoff
 from lifecycle_publisher.amqp_frames import PublishFramer
 from lifecycle_publisher.errors import BrokerUnavailable
@@ -33,9 +31,6 @@ from lifecycle_publisher.wakeup import Wakeup
 
 LOG = logging.getLogger(__name__)
 
-# A frame the broker has begun to send arrives whole within this; py-amqp keeps a
-# partial frame for the next read if it does not.
-_FRAME_WAIT = 1.0
 # Confirmed rows are deleted from the outbox in one transaction per half window under
 # load, and otherwise at most this often: a delete per event would cost a SQLite
 # transaction per event at low rates. A crash can therefore republish up to this much
@@ -159,7 +154,7 @@ class Publisher:
                 # Sleep until the broker sends something (confirms) or the writer
                 # commits new rows, whichever comes first: no polling.
                 self._wake.wait(self._idle_timeout(), also=transport.sock)
-                self._read_broker(transport)
+                amqp_read.read_available(transport)  # confirms and returns
                 conn.heartbeat_check()
             except (OSError, amqp.exceptions.AMQPError, kombu.exceptions.KombuError) as exc:
                 self._flush_done()
@@ -167,18 +162,6 @@ class Publisher:
             if len(self._done) >= self._window // 2 or (
                     self._done and time.monotonic() >= self._delete_at):
                 self._flush_done()
-
-    @staticmethod
-    def _read_broker(transport) -> None:
-        """Handle every frame the broker has sent, without waiting for more. py-amqp
-        reads no further than the frame it handles, so what the socket holds is what
-        is left to read."""
-        sock = transport.sock
-        while select.select([sock], [], [], 0)[0]:
-            try:
-                transport.drain_events(timeout=_FRAME_WAIT)
-            except socket.timeout:
-                return
 
     def _idle_timeout(self) -> float:
         now = time.monotonic()
