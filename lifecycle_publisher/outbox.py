@@ -6,11 +6,15 @@ and a broker outage. The outbox also keeps the agent's epoch and the last sequen
 number it assigned, so that the per-host sequence survives restarts.
 
 Each thread gets its own SQLite connection (the writer appends, the publisher reads
-and deletes); WAL lets them work at once.
+and deletes); WAL lets reads go on beside a write. Write transactions take a lock of
+this process first: SQLite's own wait for a busy database sleeps 1 ms and more per try,
+which would add milliseconds to an event whenever the writer's append met the
+publisher's delete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sqlite3
@@ -47,19 +51,24 @@ class Epoch:
 
 
 class Outbox:
+    # Seconds SQLite waits for another process holding the database (a second agent
+    # started on the same state_path by mistake); threads of this one never wait on it.
+    busy_timeout = 30.0
+
     def __init__(self, path: str, synchronous: str = "NORMAL"):
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
         self.path = path
         self._synchronous = synchronous
         self._local = threading.local()
+        self._write_lock = threading.Lock()
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._db().executescript(_SCHEMA)
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self._synchronous}")
             self._local.db = db
@@ -77,18 +86,12 @@ class Outbox:
         seconds, so that a lost state directory still yields a greater epoch), with the
         sequence going on after the last number ever assigned here."""
         now = time.time() if now is None else now
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             meta = dict(db.execute("SELECT key, value FROM meta"))
             epoch = max(meta.get("epoch", 0) + 1, int(now))
             (max_seq,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()
             last_seq = max(meta.get("last_seq", 0), max_seq)
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?)", (epoch,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return Epoch(epoch=epoch, next_seq=last_seq + 1)
 
     def append(self, rows: list[tuple[int, str, bytes]]) -> None:
@@ -96,9 +99,7 @@ class Outbox:
         if not rows:
             return
         now = time.time()
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             db.executemany(
                 "INSERT INTO outbox (seq, event_type, body, created_at) VALUES (?, ?, ?, ?)",
                 [(seq, event_type, body, now) for seq, event_type, body in rows])
@@ -106,10 +107,6 @@ class Outbox:
                 "INSERT INTO meta (key, value) VALUES ('last_seq', ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = MAX(value, excluded.value)",
                 (max(seq for seq, _, _ in rows),))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def fetch_after(self, cursor: int, limit: int) -> list[OutboxRow]:
         """Rows written after row ``cursor``, in the order they were written."""
@@ -130,15 +127,22 @@ class Outbox:
         """Forget confirmed rows."""
         if not ids:
             return
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             for chunk in _chunks(ids, 500):
                 db.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        """A write transaction of this thread's connection, one thread at a time."""
+        db = self._db()
+        with self._write_lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
             db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def pending(self) -> int:
         (count,) = self._db().execute("SELECT COUNT(*) FROM outbox").fetchone()

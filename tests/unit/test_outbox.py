@@ -191,3 +191,39 @@ def test_sequencer_continues_from_the_outbox(path):
     outbox.append(rows(1, 2, 3))
     sequencer = Sequencer(outbox.open_epoch(now=NOW).next_seq)
     assert sequencer.next() == 4
+
+
+def test_threads_writing_at_once_never_meet_a_busy_database(tmp_path, monkeypatch):
+    """The writer appends while the publisher deletes; they take turns on a lock of
+    the process rather than on SQLite's busy wait (which sleeps a millisecond or more
+    per try). With SQLite's wait at zero, a collision would raise 'database is locked'."""
+    monkeypatch.setattr(Outbox, "busy_timeout", 0.0)
+    outbox = Outbox(str(tmp_path / "outbox.sqlite"))
+    outbox.append([(seq, "instance.power_on", b"{}") for seq in range(1, 10001)])
+    errors = []
+
+    def appender():
+        try:
+            for seq in range(10001, 12001):
+                outbox.append([(seq, "instance.power_on", b"{}")])
+        except Exception as exc:  # noqa: BLE001 - collected and asserted on
+            errors.append(exc)
+        finally:
+            outbox.close()
+
+    def deleter():
+        try:
+            for _ in range(2000):
+                outbox.delete([row.id for row in outbox.fetch_after(0, 5)])
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            outbox.close()
+
+    threads = [threading.Thread(target=appender), threading.Thread(target=deleter)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert outbox.pending() == 2000
