@@ -7,7 +7,7 @@ import itertools
 import threading
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class DomainEvent:
     """A lifecycle event as stamped on libvirt's thread: nothing translated yet."""
 
@@ -21,7 +21,7 @@ class DomainEvent:
     domain: object = dataclasses.field(default=None, compare=False, repr=False)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class DomainSnapshot:
     """One domain's state as read for an inventory."""
 
@@ -31,7 +31,7 @@ class DomainSnapshot:
     reason: int
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Inventory:
     seq: int
     occurred_at: float

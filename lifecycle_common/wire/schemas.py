@@ -1,14 +1,18 @@
-"""JSON Schemas of the payload versions, one file per ``<name>.<version>.json``."""
+"""JSON Schemas of the payload versions, one file per ``<name>.<version>.json``.
+
+jsonschema and fastjsonschema are imported on first use: only readers validate, and
+the agent, which only writes, is spared their memory (about 6 MB).
+"""
 
 from __future__ import annotations
 
 import functools
 import json
 import pathlib
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import fastjsonschema
-import jsonschema
+if TYPE_CHECKING:
+    import jsonschema
 
 SCHEMA_DIR = pathlib.Path(__file__).parent / "schemas"
 SAMPLE_DIR = pathlib.Path(__file__).parent / "samples"
@@ -33,6 +37,7 @@ def known_versions() -> dict[str, list[str]]:
 
 @functools.lru_cache(maxsize=None)
 def validator(name: str, version: str) -> jsonschema.protocols.Validator:
+    import jsonschema
     schema = json.loads((SCHEMA_DIR / f"{name}.{version}.json").read_text())
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
@@ -43,6 +48,7 @@ def validator(name: str, version: str) -> jsonschema.protocols.Validator:
 def _compiled(name: str, version: str) -> Callable[[object], object]:
     """The same schema compiled to Python by fastjsonschema: about a hundred times
     faster than ``validator``, but its messages are poorer, so it only says whether."""
+    import fastjsonschema
     # Formats not asserted, as by ``validator``; defaults never written into the data.
     return fastjsonschema.compile(validator(name, version).schema, use_default=False,
                                   use_formats=False, detailed_exceptions=False)
@@ -54,6 +60,8 @@ def first_error(name: str, version: str, data: object) -> jsonschema.ValidationE
     The compiled check passes valid data quickly; only data it refuses goes through
     jsonschema, which gives the clear reason and has the last word (where the compiled
     check is stricter, e.g. its ``pattern`` ``$`` refuses a trailing newline)."""
+    import fastjsonschema
+    import jsonschema
     try:
         _compiled(name, version)(data)
         return None
