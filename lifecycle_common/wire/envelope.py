@@ -12,6 +12,7 @@ from lifecycle_common.wire.errors import WireError
 
 ENVELOPE_VERSION = "2.0"
 PRIORITY = "INFO"
+_ENVELOPE_HEAD = b'{"oslo.version":"' + ENVELOPE_VERSION.encode() + b'","oslo.message":'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,9 +38,14 @@ class Notification:
 
 def encode(notification: Notification) -> bytes:
     """The AMQP body, as oslo.messaging's rabbit driver would send it (compact JSON;
-    orjson, about 7 times faster than the json module here)."""
+    orjson, about 7 times faster than the json module here).
+
+    orjson's result keeps the buffer it was written in (8 KB and more, whatever its
+    length), so the body is assembled into a new bytes object of its own size: an
+    agent holding thousands of bodies at once would otherwise hold ten times the
+    memory."""
     inner = orjson.dumps(notification.to_message()).decode()
-    return orjson.dumps({"oslo.version": ENVELOPE_VERSION, "oslo.message": inner})
+    return _ENVELOPE_HEAD + orjson.dumps(inner) + b"}"
 
 
 def decode(body: bytes | str) -> Notification:

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from lifecycle_common.wire import WireError, decode, payloads, schemas
+from lifecycle_common.wire import WireError, decode, encode, payloads, schemas
 
 KEY = payloads.OBJECT_KEY
 
@@ -177,3 +177,19 @@ def test_an_extra_field_in_an_inventory_entry_of_a_known_version_is_refused():
     message["payload"][f"{KEY}.data"]["instances"][0]["flavor"] = "m1.small"
     with pytest.raises(WireError, match="instances/0"):
         decode(wrap(message))
+
+
+def test_encoded_body_takes_no_more_memory_than_its_length():
+    """orjson's own result keeps a buffer of 8 KB or more; an agent holding thousands
+    of bodies must hold their bytes, not ten times as much."""
+    import tracemalloc
+
+    note = decode(wrap(sample("instance.started")))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        bodies = [encode(note) for _ in range(200)]
+        per_body = (tracemalloc.get_traced_memory()[0] - before) / len(bodies)
+    finally:
+        tracemalloc.stop()
+    assert per_body < 2 * len(bodies[0]), f"{per_body:.0f} bytes held per {len(bodies[0])}-byte body"
