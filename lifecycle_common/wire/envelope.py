@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import uuid
 
 import orjson
 
 from lifecycle_common.wire import payloads, schemas
 from lifecycle_common.wire.errors import WireError
+from lifecycle_common.wire.message_ids import new_message_id
 
 ENVELOPE_VERSION = "2.0"
 PRIORITY = "INFO"
@@ -21,7 +21,7 @@ class Notification:
     payload: payloads.Payload
     publisher_id: str
     timestamp: str
-    message_id: str = dataclasses.field(default_factory=lambda: str(uuid.uuid4()))
+    message_id: str = dataclasses.field(default_factory=new_message_id)
     priority: str = PRIORITY
 
     def to_message(self) -> dict:
