@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
 import libvirt
 
@@ -134,8 +134,8 @@ class EventSource:
             return {}
         # libvirt leaves out the domains that no longer exist.
         observed = {uuid: Observed(state=None) for uuid in domains}
-        for dom, record in stats:
-            observed[dom.UUIDString()] = Observed(
+        for uuid, record in _by_uuid(domains, stats):
+            observed[uuid] = Observed(
                 state=record.get("state.state", 0), reason=record.get("state.reason", 0))
         for e in events:
             if translation.needs_job(e.event, e.detail) and observed[e.uuid].state is not None:
@@ -155,6 +155,16 @@ class EventSource:
         except libvirt.libvirtError as exc:
             raise LibvirtUnavailable(f"{self.uri}: listing domains: {exc}") from exc
         return Inventory(seq=seq, occurred_at=occurred_at, reason=reason, domains=domains)
+
+
+def _by_uuid(asked: dict[str, object], stats: list) -> Iterable[tuple[str, dict]]:
+    """Pair each stats record with its domain's UUID. libvirt answers in the order it
+    was asked, only leaving out the domains gone: when none is left out, the order
+    says which is which, and the UUID is not asked of each record (a call into libvirt
+    that gives up the GIL, per event)."""
+    if len(stats) == len(asked):
+        return zip(asked, (record for _, record in stats))
+    return ((dom.UUIDString(), record) for dom, record in stats)
 
 
 _CLOSE_REASONS = {0: "error", 1: "end of file", 2: "keepalive timeout", 3: "client closed"}
