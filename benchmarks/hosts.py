@@ -157,6 +157,8 @@ class Hosts:
         released at once. With ``wait_confirmed``, returns once the broker confirmed
         every resulting event."""
         base = self.confirmed()
+        base_written = self.written()
+        base_stamped = sum(h.agent.sequencer.last for h in self.hosts)
         events = steps * self.domains * len(self.hosts)
         started: list[float] = []
         expected: list[str] = []
@@ -185,10 +187,17 @@ class Hosts:
                         state = h.step(i)
             expected.append(state)
         emitted = time.time()
+        # Where the pipeline stood when libvirt had emitted the last event.
+        backlog = {"stamped": sum(h.agent.sequencer.last for h in self.hosts) - base_stamped,
+                   "written": self.written() - base_written,
+                   "confirmed": self.confirmed() - base}
         result = {"events": events, "t_start": started[0], "t_emitted": emitted,
-                  "expected_state": expected[0]}
+                  "expected_state": expected[0], "at_emitted": backlog}
         if wait_confirmed:
             result["t_confirmed"] = self._wait_confirmed(base + events, confirm_timeout)
+            # Confirmed rows leave the outbox a moment later (deletes are batched);
+            # counted apart, so that the time above stays the broker's.
+            result["outbox_drained"] = self._wait_outbox_empty(10.0)
         result.update(self.stats())
         return result
 
@@ -199,6 +208,14 @@ class Hosts:
                 return None
             time.sleep(0.001)
         return time.time()
+
+    def _wait_outbox_empty(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while any(h.agent.outbox.pending() for h in self.hosts):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def steady(self, rate: float, seconds: float) -> dict:
         """Change domains at ``rate`` events/s for ``seconds``, spread evenly over the
