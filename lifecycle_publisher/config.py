@@ -37,7 +37,7 @@ AGENT_OPTS = [
                       "every real stop is seen that much later, and a held event is lost "
                       "if the agent crashes meanwhile (the next inventory corrects it). "
                       "0, the default, publishes a stop at once."),
-    cfg.IntOpt("publish_window", default=256, min=1, max=65535,
+    cfg.IntOpt("publish_window", default=1024, min=1, max=65535,
                help="Publisher confirms: how many messages may wait for the broker's "
                     "confirmation at once. Larger windows raise throughput; 1 waits for "
                     "each confirm before sending the next message."),
