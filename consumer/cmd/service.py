@@ -8,6 +8,7 @@ from sqlalchemy import exc as sa_exc
 
 from lifecycle_common import config as common
 from lifecycle_common import transport
+from lifecycle_common.wire import schemas
 from consumer import config
 from consumer.amqp_queue import BatchQueue
 from consumer.db import engine as db_engine
@@ -35,6 +36,7 @@ def _run(conf) -> int:
         print(f"lifecycle-consumer: the database schema is at {current}, not {head}: "
               "run 'lifecycle-manage db sync'", file=sys.stderr)
         return 2
+    schemas.prepare()
     topology = Topology(
         exchange=conf.control_exchange, queue=conf.consumer.queue_name,
         routing_key=f"{conf.oslo_messaging_notifications.topics[0]}.info",

@@ -69,6 +69,15 @@ def first_error(name: str, version: str, data: object) -> jsonschema.ValidationE
         return jsonschema.exceptions.best_match(validator(name, version).iter_errors(data))
 
 
+def prepare() -> None:
+    """Load and compile every known schema now: a reader calls this before it
+    consumes, so that its first messages do not pay for the imports and compiles
+    (a few hundred milliseconds)."""
+    for name, versions in known_versions().items():
+        for version in versions:
+            _compiled(name, version)
+
+
 def readable_version(name: str, version: str) -> str | None:
     """The schema version to read ``version`` with: the same one, or for a newer minor
     of a known major the newest minor known; None when this code cannot read it."""

@@ -193,3 +193,10 @@ def test_encoded_body_takes_no_more_memory_than_its_length():
     finally:
         tracemalloc.stop()
     assert per_body < 2 * len(bodies[0]), f"{per_body:.0f} bytes held per {len(bodies[0])}-byte body"
+
+
+def test_prepare_compiles_every_known_schema_version():
+    schemas._compiled.cache_clear()
+    schemas.prepare()
+    compiled = schemas._compiled.cache_info().currsize
+    assert compiled == sum(len(v) for v in schemas.known_versions().values())
