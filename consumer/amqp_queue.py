@@ -77,8 +77,7 @@ class BatchQueue:
                     self._conn.heartbeat_check()
             linger_until = time.monotonic() + self._linger
             while len(self._buffer) < self._batch_size:
-                if amqp_read.readable(transport):  # sent already: arriving, not awaited
-                    amqp_read.read_frame(transport)
+                if amqp_read.read_available(transport):  # sent already, not awaited
                     continue
                 remaining = linger_until - time.monotonic()
                 if remaining <= 0:

@@ -24,3 +24,32 @@ def test_a_heartbeat_alone_is_read_without_waiting_for_another_frame(rabbitmq, w
         assert took < amqp_read.FRAME_WAIT / 2, f"reading one heartbeat took {took:.3f}s"
     finally:
         conn.release()
+
+
+def test_deliveries_read_in_bulk_arrive_whole_and_in_order(amqp_isolation, wait_for):
+    queue = amqp_isolation.declare_queue("bulk", "bulk.info")
+    bodies = [f"message {i} ".encode() * (1 + i % 300) for i in range(3000)]
+    for body in bodies:
+        amqp_isolation.publish(body, routing_key="bulk.info")
+    conn = kombu.Connection(amqp_isolation.url, heartbeat=0, connect_timeout=5)
+    conn.connect()
+    try:
+        channel = conn.channel()
+        channel.basic_qos(0, 500, False)
+        received = []
+
+        def on_message(message):
+            received.append(message.body)
+            channel.basic_ack(message.delivery_tag)
+
+        channel.basic_consume(queue, callback=on_message)
+        transport = conn.connection
+
+        def all_received() -> bool:
+            amqp_read.read_available(transport)
+            return len(received) == len(bodies)
+
+        wait_for(all_received, timeout=30, interval=0.001, message="every delivery")
+        assert received == bodies
+    finally:
+        conn.release()
