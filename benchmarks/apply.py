@@ -3,11 +3,14 @@
 listener committing one event per transaction.
 
 The queue is filled through the real path: 20 agents (``benchmarks.hosts``), each on
-its own test hypervisor with 500 running domains, publish their start inventories and
-then every domain's suspend, resume, destroy and create. Only then does the consumer
-start, as a separate process; the clock runs from the moment it consumes to the moment
-every event is in the journal. A copy of everything goes to a second queue, from which
-the baseline takes its messages.
+its own test hypervisor with 500 running domains, publish their start inventories
+(applied first) and then every domain's suspend, resume, destroy and create: 40,000
+events. Only then do the consumers start, as separate processes; the clock runs from
+the moment the first consumes to the moment every event is in the journal. This is
+done twice: with one consumer, then with ``apply_consumers`` competing consumers on
+the same queue (the store applies a batch with the effect of once whichever consumer
+has it). A copy of everything goes to a second queue, from which the baseline takes
+its messages.
 """
 
 from __future__ import annotations
@@ -28,21 +31,62 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
     names = [f"{NAME}-h{i:02d}" for i in range(p.hosts)]
     hosts = HostsProcess(run, "apply-hosts", names, p.domains_per_host, topology.exchange,
                          heartbeat_interval=3600.0)
-    start = hosts.call("start", timeout=180)
+    try:
+        start = hosts.call("start", timeout=180)
+        # The start inventories (and first heartbeats) go in first, so that both
+        # measures drain the same kind of queue: state changes of known instances.
+        pipeline, _ = harness.start_consumers(run, f"{NAME}-start", topology, url, 1)
+        harness.wait_for(lambda: harness.caught_up(engine, start["last_seq"]), 60,
+                         "the start inventories in the database")
+        harness.wait_for(lambda: harness.queue_counts(topology.queue)[0] == 0, 30,
+                         "the queue to be empty")
+        pipeline.stop()
+        one = _phase(run, sampler, hosts, engine, topology, url, consumers=1)
+        many = _phase(run, sampler, hosts, engine, topology, url, consumers=p.apply_consumers)
+    finally:
+        hosts.close()
+
+    base = harness.run_baseline(run, "baseline_apply", {
+        "copy_queue": copy, "exchange": run.name(NAME, "baseline"),
+        "pool": run.name(NAME, "baseline"), "database": run.database("baseline"),
+        "transport_url": harness.TRANSPORT_URL, "rabbitmq_url": harness.RABBITMQ_URL,
+        "events": p.baseline_apply_events, "time_limit": 60.0}, timeout=300)
+    run.track(queues=[run.name(NAME, "baseline")], exchanges=[run.name(NAME, "baseline")])
+    rows = []
+    for phase in (one, many):
+        consumers = phase["consumers"]
+        label = "one consumer" if consumers == 1 else f"{consumers} competing consumers"
+        rows.append(Row(NAME, f"events/s, full queue -> PostgreSQL ({label})", "events/s",
+                        phase["rate"], target=10_000, baseline=base["rate"],
+                        baseline_label="oslo listener, 1 event/transaction"))
+    ok = one["ok"] and many["ok"]
+    rows.append(Row(NAME, "nothing lost (journaled & acked = published)", "", 1.0 if ok else 0.0,
+                    met=ok, note=" + ".join(f"{ph['journaled']}/{ph['events']}" for ph in (one, many))
+                    + f" journaled, {one['left'] + many['left']} left"))
+    details = {"phases": [one, many], "baseline": base, "start": start["confirmed"]}
+    return ScenarioResult(NAME, rows, details)
+
+
+def _phase(run: Run, sampler: harness.RssSampler, hosts: HostsProcess, engine, topology,
+           url: str, consumers: int) -> dict:
+    """Fill the queue (every domain takes apply_steps steps), then drain it with
+    ``consumers`` consumers started together; the clock runs from the first one's
+    first consume to the last event in the journal."""
+    p = run.profile
+    journaled_before = harness.journal_count(engine, f"{NAME}-")
     fill = hosts.call("burst", timeout=600, steps=p.apply_steps, parallel=False,
                       wait_confirmed=True, confirm_timeout=300.0)
     if fill["t_confirmed"] is None:
         raise BenchError("apply: the agents did not get every event confirmed within 300 s")
-    hosts.close()  # each agent adds its farewell heartbeat
     events = fill["events"]
-    sequenced = events + len(names)  # + one start inventory per host
     queued, _ = harness.queue_counts(topology.queue)
-    expected_queued = sequenced + 2 * len(names)  # + a heartbeat at start and at stop
-    if queued != expected_queued:
-        raise BenchError(f"apply: {queued} messages in the queue, expected {expected_queued}")
+    if queued != events:
+        raise BenchError(f"apply: {queued} messages in the queue, expected {events}")
 
-    pipeline, proc = harness.start_consumer(run, NAME, topology, url, wait_consuming=False)
-    sampler.watch("consumer-apply", proc.pid)
+    pipeline, procs = harness.start_consumers(run, f"{NAME}-{consumers}", topology, url,
+                                              consumers, wait_consuming=False)
+    for i, proc in enumerate(procs):
+        sampler.watch(f"consumer-apply-{consumers}.{i}", proc.pid)
     harness.wait_for(lambda: harness.queue_counts(topology.queue)[1] > 0, 30,
                      "the consumer to consume", interval=0.002)
     t0 = time.time()
@@ -51,29 +95,12 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
     t1 = time.time()
     harness.wait_for(lambda: harness.queue_counts(topology.queue)[0] == 0, 30,
                      "the queue to be empty")
-    pipeline.stop_process("consumer")
+    pipeline.stop()
     left, _ = harness.queue_counts(topology.queue)  # unacked messages would be back
-    journaled = harness.journal_count(engine, f"{NAME}-")
+    journaled = harness.journal_count(engine, f"{NAME}-") - journaled_before
     states = harness.instance_states(engine, f"{NAME}-")
     instances = p.hosts * p.domains_per_host
-    ok = left == 0 and journaled == sequenced and states == {fill["expected_state"]: instances}
-    ours = events / (t1 - t0)
-
-    base = harness.run_baseline(run, "baseline_apply", {
-        "copy_queue": copy, "exchange": run.name(NAME, "baseline"),
-        "pool": run.name(NAME, "baseline"), "database": run.database("baseline"),
-        "transport_url": harness.TRANSPORT_URL, "rabbitmq_url": harness.RABBITMQ_URL,
-        "events": p.baseline_apply_events, "time_limit": 60.0}, timeout=300)
-    run.track(queues=[run.name(NAME, "baseline")], exchanges=[run.name(NAME, "baseline")])
-    rows = [
-        Row(NAME, "events/s, full queue -> PostgreSQL, committed+acked", "events/s", ours,
-            target=10_000, baseline=base["rate"],
-            baseline_label="oslo listener, 1 event/transaction"),
-        Row(NAME, "nothing lost (journaled & acked = published)", "", 1.0 if ok else 0.0,
-            met=ok, note=f"{journaled}/{sequenced} journaled, {left} left"),
-    ]
-    details = {"events": events, "messages_in_queue": queued, "seconds": t1 - t0,
-               "fill_seconds": fill["t_confirmed"] - fill["t_start"],
-               "instance_states": states, "left_in_queue": left, "baseline": base,
-               "start": start["confirmed"]}
-    return ScenarioResult(NAME, rows, details)
+    ok = left == 0 and journaled == events and states == {fill["expected_state"]: instances}
+    return {"consumers": consumers, "events": events, "seconds": t1 - t0,
+            "rate": events / (t1 - t0), "fill_seconds": fill["t_confirmed"] - fill["t_start"],
+            "journaled": journaled, "instance_states": states, "left": left, "ok": ok}

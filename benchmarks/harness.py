@@ -88,6 +88,7 @@ class Profile:
     domains_per_host: int = 500          # 20 x 500 = 10,000 instances
     apply_steps: int = 4                 # 40,000 events in the queue
     baseline_apply_events: int = 6000
+    apply_consumers: int = 2             # the second measure: competing consumers
     latency_rate: float = 1000.0
     latency_seconds: float = 20.0
     soak_rate: float = 1000.0
@@ -268,15 +269,27 @@ class HostsProcess:
 def start_consumer(run: Run, scenario: str, topology: Topology, database: str,
                    wait_consuming: bool = True) -> tuple[Pipeline, subprocess.Popen]:
     """``lifecycle-consumer`` as a separate process, through tools.pipeline.Pipeline."""
+    pipeline, procs = start_consumers(run, scenario, topology, database, 1, wait_consuming)
+    return pipeline, procs[0]
+
+
+def start_consumers(run: Run, scenario: str, topology: Topology, database: str, count: int,
+                    wait_consuming: bool = True) -> tuple[Pipeline, list[subprocess.Popen]]:
+    """``count`` competing ``lifecycle-consumer`` processes on one queue, named
+    ``consumer`` and ``consumer-<n>`` in the pipeline."""
     pipeline = Pipeline(os.path.join(run.workdir, f"consumer-{scenario}"),
                         exchange=topology.exchange, queue=topology.queue, database=database,
                         host_down_after=30.0)
-    proc = pipeline.start_consumer()
+    procs = [pipeline.start_consumer(consumer_name(i)) for i in range(count)]
     run.on_cleanup(pipeline.stop)
     if wait_consuming:
-        wait_for(lambda: queue_counts(topology.queue)[1] > 0, 30, "the consumer to consume",
-                 interval=0.005)
-    return pipeline, proc
+        wait_for(lambda: queue_counts(topology.queue)[1] >= count, 30,
+                 "the consumers to consume", interval=0.005)
+    return pipeline, procs
+
+
+def consumer_name(index: int) -> str:
+    return "consumer" if index == 0 else f"consumer-{index}"
 
 
 @dataclasses.dataclass
