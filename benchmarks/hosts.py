@@ -25,6 +25,8 @@ import uuid
 
 from oslo_config import cfg
 
+from lifecycle_common import memory
+
 # One step of a domain's cycle, from running: the libvirt call and the power state the
 # database must then show. Every call makes libvirt emit exactly one lifecycle event.
 CYCLE = (("suspend", "paused"), ("resume", "running"), ("destroy", "shutdown"),
@@ -276,6 +278,7 @@ def main() -> int:
     spec = json.loads(parser.parse_args().spec)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(process)d %(levelname)s %(name)s %(message)s")
+    memory.limit_malloc_arenas()  # as lifecycle-agent does, before the agents' threads
     out = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     sys.stdout = sys.stderr  # nothing but replies on the reply channel
     hosts = Hosts(spec["hosts"], spec["workdir"], spec["domains"], spec["exchange"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from lifecycle_common import config as common
+from lifecycle_common import memory
 from lifecycle_publisher import config
 
 
@@ -16,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(conf) -> int:
     from lifecycle_publisher.agent import Agent  # imports libvirt: after option checks
 
+    memory.limit_malloc_arenas()  # before the agent starts its threads
     return common.serve(Agent(conf))
 
 
