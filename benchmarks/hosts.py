@@ -150,6 +150,7 @@ class Hosts:
             time.sleep(0.02)
         for h in self.hosts:
             h.take_domains()
+        memory.freeze_startup_objects()  # as lifecycle-agent does once set up
         return self.stats()
 
     def burst(self, steps: int, parallel: bool, wait_confirmed: bool,

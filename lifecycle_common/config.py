@@ -10,6 +10,8 @@ import sys
 
 from oslo_config import cfg
 
+from lifecycle_common import memory
+
 DEFAULT_OPTS = [
     cfg.StrOpt("host", default=socket.gethostname(), sample_default="<hostname>",
                help="Name of this host as the control plane knows it. The agent stamps "
@@ -84,6 +86,7 @@ def serve(service) -> int:
     """Run ``service`` until SIGTERM or SIGINT asks it to stop (cleanly)."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: service.stop())
+    memory.freeze_startup_objects()
     service.run()
     return 0
 

@@ -42,3 +42,41 @@ def test_threads_share_one_arena_once_limited():
 
     assert thread_arenas("default") > 0
     assert thread_arenas("limit") == 0
+
+
+def test_objects_made_at_start_are_out_of_the_collectors_sight_later():
+    script = textwrap.dedent("""
+        import gc
+        from lifecycle_common import memory
+        startup = [[i] for i in range(100_000)]
+        memory.freeze_startup_objects()
+        later = [[i] for i in range(10)]
+        print(gc.get_freeze_count() >= 100_000, any(o is later for o in gc.get_objects()),
+              any(o is startup for o in gc.get_objects()))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
+                         text=True).stdout.split()
+    assert out == ["True", "True", "False"]
+
+
+def test_services_freeze_what_they_set_up_before_they_serve(monkeypatch):
+    from lifecycle_common import config
+
+    calls = []
+    monkeypatch.setattr(memory, "freeze_startup_objects", lambda: calls.append("freeze"))
+
+    class Service:
+        def run(self):
+            calls.append("run")
+
+        def stop(self):
+            pass
+
+    import signal
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        assert config.serve(Service()) == 0
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert calls == ["freeze", "run"]
