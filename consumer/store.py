@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import logging
 import time
 from collections import Counter
@@ -145,13 +146,16 @@ def _apply(conn: sa.Connection, notes: list[Notification], now: datetime.datetim
 
 
 def _journaled(conn, keys: list[tuple[str, int, int]]) -> set:
-    """The ``keys`` already in the journal, in one query per 500 sequence numbers."""
+    """The ``keys`` already in the journal: on PostgreSQL in one statement of fixed
+    shape, elsewhere in one query per 500 sequence numbers."""
+    if conn.dialect.name == "postgresql":
+        return bulk.present_keys(conn, journal, keys) if keys else set()
     by_host: dict[str, list[int]] = {}
     for host, _epoch, seq in keys:
         by_host.setdefault(host, []).append(seq)
     seen = set()
     for group in _host_groups(by_host):
-        where = sa.or_(*(sa.and_(journal.c.host == host, bulk.one_of(conn, journal.c.seq, seqs))
+        where = sa.or_(*(sa.and_(journal.c.host == host, journal.c.seq.in_(seqs))
                          for host, seqs in group))
         seen.update(conn.execute(
             sa.select(journal.c.host, journal.c.epoch, journal.c.seq).where(where)).all())
@@ -183,8 +187,13 @@ def _load_instances(conn, notes: list[Notification]) -> dict[str, InstanceRow]:
             uuids.update(e.uuid for e in p.instances)
             inventory_hosts.add(p.host)
     rows = {}
-    for chunk in _chunks(sorted(uuids)):
-        rows.update(_select_rows(conn, bulk.one_of(conn, instances.c.uuid, chunk)))
+    if conn.dialect.name == "postgresql":
+        if uuids:
+            rows.update(_rows(conn.execute(
+                _rows_by_uuid(), {"uuids": bulk.array_literal(sorted(uuids))})))
+    else:
+        for chunk in _chunks(sorted(uuids)):
+            rows.update(_select_rows(conn, instances.c.uuid.in_(chunk)))
     for host in sorted(inventory_hosts):
         rows.update(_select_rows(conn, sa.and_(instances.c.host == host,
                                                instances.c.deleted == sa.false())))
@@ -198,9 +207,22 @@ _OCCURRED_AT = _ROW_FIELDS.index("event_occurred_at")
 
 def _select_rows(conn, where) -> dict[str, InstanceRow]:
     """The rows ``where`` selects, locked until the transaction ends."""
-    query = sa.select(*_ROW_COLUMNS).where(where).order_by(instances.c.uuid).with_for_update()
+    return _rows(conn.execute(_locking_select(where)))
+
+
+def _locking_select(where):
+    return sa.select(*_ROW_COLUMNS).where(where).order_by(instances.c.uuid).with_for_update()
+
+
+@functools.lru_cache(maxsize=None)
+def _rows_by_uuid():
+    """PostgreSQL: the rows whose uuid is in the array ``:uuids``, locked; built once."""
+    return _locking_select(bulk.any_of(instances.c.uuid, "uuids"))
+
+
+def _rows(result) -> dict[str, InstanceRow]:
     rows = {}
-    for values in conn.execute(query):
+    for values in result:
         values = list(values)
         values[_OCCURRED_AT] = db_engine.aware(values[_OCCURRED_AT])
         rows[values[0]] = InstanceRow(*values)
@@ -270,9 +292,7 @@ def _update_hosts(conn, payloads: list, heartbeats: list[HostHeartbeatPayload],
     if not newest:
         return
     names = sorted(newest)
-    existing = {r["name"]: r for r in conn.execute(
-        sa.select(hosts).where(hosts.c.name.in_(names)).order_by(hosts.c.name)
-        .with_for_update()).mappings()}
+    existing = {r["name"]: r for r in conn.execute(_hosts_by_name(), {"names": names}).mappings()}
     inserts, updates = [], []
     for name in names:
         row = existing.get(name)
@@ -296,6 +316,13 @@ def _update_hosts(conn, payloads: list, heartbeats: list[HostHeartbeatPayload],
         (inserts if row is None else updates).append(values)
     bulk.insert(conn, hosts, inserts)
     bulk.overwrite(conn, hosts, updates)
+
+
+@functools.lru_cache(maxsize=None)
+def _hosts_by_name():
+    """The hosts rows named in ``:names``, locked; built once."""
+    return (sa.select(hosts).where(hosts.c.name.in_(sa.bindparam("names", expanding=True)))
+            .order_by(hosts.c.name).with_for_update())
 
 
 def _group_keys(keys):

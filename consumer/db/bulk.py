@@ -35,13 +35,32 @@ def overwrite(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> None:
         _execute(conn, _statement(conn.dialect.name, table, overwrite=True), rows)
 
 
-def one_of(conn: sa.Connection, column: sa.Column, values: list) -> sa.ColumnElement[bool]:
-    """``column IN values``; on PostgreSQL ``column = ANY(array)``, the array sent as
-    one parameter rather than one per value."""
-    if conn.dialect.name == "postgresql":
-        array = sa.bindparam(None, array_literal(values), type_=sa.Text())
-        return column == sa.any_(sa.cast(array, postgresql.ARRAY(column.type)))
-    return column.in_(values)
+def any_of(column: sa.Column, name: str) -> sa.ColumnElement[bool]:
+    """PostgreSQL's ``column = ANY(CAST(:name AS type[]))``, for statements built once:
+    bind ``name`` to ``array_literal(values)``."""
+    array = sa.bindparam(name, type_=sa.Text())
+    return column == sa.any_(sa.cast(array, postgresql.ARRAY(column.type)))
+
+
+@functools.lru_cache(maxsize=None)
+def present_keys_statement(table: sa.Table):
+    """PostgreSQL: the primary keys of ``table`` among those given, one array per key
+    column (bound by column name, see ``present_keys``). Built and compiled once,
+    whatever the number of keys: building a statement per batch, and SQLAlchemy
+    computing its cache key, cost more than running it."""
+    names = [c.name for c in table.primary_key]
+    keys = sa.func.unnest(*(
+        sa.cast(sa.bindparam(name, type_=sa.Text()), postgresql.ARRAY(table.c[name].type))
+        for name in names)).table_valued(*names).render_derived(name="k")
+    return (sa.select(*(table.c[n] for n in names))
+            .select_from(table.join(keys, sa.and_(*(table.c[n] == keys.c[n] for n in names)))))
+
+
+def present_keys(conn: sa.Connection, table: sa.Table, keys: list[tuple]) -> set[tuple]:
+    """Which of ``keys`` (primary key tuples) ``table`` holds; PostgreSQL only."""
+    names = [c.name for c in table.primary_key]
+    params = {n: array_literal([k[i] for k in keys]) for i, n in enumerate(names)}
+    return {tuple(row) for row in conn.execute(present_keys_statement(table), params)}
 
 
 def _execute(conn, statement, rows: list[dict]) -> None:
