@@ -5,7 +5,8 @@ written to the durable outbox and published at least once, in order per host, wi
 publisher confirms; a broker outage only delays it.
 
 Threads: libvirt's event loop (stamps events), the outbox writer (translates and
-writes), the publisher (owns the AMQP connection), and the main thread (connects to
+writes), the publisher (owns the AMQP connection), the outbox checkpointer (syncs the
+outbox's WAL into its file, off the event path), and the main thread (connects to
 libvirt, takes inventories, handles signals).
 """
 
@@ -25,7 +26,7 @@ from lifecycle_publisher import notifications
 from lifecycle_publisher.domain_event import Sequencer
 from lifecycle_publisher.errors import LibvirtUnavailable
 from lifecycle_publisher.event_source import EventSource
-from lifecycle_publisher.outbox import Outbox
+from lifecycle_publisher.outbox import Checkpointer, Outbox
 from lifecycle_publisher.outbox_writer import STOP, OutboxWriter
 from lifecycle_common.retry import backoff
 from lifecycle_publisher.publisher import Publisher
@@ -41,8 +42,10 @@ class Agent:
         self.conf = conf
         self.host = conf.host
         self.outbox = Outbox(os.path.join(conf.state_path, "outbox.sqlite"),
-                             conf.agent.outbox_synchronous)
+                             conf.agent.outbox_synchronous, auto_checkpoint=False)
+        self.checkpointer = Checkpointer(self.outbox)
         opened = self.outbox.open_epoch()
+        self.outbox.close()  # this thread's connection: run() may be on another thread
         self.epoch = opened.epoch
         self.sequencer = Sequencer(opened.next_seq)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -65,6 +68,7 @@ class Agent:
         self._threads = [
             named_thread(self.writer.run, "outbox-writer"),
             named_thread(self.publisher.run, "publisher"),
+            named_thread(self.checkpointer.run, "outbox-ckpt"),
         ]
 
     def _heartbeat_body(self) -> bytes:
@@ -143,6 +147,8 @@ class Agent:
         self._threads[1].join(timeout + 5)
         self.publisher.stop()
         self._threads[1].join()
+        self.checkpointer.stop()
+        self._threads[2].join()
         LOG.info("agent for host %s stopped: last seq %d, %d events left in the outbox",
                  self.host, self.sequencer.last, self.outbox.pending())
         self.outbox.close()

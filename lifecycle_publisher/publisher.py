@@ -77,6 +77,12 @@ class Publisher:
 
     def run(self) -> None:
         """Thread body: connect, publish, reconnect with back-off, until stopped."""
+        try:
+            self._run()
+        finally:
+            self._outbox.close()  # this thread's connection
+
+    def _run(self) -> None:
         attempt = 0
         while not self._stop.is_set():
             try:

@@ -169,6 +169,8 @@ def test_restart_grows_the_epoch_and_continues_the_sequence(
     dom = domain()
     wait_for(lambda: received.instance_events(dom.UUIDString()), timeout=10)
     first.stop()
+    # Stopped, the agent leaves its outbox in one file: the WAL checkpointed, removed.
+    assert not os.path.exists(os.path.join(tmp_path, "outbox.sqlite-wal"))
     before = [n.payload for n in received.poll() if n.event_type != "host.heartbeat"]
     last_seq = max(p.seq for p in before)
 

@@ -1,11 +1,12 @@
 """The agent's durable outbox (a real SQLite file in tmp_path) and the sequencer."""
 
+import os
 import threading
 
 import pytest
 
 from lifecycle_publisher.domain_event import Sequencer
-from lifecycle_publisher.outbox import Epoch, Outbox, OutboxRow
+from lifecycle_publisher.outbox import Checkpointer, Epoch, Outbox, OutboxRow
 
 NOW = 1_795_596_800.0
 
@@ -227,3 +228,52 @@ def test_threads_writing_at_once_never_meet_a_busy_database(tmp_path, monkeypatc
         t.join(60)
     assert errors == []
     assert outbox.pending() == 2000
+
+
+def _fill(outbox: Outbox, rows_count: int) -> None:
+    body = b"x" * 3000  # about a page per row
+    for start in range(1, rows_count + 1, 50):
+        outbox.append([(seq, "instance.started", body) for seq in range(start, start + 50)])
+
+
+def _wal_file_pages(path: str) -> int:
+    return os.path.getsize(path + "-wal") // 4096
+
+
+def test_without_auto_checkpoint_commits_leave_the_wal_to_the_owner(path):
+    outbox = Outbox(path, auto_checkpoint=False)
+    _fill(outbox, 1500)
+    assert _wal_file_pages(path) > 1400  # SQLite would have checkpointed at 1,000 pages
+    pages, done = outbox.checkpoint()
+    assert pages > 1400 and done == pages
+
+
+def test_with_auto_checkpoint_commits_checkpoint_the_wal(path):
+    outbox = Outbox(path)
+    _fill(outbox, 1500)
+    assert _wal_file_pages(path) < 1200  # checkpointed at 1,000 pages, then reused
+
+
+def test_checkpointer_copies_the_wal_on_its_own_thread(path, wait_for):
+    outbox = Outbox(path, auto_checkpoint=False)
+    results, threads = [], set()
+    checkpoint = outbox.checkpoint
+
+    def spy(*args):
+        threads.add(threading.current_thread())
+        results.append(checkpoint(*args))
+        return results[-1]
+
+    outbox.checkpoint = spy
+    checkpointer = Checkpointer(outbox, interval=0.05)
+    thread = threading.Thread(target=checkpointer.run)
+    thread.start()
+    try:
+        _fill(outbox, 300)
+        wait_for(lambda: any(done == pages >= 300 for pages, done in results), timeout=10,
+                 message="the whole WAL checkpointed")
+    finally:
+        checkpointer.stop()
+        thread.join(5)
+    assert not thread.is_alive()
+    assert threads == {thread}
