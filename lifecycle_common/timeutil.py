@@ -1,6 +1,8 @@
 """Timestamps on the wire and in the database: UTC, microsecond precision."""
 
 import datetime
+import functools
+import math
 
 UTC = datetime.timezone.utc
 
@@ -20,6 +22,24 @@ def isoformat(moment: datetime.datetime) -> str:
     elif moment.tzinfo is not UTC:
         moment = moment.astimezone(UTC)
     return moment.isoformat(timespec="microseconds")
+
+
+def isoformat_epoch(seconds: float) -> str:
+    """``isoformat(from_epoch(seconds))``, about three times faster: the date and time
+    to the second are formatted once per second (the agent stamps thousands of events
+    a second), the microseconds rounded as ``datetime.fromtimestamp`` rounds them."""
+    fraction, whole = math.modf(seconds)
+    micro = round(fraction * 1e6)  # half to even, as fromtimestamp
+    if micro >= 1_000_000:
+        whole, micro = whole + 1, micro - 1_000_000
+    elif micro < 0:  # before 1970
+        whole, micro = whole - 1, micro + 1_000_000
+    return f"{_second(int(whole))}.{micro:06d}+00:00"
+
+
+@functools.lru_cache(maxsize=4)
+def _second(whole: int) -> str:
+    return datetime.datetime.fromtimestamp(whole, UTC).isoformat(timespec="seconds")[:19]
 
 
 def parse(text: str) -> datetime.datetime:

@@ -29,7 +29,7 @@ def instance_notification(host: str, epoch: int, event: DomainEvent,
     """``observed``: the domain as read after the event (None: not read); ``previous``:
     the domain's previous transition on this host (None: not known)."""
     result = translation.translate(event.event, event.detail, observed, previous)
-    occurred = timeutil.isoformat(timeutil.from_epoch(event.occurred_at))
+    occurred = timeutil.isoformat_epoch(event.occurred_at)
     payload = payloads.InstanceLifecyclePayload(
         uuid=event.uuid, name=event.name, host=host, epoch=epoch, seq=event.seq,
         occurred_at=occurred,
@@ -48,7 +48,7 @@ def instance_notification(host: str, epoch: int, event: DomainEvent,
 
 
 def inventory_notification(host: str, epoch: int, inventory: Inventory) -> Notification:
-    occurred = timeutil.isoformat(timeutil.from_epoch(inventory.occurred_at))
+    occurred = timeutil.isoformat_epoch(inventory.occurred_at)
     entries = tuple(
         payloads.InventoryEntry(
             uuid=d.uuid, name=d.name,

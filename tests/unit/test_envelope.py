@@ -1,6 +1,7 @@
 """wire.decode: what it refuses, with which reason, and what newer payloads it reads."""
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -200,3 +201,13 @@ def test_prepare_compiles_every_known_schema_version():
     schemas.prepare()
     compiled = schemas._compiled.cache_info().currsize
     assert compiled == sum(len(v) for v in schemas.known_versions().values())
+
+
+@pytest.mark.parametrize("event_type", ["instance.started", "host.inventory", "host.heartbeat"])
+def test_payload_data_holds_every_field_in_declaration_order(event_type):
+    note = decode(wrap(sample(event_type)))
+    data = payloads.to_primitive(note.payload)[f"{KEY}.data"]
+    assert list(data) == [f.name for f in dataclasses.fields(note.payload)]
+    if event_type == "host.inventory":
+        entry_fields = [f.name for f in dataclasses.fields(payloads.InventoryEntry)]
+        assert [list(e) for e in data["instances"]] == [entry_fields] * len(data["instances"])
