@@ -2,6 +2,7 @@
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -277,3 +278,26 @@ def test_checkpointer_copies_the_wal_on_its_own_thread(path, wait_for):
         thread.join(5)
     assert not thread.is_alive()
     assert threads == {thread}
+
+
+def test_the_wal_starts_over_under_steady_writes(path, monkeypatch):
+    """Every commit adds at least one page to the WAL; a WAL that never started over
+    would hold at least as many pages as there were commits."""
+    monkeypatch.setattr(Outbox, "wal_restart_pages", 100)
+    outbox = Outbox(path, auto_checkpoint=False)
+    checkpointer = Checkpointer(outbox, interval=0.05)
+    thread = threading.Thread(target=checkpointer.run)
+    thread.start()
+    commits = 0
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            commits += 1
+            outbox.append([(commits, "instance.started", b"x" * 900)])
+            if commits % 50 == 0:
+                outbox.delete([r.id for r in outbox.fetch_after(0, 1000)])
+    finally:
+        checkpointer.stop()
+        thread.join(5)
+    assert commits > 500
+    assert _wal_file_pages(path) < commits / 4, f"{_wal_file_pages(path)} WAL pages after {commits} commits"
