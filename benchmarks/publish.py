@@ -2,6 +2,7 @@
 2,000 domains that change state as fast as libvirt emits; the baseline is
 oslo_messaging.Notifier.info per event on the same kind of hypervisor.
 
+A warm-up burst (one step of every domain, 2,000 events) goes first, unmeasured.
 Nothing lost: every event libvirt emitted must be written to the outbox, confirmed by
 the broker, removed from the outbox and sitting in the queue.
 """
@@ -21,7 +22,11 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
     hosts = HostsProcess(run, "publish-agent", [HOST], p.publish_domains, topology.exchange,
                          heartbeat_interval=3600.0)
     sampler.watch("agent", hosts.pid)
-    start = hosts.call("start", timeout=120)
+    hosts.call("start", timeout=120)
+    # Warm-up: one step of every domain (the outbox file and the broker's queue grow to
+    # size, allocators and caches settle), not measured but counted.
+    start = hosts.call("burst", timeout=180, steps=1, parallel=False, wait_confirmed=True,
+                       confirm_timeout=120.0)
     burst = hosts.call("burst", timeout=180, steps=p.publish_steps, parallel=False,
                        wait_confirmed=True, confirm_timeout=120.0)
     events = burst["events"]
@@ -35,7 +40,8 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
     written = burst["written"] - start["written"]
     confirmed = burst["confirmed"] - start["confirmed"]
     queued, _ = harness.queue_counts(topology.queue)
-    expected_queued = events + start["confirmed"] + 1  # + the start inventory and heartbeat
+    # + the warm-up's events and the start inventory (confirmed by then) and heartbeat
+    expected_queued = events + start["confirmed"] + 1
     lost = {"emitted": events, "stamped": stamped, "written": written, "confirmed": confirmed,
             "outbox_pending": burst["outbox_pending"], "queued": queued,
             "queued_expected": expected_queued}
@@ -59,7 +65,7 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
         Row(NAME, "events/s, callback -> broker-confirmed", "events/s", ours, target=10_000,
             baseline=base["rate"], baseline_label="oslo Notifier.info per event"),
         Row(NAME, "nothing lost (confirmed & queued = emitted)", "", 1.0 if ok else 0.0,
-            met=ok, note=f"{confirmed}/{events} confirmed, {queued - 2} queued"),
+            met=ok, note=f"{confirmed}/{events} confirmed, {queued - (expected_queued - events)} queued"),
     ]
     details = {"events": events, "seconds": elapsed, "emit_seconds": burst["t_emitted"] - burst["t_start"],
                "counts": lost, "baseline": base, "baseline_nothing_lost": base_ok}
