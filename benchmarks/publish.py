@@ -68,5 +68,6 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
             met=ok, note=f"{confirmed}/{events} confirmed, {queued - (expected_queued - events)} queued"),
     ]
     details = {"events": events, "seconds": elapsed, "emit_seconds": burst["t_emitted"] - burst["t_start"],
+               "at_emitted": burst["at_emitted"],
                "counts": lost, "baseline": base, "baseline_nothing_lost": base_ok}
     return ScenarioResult(NAME, rows, details)
