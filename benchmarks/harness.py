@@ -280,16 +280,14 @@ def start_consumers(run: Run, scenario: str, topology: Topology, database: str, 
     pipeline = Pipeline(os.path.join(run.workdir, f"consumer-{scenario}"),
                         exchange=topology.exchange, queue=topology.queue, database=database,
                         host_down_after=30.0)
-    procs = [pipeline.start_consumer(consumer_name(i)) for i in range(count)]
+    procs = [pipeline.start_consumer("consumer" if i == 0 else f"consumer-{i}")
+             for i in range(count)]
     run.on_cleanup(pipeline.stop)
     if wait_consuming:
         wait_for(lambda: queue_counts(topology.queue)[1] >= count, 30,
                  "the consumers to consume", interval=0.005)
     return pipeline, procs
 
-
-def consumer_name(index: int) -> str:
-    return "consumer" if index == 0 else f"consumer-{index}"
 
 
 @dataclasses.dataclass
