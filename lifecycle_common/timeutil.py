@@ -3,8 +3,15 @@
 import datetime
 import functools
 import math
+import re
 
 UTC = datetime.timezone.utc
+
+# RFC 3339's date-time, with 'T' and an offset, as a wire timestamp is written.
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})", re.ASCII)
+EARLIEST = datetime.datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 
 
 def utcnow() -> datetime.datetime:
@@ -45,3 +52,17 @@ def parse(text: str) -> datetime.datetime:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
+
+
+def is_wire_timestamp(text: object) -> bool:
+    """Whether ``text`` is a timestamp the wire may carry: RFC 3339 (``T``, an offset,
+    at most nanoseconds), a real moment (no second 60, no month 13), between 1970 and
+    9999 in UTC, so that ``parse`` reads it and every database stores it. This is the
+    schemas' ``format: date-time``."""
+    if not isinstance(text, str) or len(text) > 40 or not _RFC3339.fullmatch(text):
+        return False
+    try:
+        moment = parse(text)
+    except (ValueError, OverflowError):
+        return False
+    return EARLIEST <= moment <= LATEST

@@ -5,6 +5,7 @@ from __future__ import annotations
 from oslo_config import cfg
 
 from lifecycle_common import config as common
+from lifecycle_common.wire import limits
 
 AGENT_DEFAULT_OPTS = [
     cfg.StrOpt("state_path", default="/var/lib/lifecycle-agent",
@@ -92,5 +93,6 @@ def in_code(defaults: dict, **groups: dict) -> cfg.ConfigOpts:
 
 
 def _check_host(conf: cfg.ConfigOpts) -> None:
-    if not conf.host:
-        raise common.ConfigError("[DEFAULT] host must not be empty")
+    problem = limits.host_problem(conf.host)
+    if problem is not None:
+        raise common.ConfigError(f"[DEFAULT] host {conf.host!r} {problem}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 
 from lifecycle_common import timeutil
-from lifecycle_common.wire import Notification, payloads
+from lifecycle_common.wire import Notification, limits, payloads
 from lifecycle_publisher import libvirt_codes, translation
 from lifecycle_publisher.domain_event import DomainEvent, Inventory
 
@@ -31,7 +31,8 @@ def instance_notification(host: str, epoch: int, event: DomainEvent,
     result = translation.translate(event.event, event.detail, observed, previous)
     occurred = timeutil.isoformat_epoch(event.occurred_at)
     payload = payloads.InstanceLifecyclePayload(
-        uuid=event.uuid, name=event.name, host=host, epoch=epoch, seq=event.seq,
+        uuid=event.uuid, name=limits.clip_name(event.name), host=host, epoch=epoch,
+        seq=event.seq,
         occurred_at=occurred,
         transition=result.transition.value,
         power_state=result.power_state.value if result.power_state else None,
@@ -51,7 +52,7 @@ def inventory_notification(host: str, epoch: int, inventory: Inventory) -> Notif
     occurred = timeutil.isoformat_epoch(inventory.occurred_at)
     entries = tuple(
         payloads.InventoryEntry(
-            uuid=d.uuid, name=d.name,
+            uuid=d.uuid, name=limits.clip_name(d.name),
             power_state=translation.power_state_of(d.state, d.reason).value,
             libvirt_state=libvirt_codes.state_name(d.state), libvirt_reason=d.reason)
         for d in inventory.domains)

@@ -6,7 +6,7 @@ import dataclasses
 
 import orjson
 
-from lifecycle_common.wire import payloads, schemas
+from lifecycle_common.wire import limits, payloads, schemas
 from lifecycle_common.wire.errors import WireError
 from lifecycle_common.wire.message_ids import new_message_id
 
@@ -49,34 +49,38 @@ def encode(notification: Notification) -> bytes:
 
 
 def decode(body: bytes | str) -> Notification:
-    """Read and validate one notification; raise WireError saying why it cannot be read."""
+    """Read and validate one notification; raise WireError saying why it cannot be read.
+    Whatever the body holds, nothing else is raised."""
     message = unwrap(body)
     event_type = message.get("event_type")
     if not isinstance(event_type, str):
         raise WireError("message has no event_type")
     cls = payloads.payload_class_for(event_type)
     if cls is None:
-        raise WireError(f"unknown event_type {event_type!r}")
+        raise WireError(f"unknown event_type {_clip(repr(event_type), 80)}")
+    label = _clip(event_type, 80)  # how reasons name the message
     primitive = message.get("payload")
     if not isinstance(primitive, dict):
-        raise WireError(f"{event_type}: payload is not an object")
+        raise WireError(f"{label}: payload is not an object")
     key = payloads.OBJECT_KEY
     name = primitive.get(f"{key}.name")
     version = primitive.get(f"{key}.version")
     data = primitive.get(f"{key}.data")
     if name != cls.NAME:
-        raise WireError(f"{event_type}: payload is {name!r}, expected {cls.NAME!r}")
+        raise WireError(f"{label}: payload is {_clip(repr(name), 80)}, expected {cls.NAME!r}")
     if not isinstance(version, str) or not isinstance(data, dict):
-        raise WireError(f"{event_type}: payload lacks {key}.version or {key}.data")
+        raise WireError(f"{label}: payload lacks {key}.version or {key}.data")
     readable = schemas.readable_version(name, version)
     if readable is None:
-        raise WireError(f"{event_type}: {name} version {version} is not supported")
+        raise WireError(f"{label}: {name} version {_clip(version, 40)} is not supported")
     if readable != version:
         data = payloads.known_data(cls, data)
     error = schemas.first_error(name, readable, data)
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "payload"
-        raise WireError(f"{event_type}: {name} {version}: {where}: {error.message}")
+        raise WireError(f"{label}: {name} {version}: {where}: {_clip(error.message)}")
+    if cls is payloads.InstanceLifecyclePayload and event_type != f"instance.{data['transition']}":
+        raise WireError(f"{label}: the payload's transition is {data['transition']!r}")
     return Notification(
         event_type=event_type,
         payload=payloads.from_data(cls, data),
@@ -87,7 +91,16 @@ def decode(body: bytes | str) -> Notification:
     )
 
 
+def _clip(text: str, length: int = 300) -> str:
+    """A reason short enough to log and to carry in a header (jsonschema quotes the
+    offending value whole, which may be a string of megabytes)."""
+    return text if len(text) <= length else f"{text[:length]}... ({len(text)} characters)"
+
+
 def unwrap(body: bytes | str) -> dict:
+    if len(body) > limits.BODY_BYTES:
+        raise WireError(f"body of {len(body)} bytes is larger than the {limits.BODY_BYTES} "
+                        "a notification may be")
     try:
         outer = orjson.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:  # orjson.JSONDecodeError is one

@@ -69,10 +69,13 @@ class HostInventoryPayload:
 
 @dataclasses.dataclass(frozen=True)
 class HostHeartbeatPayload:
-    """The agent is alive; ``status`` says whether it is running or stopping cleanly."""
+    """The agent is alive; ``status`` says whether it is running, degraded (about to
+    exit on a failure) or stopping cleanly."""
 
     NAME: typing.ClassVar[str] = "HostHeartbeatPayload"
-    VERSION: typing.ClassVar[str] = "1.0"
+    # 1.0: running, stopping. 1.1: degraded (a worker of the agent failed; the agent
+    # is about to exit non-zero so that its supervisor restarts it).
+    VERSION: typing.ClassVar[str] = "1.1"
 
     host: str
     epoch: int
@@ -117,9 +120,26 @@ def to_primitive(payload: Payload) -> dict:
 def from_data(cls, data: dict):
     """Build a payload from its already validated ``data`` (unknown keys dropped)."""
     if cls is HostInventoryPayload:
-        entries = tuple(InventoryEntry(**known_fields(InventoryEntry, e)) for e in data["instances"])
-        return cls(**{**known_fields(cls, data), "instances": entries})
-    return cls(**known_fields(cls, data))
+        entries = tuple(InventoryEntry(**_as_ints(InventoryEntry, known_fields(InventoryEntry, e)))
+                        for e in data["instances"])
+        return cls(**{**_as_ints(cls, known_fields(cls, data)), "instances": entries})
+    return cls(**_as_ints(cls, known_fields(cls, data)))
+
+
+def _as_ints(cls, data: dict) -> dict:
+    """Integer fields as ints: JSON Schema's ``integer`` admits ``7.0``, and a float
+    must not reach an integer column (PostgreSQL refuses ``7.0`` as a BIGINT)."""
+    for name in _INT_FIELDS[cls]:
+        value = data.get(name)
+        if type(value) is float:
+            data[name] = int(value)
+    return data
+
+
+def _int_fields(cls) -> tuple[str, ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple(f.name for f in dataclasses.fields(cls)
+                 if hints[f.name] in (int, typing.Optional[int]))
 
 
 def known_data(cls, data: dict) -> dict:
@@ -135,3 +155,6 @@ def known_data(cls, data: dict) -> dict:
 def known_fields(cls, data: dict) -> dict:
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in data.items() if k in names}
+
+
+_INT_FIELDS = {cls: _int_fields(cls) for cls in (*PAYLOAD_CLASSES, InventoryEntry)}

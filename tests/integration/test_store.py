@@ -107,8 +107,9 @@ def test_new_instance_is_inserted(store, db_engine):
 def test_names_and_hosts_are_stored_as_given_in_a_many_row_batch(store, db_engine):
     """Rows are written many at a time (arrays on PostgreSQL): characters that mean
     something in SQL or in an array literal come back unchanged, inserted and updated."""
-    odd = ['quote "q"', "back\\slash", "{brace},comma", "NULL", "", "it's", "tab\there", "é ü"]
-    host = 'host "x",{y}\\'
+    odd = ['quote "q"', "back\\slash", "{brace},comma", "NULL", "", "it's", "tab\there", "é ü",
+           "日本語 🚀"]
+    host = "Host-9.x_y"  # a host name holds no more than this (the schema's pattern)
     vms = [new_uuid() for _ in odd]
     store.apply_batch(wire_roundtrip(
         [event("started", i + 1, vm, name=name, host=host)

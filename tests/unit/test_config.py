@@ -32,6 +32,8 @@ AGENT_BAD = {
                                "reconnect_interval_max"),
     "debug not a bool": ("[DEFAULT]\ndebug = maybe\n", "debug"),
     "empty host": ("[DEFAULT]\nhost =\n", "host"),
+    "host with a space": ("[DEFAULT]\nhost = compute 1\n", r"\[DEFAULT\] host 'compute 1' may hold"),
+    "host too long": (f"[DEFAULT]\nhost = {'h' * 256}\n", "host .* is longer than 255"),
     "no topics": ("[oslo_messaging_notifications]\ntopics =\n", "topics"),
 }
 

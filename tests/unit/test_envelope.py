@@ -85,6 +85,32 @@ REFUSED = {
     "missing field": (wrap(without(started(), "payload", f"{KEY}.data", "uuid")),
                       "payload: 'uuid' is a required property"),
     "extra field in a known version": (wrap(started(colour="blue")), "'colour' was unexpected"),
+    # Schema-valid in shape, hostile in value: each once raised inside the consumer's
+    # transaction or stopped it.
+    "occurred_at not a timestamp": (wrap(started(occurred_at="yesterday")),
+                                    "occurred_at: 'yesterday' is not a 'date-time'"),
+    "a leap second": (wrap(started(occurred_at="2026-12-31T23:59:60+00:00")), "'date-time'"),
+    "a timestamp with no offset": (wrap(started(occurred_at="2026-11-25T08:54:44.123456")),
+                                   "'date-time'"),
+    "a timestamp before 1970": (wrap(started(occurred_at="0001-01-01T00:00:00+00:00")),
+                                "'date-time'"),
+    "a timestamp past 9999 in UTC": (wrap(started(occurred_at="9999-12-31T23:59:59-01:00")),
+                                     "'date-time'"),
+    "an epoch beyond BIGINT": (wrap(started(epoch=2**63)), "epoch: 9223372036854775808 is greater"),
+    "a seq of 30 digits": (b'{"oslo.version":"2.0","oslo.message":"' + json.dumps(
+        started(seq=123)).replace('"seq": 123', '"seq": 123456789012345678901234567890')
+        .replace('"', '\\"').encode() + b'"}', "seq: 1.2345678901234568e+29 is greater"),
+    "a libvirt code beyond an int": (wrap(started(libvirt_event_code=2**31)), "libvirt_event_code"),
+    "a name with NUL": (wrap(started(name="vm\x00one")), "name: 'vm\\x00one' does not match"),
+    "a name of 256 characters": (wrap(started(name="n" * 256)), "name: 'nnnnn"),
+    "a host with a space": (wrap(started(host="compute 1")), "host: 'compute 1' does not match"),
+    "a host ending in a newline": (wrap(started(host="compute-1\n")),  # jsonschema passes it
+                                   "data.host must match pattern"),
+    "a host of 256 characters": (wrap(started(host="h" * 256)), "is too long"),
+    "an event type its transition is not": (
+        wrap({**started(), "event_type": "instance.migrated"}),
+        "instance.migrated: the payload's transition is 'started'"),
+    "a body over 32 MiB": (b" " * (32 * 1024 * 1024 + 1), "larger than the 33554432"),
 }
 
 
@@ -93,6 +119,19 @@ def test_refused_with_a_clear_reason(body, reason):
     with pytest.raises(WireError) as caught:
         decode(body)
     assert reason in str(caught.value)
+
+
+def test_a_reason_quoting_a_huge_value_is_clipped():
+    with pytest.raises(WireError) as caught:
+        decode(wrap(started(name="n" * 300_000)))
+    assert len(str(caught.value)) < 500
+    assert str(caught.value).endswith(" characters)")
+
+
+def test_an_integral_float_is_read_as_an_integer():
+    note = decode(wrap(started(seq=11.0, epoch=1_795_596_800.0)))
+    assert (note.payload.seq, note.payload.epoch) == (11, 1_795_596_800)
+    assert type(note.payload.seq) is int and type(note.payload.epoch) is int
 
 
 def test_a_bad_field_in_an_inventory_entry_is_named_by_its_path():
@@ -132,7 +171,7 @@ def test_a_newer_minor_is_still_validated_for_the_fields_this_code_knows():
 def test_a_newer_minor_of_a_host_payload_decodes():
     message = copy.deepcopy(sample("host.heartbeat"))
     message["payload"][f"{KEY}.data"]["load_average"] = 0.42
-    message = with_payload(message, version="1.1")
+    message = with_payload(message, version="1.9")
     note = decode(wrap(message))
     assert isinstance(note.payload, payloads.HostHeartbeatPayload)
     assert note.payload.status == "running"

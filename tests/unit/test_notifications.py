@@ -198,3 +198,19 @@ def test_every_built_notification_decodes():
     ]
     for note in notes:
         assert decode(encode(note)) == note
+
+
+def test_a_name_the_wire_cannot_carry_is_cut_to_fit_and_still_decodes():
+    """libvirt sets no bound on a domain's name; the wire does (the column it lands
+    in). The uuid keys the instance, so the event goes out with the name cut."""
+    from lifecycle_common.wire import decode, encode, limits
+    long_name = "vm-" + "x" * 400
+    domain_event = DomainEvent(seq=5, occurred_at=WHEN, uuid=UUID, name=long_name,
+                               event=Event.STARTED, detail=0)
+    note = notifications.instance_notification(HOST, EPOCH, domain_event)
+    inventory = notifications.inventory_notification(
+        HOST, EPOCH, Inventory(seq=6, occurred_at=WHEN, reason="periodic", domains=(
+            DomainSnapshot(UUID, long_name, DomainState.RUNNING, 1),)))
+    assert note.payload.name == long_name[:limits.NAME_LENGTH]
+    assert inventory.payload.instances[0].name == long_name[:limits.NAME_LENGTH]
+    assert decode(encode(note)) == note and decode(encode(inventory)) == inventory

@@ -21,7 +21,7 @@ from lifecycle_publisher.translation import Transition
 EXPECTED_FINGERPRINTS = {
     "InstanceLifecyclePayload": ("1.1", "c9bc0d8d841e4ebc3dc285561361eff7"),
     "HostInventoryPayload": ("1.0", "094bf13499892e46ec7615c48d65690e"),
-    "HostHeartbeatPayload": ("1.0", "9bdbd2508698b877d30e1404aa4030a7"),
+    "HostHeartbeatPayload": ("1.1", "9bdbd2508698b877d30e1404aa4030a7"),
 }
 
 # Every event type the agent can emit, and the payload class it carries.
