@@ -6,14 +6,22 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
+from lifecycle_common.wire.limits import EVENT_TYPE_LENGTH, HOST_LENGTH, NAME_LENGTH
+
 metadata = sa.MetaData()
+
+# MariaDB/MySQL: every table in utf8mb4 with a binary collation, whatever the database's
+# defaults. Names then compare as they do on PostgreSQL and SQLite, exactly: under the
+# usual case- and accent-insensitive collations 'Compute-1' and 'compute-1' would be one
+# key, and a message about one host could collide with, or pass for, another's.
+MYSQL_TABLE = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
 # Microseconds on every backend (MySQL/MariaDB DATETIME defaults to whole seconds).
 Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 hosts = sa.Table(
     "hosts", metadata,
-    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("name", sa.String(HOST_LENGTH), primary_key=True),
     sa.Column("status", sa.String(8), nullable=False),           # up, down
     sa.Column("agent_status", sa.String(16), nullable=False),     # running, stopping
     sa.Column("libvirt_connected", sa.Boolean, nullable=False),
@@ -21,31 +29,34 @@ hosts = sa.Table(
     sa.Column("epoch", sa.BigInteger, nullable=False),
     sa.Column("last_seq", sa.BigInteger, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
+    **MYSQL_TABLE,
 )
 
 instances = sa.Table(
     "instances", metadata,
     sa.Column("uuid", sa.String(36), primary_key=True),
-    sa.Column("name", sa.String(255), nullable=False),
-    sa.Column("host", sa.String(255), nullable=False, index=True),
+    sa.Column("name", sa.String(NAME_LENGTH), nullable=False),
+    sa.Column("host", sa.String(HOST_LENGTH), nullable=False, index=True),
     sa.Column("power_state", sa.String(16), nullable=False),
     sa.Column("deleted", sa.Boolean, nullable=False),
     sa.Column("epoch", sa.BigInteger, nullable=False),             # of the event that set the row
     sa.Column("seq", sa.BigInteger, nullable=False),
-    sa.Column("last_event_type", sa.String(64), nullable=False),
+    sa.Column("last_event_type", sa.String(EVENT_TYPE_LENGTH), nullable=False),
     sa.Column("event_occurred_at", Timestamp, nullable=False),
     sa.Column("applied_at", Timestamp, nullable=False),
+    **MYSQL_TABLE,
 )
 
 # One row per applied message: applying is idempotent, and the journal is the audit.
 journal = sa.Table(
     "journal", metadata,
-    sa.Column("host", sa.String(255), primary_key=True),
+    sa.Column("host", sa.String(HOST_LENGTH), primary_key=True),
     sa.Column("epoch", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("event_type", sa.String(64), nullable=False),
+    sa.Column("event_type", sa.String(EVENT_TYPE_LENGTH), nullable=False),
     sa.Column("instance_uuid", sa.String(36), nullable=True),
     sa.Column("outcome", sa.String(16), nullable=False),           # applied, stale, ignored
     sa.Column("occurred_at", Timestamp, nullable=False),
     sa.Column("applied_at", Timestamp, nullable=False, index=True),
+    **MYSQL_TABLE,
 )

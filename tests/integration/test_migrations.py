@@ -12,7 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from consumer.cmd import manage
 from consumer.db import engine as db_engine
 from consumer.db import migrate
-from consumer.db.tables import hosts, journal, metadata
+from consumer.db.tables import hosts, instances, journal, metadata
 
 pytestmark = pytest.mark.integration
 
@@ -83,3 +83,35 @@ def test_manage_db_sync_command(empty_db_url, tmp_path, capsys):
     assert migrate.head() in capsys.readouterr().out
     assert manage.main(["--config-file", str(config), "db", "version"]) == 0
     assert capsys.readouterr().out.strip() == migrate.head()
+
+
+def test_names_compare_exactly_and_hold_any_character(empty_engine):
+    """MariaDB's usual defaults (latin1, or a case-insensitive utf8mb4 collation) would
+    make 'Compute-1' and 'compute-1' one key and refuse names outside latin1; after
+    ``db sync`` every backend stores both hosts and the name as given."""
+    if empty_engine.dialect.name in ("mysql", "mariadb"):
+        with empty_engine.begin() as conn:  # the defaults of a database made carelessly
+            conn.exec_driver_sql("ALTER DATABASE CHARACTER SET latin1 COLLATE latin1_swedish_ci")
+    migrate.sync(empty_engine)
+    moment = datetime.datetime(2026, 11, 25, 8, 54, 44)
+    with empty_engine.begin() as conn:
+        # (Trailing spaces still compare equal on MariaDB, PAD SPACE: a host name cannot
+        # hold one, see limits.HOST_PATTERN.)
+        for name in ("compute-1", "Compute-1", "compute-1.example"):
+            conn.execute(hosts.insert().values(
+                name=name, status="up", agent_status="running", libvirt_connected=True,
+                last_heartbeat_at=None, epoch=1, last_seq=1, updated_at=moment))
+        conn.execute(instances.insert().values(
+            uuid="0d6f7c9e-1b7a-4c59-9d1e-3f0b8f2a6c11", name="日本語の名前 🚀", host="Compute-1",
+            power_state="running", deleted=False, epoch=1, seq=1,
+            last_event_type="instance.started", event_occurred_at=moment, applied_at=moment))
+        conn.execute(journal.insert().values(
+            host="Compute-1", epoch=1, seq=1, event_type="instance.started",
+            instance_uuid=None, outcome="applied", occurred_at=moment, applied_at=moment))
+    with empty_engine.connect() as conn:
+        names = set(conn.execute(sa.select(hosts.c.name)).scalars())
+        found = conn.execute(sa.select(journal.c.host).where(journal.c.host == "compute-1")).all()
+        vm_name = conn.execute(sa.select(instances.c.name)).scalar_one()
+    assert vm_name == "日本語の名前 🚀"
+    assert names == {"compute-1", "Compute-1", "compute-1.example"}
+    assert found == []
