@@ -5,6 +5,7 @@ from __future__ import annotations
 from oslo_config import cfg
 
 from lifecycle_common import config as common
+from consumer import admission
 
 DATABASE_OPTS = [
     cfg.StrOpt("connection", default="sqlite:////var/lib/lifecycle-consumer/lifecycle.sqlite",
@@ -40,6 +41,27 @@ CONSUMER_OPTS = [
     cfg.FloatOpt("retry_interval_max", default=30.0, min=0.1,
                  help="Upper bound, in seconds, of the back-off between attempts to reach "
                       "the broker or the database."),
+    cfg.StrOpt("publisher_identity", default="any", choices=[
+        ("any", "accept every publisher: any broker user can speak for any host (the "
+                "consumer warns at start)"),
+        ("host_user", "accept an event, inventory or heartbeat about host H only if its "
+                      "AMQP user_id (which RabbitMQ checks against the publisher's login) "
+                      "is publisher_user_template formatted with H, or is listed in "
+                      "trusted_publishers")],
+               help="Which broker users may speak for which hosts. A message refused is "
+                    "dead-lettered with the reason and changes nothing."),
+    cfg.StrOpt("publisher_user_template", default="{host}",
+               help="With publisher_identity = host_user: the broker user of host H, "
+                    "'{host}' standing for H (e.g. 'lifecycle-{host}')."),
+    cfg.ListOpt("trusted_publishers", default=[],
+                help="With publisher_identity = host_user: broker users that may speak for "
+                     "every host (e.g. a tool that replays dead letters)."),
+    cfg.FloatOpt("max_clock_skew", default=300.0, min=1.0,
+                 help="Seconds by which an agent's epoch (its start time) or an event's "
+                      "occurred_at may lie ahead of the consumer's clock. A message further "
+                      "ahead is dead-lettered: applied, it would make the host's later real "
+                      "events look older and silence it. Keep the hosts' clocks within this "
+                      "of the consumer's (NTP)."),
 ]
 
 
@@ -67,4 +89,27 @@ def make_conf() -> cfg.ConfigOpts:
 def load(argv: list[str] | None, prog: str = "lifecycle-consumer",
          conf: cfg.ConfigOpts | None = None) -> cfg.ConfigOpts:
     conf = conf or make_conf()
-    return common.load(conf, argv, prog, list_opts())
+    return common.load(conf, argv, prog, list_opts(), validators=(_check_template,))
+
+
+def admission_policy(conf: cfg.ConfigOpts) -> admission.Policy:
+    """The [consumer] options that say which messages are believed."""
+    c = conf.consumer
+    return admission.Policy(
+        identity=admission.PublisherIdentity(c.publisher_identity),
+        user_template=c.publisher_user_template, trusted=frozenset(c.trusted_publishers),
+        max_clock_skew=c.max_clock_skew)
+
+
+def _check_template(conf: cfg.ConfigOpts) -> None:
+    template = conf.consumer.publisher_user_template
+    try:
+        user = template.format(host="compute-1")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise common.ConfigError(
+            f"[consumer] publisher_user_template {template!r}: only {{host}} may be "
+            f"substituted ({type(exc).__name__}: {exc})") from None
+    if user == template.format(host="compute-2"):
+        raise common.ConfigError(
+            f"[consumer] publisher_user_template {template!r} must contain {{host}}: "
+            "otherwise every host has the same user")

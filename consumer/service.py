@@ -4,12 +4,19 @@ Delivery guarantee: every notification on the queue is applied to the database o
 in effect (or dead-lettered with its reason) before it is acknowledged; redeliveries,
 restarts and competing consumers cannot apply an event twice or let an older event
 overwrite a newer one.
+
+Every message ends in exactly one of: applied; dead-lettered with a reason (it cannot
+be read, its publisher may not speak for its host, it lies beyond the clock, or the
+database or the store refused it, whatever the exception); held and retried while the
+database cannot take it, and only then. A message refused while applying is found by
+splitting its batch in halves, so that its batch-mates are applied.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import Counter
 import threading
 import time
 
@@ -18,13 +25,13 @@ import amqp
 from lifecycle_common import timeutil, wire
 from lifecycle_common.retry import backoff
 from lifecycle_common.wire.payloads import HostHeartbeatPayload
+from consumer import admission
 from consumer.amqp_queue import BatchQueue
 from consumer.errors import BatchRejected, BrokerUnavailable, DatabaseUnavailable
 from consumer.store import Store
 
 LOG = logging.getLogger(__name__)
 
-AGENT_PUBLISHER_PREFIX = "lifecycle-agent:"
 _PRUNE_INTERVAL = 60.0
 _SUMMARY_INTERVAL = 60.0  # an INFO line of what was applied, at most this often
 
@@ -44,9 +51,11 @@ class Stats:
 
 class ConsumerService:
     def __init__(self, queue: BatchQueue, store: Store, host_down_after: float,
-                 retry_max: float, journal_retention: float = 7 * 86400):
+                 retry_max: float, journal_retention: float = 7 * 86400,
+                 policy: admission.Policy = admission.Policy()):
         self.queue = queue
         self.store = store
+        self.policy = policy
         self._host_down_after = host_down_after
         self._retry_max = retry_max
         self._stop = threading.Event()
@@ -54,6 +63,7 @@ class ConsumerService:
         self._journal_retention = journal_retention
         self._next_prune = 0.0
         self.stats = Stats()
+        self.dead_letters: Counter[admission.Cause] = Counter()  # by cause
         self._summarised = Stats()
         self._next_summary = time.monotonic() + _SUMMARY_INTERVAL
 
@@ -61,6 +71,10 @@ class ConsumerService:
         self._stop.set()
 
     def run(self) -> None:
+        if self.policy.identity is admission.PublisherIdentity.ANY:
+            LOG.warning("[consumer] publisher_identity = any: any broker user can speak "
+                        "for any host; set it to host_user to accept host H's messages "
+                        "only from H's own broker user")
         attempt = 0
         while not self._stop.is_set():
             try:
@@ -80,7 +94,7 @@ class ConsumerService:
         while not self._stop.is_set():
             batch = self.queue.next_batch(timeout=0.5)
             if batch:
-                self._handle(batch)
+                self.handle_batch(batch)
             self._housekeeping()
 
     def _housekeeping(self) -> None:
@@ -111,29 +125,36 @@ class ConsumerService:
         except DatabaseUnavailable as exc:
             LOG.warning("host liveness check skipped: database unavailable (%s)", exc)
 
-    def _handle(self, batch: list[amqp.Message]) -> None:
+    def handle_batch(self, batch: list[amqp.Message]) -> None:
+        """Settle one batch from the queue: every message applied, dead-lettered with
+        its reason or, while the database is away and the service stops, left unacked
+        for redelivery; then the batch is acked. Raises only BrokerUnavailable."""
         notes: list[tuple[amqp.Message, wire.Notification]] = []
-        rejected: list[tuple[amqp.Message, str]] = []
+        refused: list[tuple[amqp.Message, admission.Refused]] = []
+        now = time.time()
         for message in batch:
-            try:
-                note = wire.decode(message.body)
-            except wire.WireError as exc:
-                if _is_foreign(message.body):
-                    self.stats.foreign += 1
-                    continue
-                rejected.append((message, str(exc)))
-                continue
-            notes.append((message, note))
-        if notes and not self._apply(notes, rejected):
+            verdict = admission.admit(message.body, message.properties.get("user_id"),
+                                      now, self.policy)
+            if isinstance(verdict, admission.Admitted):
+                notes.append((message, verdict.note))
+            elif isinstance(verdict, admission.Foreign):
+                self.stats.foreign += 1
+            else:
+                refused.append((message, verdict))
+        if notes and not self._apply(notes, refused):
             return  # stopping while the database is away: leave the batch unacked
-        for message, reason in rejected:
-            self.queue.dead_letter(message, reason)
+        for message, verdict in refused:
+            self.queue.dead_letter(message, verdict.reason)
             self.stats.dead_lettered += 1
+            self.dead_letters[verdict.cause] += 1
         self.queue.ack(batch)
         self.stats.batches += 1
 
-    def _apply(self, notes, rejected) -> bool:
-        """Apply, waiting out a database outage; returns False if stopped meanwhile."""
+    def _apply(self, notes, refused) -> bool:
+        """Apply ``notes``, waiting out a database outage; a note the database or the
+        store refuses, whatever the exception, joins ``refused`` and the others are
+        applied (the batch is split in halves until the refused ones stand alone).
+        Returns False if stopped while the database was away."""
         attempt = 0
         while True:
             try:
@@ -146,16 +167,17 @@ class ConsumerService:
                             exc, len(notes), delay)
                 if not self._wait(delay):
                     return False
-            except BatchRejected as exc:
+            except Exception as exc:  # noqa: BLE001 - BatchRejected, or any other failure
+                verdict = _refusal(exc)
                 if len(notes) == 1:
-                    rejected.append((notes[0][0], f"database refused it: {exc}"))
+                    message, note = notes[0]
+                    LOG.error("%s refused: %s", _describe(note), verdict.reason)
+                    refused.append((message, verdict))
                     return True
-                LOG.warning("database refused a batch of %d (%s); applying one by one",
-                            len(notes), exc)
-                for single in notes:
-                    if not self._apply([single], rejected):
-                        return False
-                return True
+                LOG.warning("a batch of %d was refused (%s); splitting it to find the "
+                            "messages refused", len(notes), verdict.reason)
+                half = len(notes) // 2
+                return self._apply(notes[:half], refused) and self._apply(notes[half:], refused)
 
     def _wait(self, delay: float) -> bool:
         deadline = time.monotonic() + delay
@@ -196,12 +218,16 @@ class ConsumerService:
         self._summarised = dataclasses.replace(self.stats)
 
 
-def _is_foreign(body: bytes) -> bool:
-    """A well-formed notification from another publisher sharing the exchange and topic
-    (e.g. nova's own): not ours to apply, nothing wrong with it either."""
-    try:
-        message = wire.envelope.unwrap(body)
-    except wire.WireError:
-        return False
-    publisher = message.get("publisher_id")
-    return isinstance(publisher, str) and not publisher.startswith(AGENT_PUBLISHER_PREFIX)
+def _refusal(exc: Exception) -> admission.Refused:
+    """The dead letter's reason for a failure to apply."""
+    if isinstance(exc, BatchRejected):
+        return admission.Refused(f"refused by the database: {exc}", admission.Cause.DATABASE)
+    return admission.Refused(f"cannot be applied: {type(exc).__name__}: {exc}",
+                             admission.Cause.APPLY)
+
+
+def _describe(note: wire.Notification) -> str:
+    p = note.payload
+    if isinstance(p, HostHeartbeatPayload):
+        return f"host {p.host} heartbeat (last seq {p.last_seq})"
+    return f"host {p.host} seq {p.seq} instance {getattr(p, 'uuid', '-')} {note.event_type}"

@@ -25,8 +25,9 @@ from lifecycle_common.wire.payloads import (
     HostHeartbeatPayload, HostInventoryPayload, InstanceLifecyclePayload)
 from consumer import apply_rules
 from consumer.apply_rules import InstanceRow, Observation, Outcome
-from consumer.db import bulk
+from consumer.db import bulk, failures
 from consumer.db import engine as db_engine
+from consumer.db.failures import Failure
 from consumer.db.tables import hosts, instances, journal
 from consumer.errors import BatchRejected, DatabaseUnavailable
 
@@ -52,25 +53,42 @@ class Store:
         self.engine = engine
 
     def apply_batch(self, notes: list[Notification]) -> BatchResult:
-        """Apply ``notes`` in one transaction. Raises DatabaseUnavailable (retry later,
-        nothing was applied) or BatchRejected (the content is refused)."""
+        """Apply ``notes`` in one transaction. Raises DatabaseUnavailable (hold the
+        batch and retry later: nothing was applied) or BatchRejected (the database
+        refuses the content, and still answers); anything else a hostile batch makes
+        the code below raise propagates as it is, and the batch is not applied."""
         for attempt in range(1, _CONFLICT_RETRIES + 1):
             try:
                 with self.engine.begin() as conn:
                     return _apply(conn, notes, timeutil.utcnow())
             except sa_exc.DBAPIError as exc:
-                if not (isinstance(exc, sa_exc.IntegrityError) or db_engine.is_conflict(exc)):
-                    if db_engine.is_unavailable(exc):
-                        raise DatabaseUnavailable(str(exc.orig)) from exc
-                    raise BatchRejected(str(exc.orig)) from exc
-                if attempt == _CONFLICT_RETRIES:
-                    if db_engine.is_conflict(exc):  # still losing races: hold it, retry later
-                        raise DatabaseUnavailable(f"conflict after {attempt} attempts: {exc.orig}") from exc
-                    raise BatchRejected(f"integrity error after {attempt} attempts: {exc.orig}") from exc
-                LOG.info("batch of %d conflicted with another consumer (%s); retry %d",
-                         len(notes), exc.orig, attempt)
-                time.sleep(0.01 * attempt)
+                failure = failures.classify(exc)
+                raced = failure is Failure.CONFLICT or isinstance(exc, sa_exc.IntegrityError)
+                if raced and attempt < _CONFLICT_RETRIES:
+                    LOG.info("batch of %d conflicted with another consumer (%s); retry %d",
+                             len(notes), exc.orig, attempt)
+                    time.sleep(0.01 * attempt)
+                    continue
+                if failure is not Failure.REFUSED:  # unreachable, or still losing races
+                    raise DatabaseUnavailable(_first_line(exc.orig)) from exc
+                if not self.database_answers():
+                    raise DatabaseUnavailable(
+                        f"{_first_line(exc.orig)} (and the database does not answer)") from exc
+                raise BatchRejected(_first_line(exc.orig)) from exc
+            except sa_exc.TimeoutError as exc:  # no pooled connection came free
+                raise DatabaseUnavailable(str(exc)) from exc
         raise AssertionError("unreachable")
+
+    def database_answers(self) -> bool:
+        """Whether the database answers a trivial query on a connection of its own: an
+        error the classification does not know is refused only while it does."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            return True
+        except (sa_exc.SQLAlchemyError, OSError) as exc:
+            LOG.warning("the database does not answer: %s", exc)
+            return False
 
     def prune_journal(self, older_than: float, limit: int = 10000) -> int:
         """Delete up to ``limit`` journal rows applied more than ``older_than`` seconds
@@ -143,6 +161,11 @@ def _apply(conn: sa.Connection, notes: list[Notification], now: datetime.datetim
     _update_hosts(conn, [n.payload for n in fresh], heartbeats, applied_at)
     result.heartbeats = len(heartbeats)
     return result
+
+
+def _first_line(error: BaseException) -> str:
+    """A driver's message without the SQL and parameters some drivers append."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _journaled(conn, keys: list[tuple[str, int, int]]) -> set:

@@ -44,7 +44,7 @@ def _run(conf) -> int:
     service = ConsumerService(
         BatchQueue(urls, topology, conf.consumer.batch_size, conf.consumer.batch_linger),
         Store(engine), conf.consumer.host_down_after, conf.consumer.retry_interval_max,
-        conf.consumer.journal_retention)
+        conf.consumer.journal_retention, config.admission_policy(conf))
     return common.serve(service)
 
 

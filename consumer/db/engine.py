@@ -1,10 +1,9 @@
-"""Engines for the three supported backends, and what their errors mean."""
+"""Engines for the three supported backends (``failures`` says what their errors mean)."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
-from sqlalchemy import exc as sa_exc
 
 from lifecycle_common import timeutil
 
@@ -33,29 +32,6 @@ def create(url: str) -> sa.Engine:
         # rather than one round trip per row.
         options.update(executemany_mode="values_plus_batch", executemany_batch_page_size=500)
     return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2, **options)
-
-
-def is_unavailable(exc: sa_exc.DBAPIError) -> bool:
-    """True when the error says the database is unreachable rather than that the batch
-    is wrong: the batch should wait and be tried again, not be dead-lettered."""
-    return bool(exc.connection_invalidated) or isinstance(
-        exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
-
-
-# Deadlocks and serialization failures: the transaction lost a race with another one
-# (competing consumers) and succeeds when tried again. PostgreSQL SQLSTATEs, MySQL errnos.
-_CONFLICT_SQLSTATES = {"40001", "40P01"}
-_CONFLICT_MYSQL_ERRNOS = {1213, 1205}  # deadlock, lock wait timeout
-
-
-def is_conflict(exc: sa_exc.DBAPIError) -> bool:
-    """True when the error says the transaction conflicted with a concurrent one and
-    should simply be retried (a deadlock or a serialization failure)."""
-    orig = exc.orig
-    if getattr(orig, "pgcode", None) in _CONFLICT_SQLSTATES:
-        return True
-    args = getattr(orig, "args", ())
-    return bool(args) and args[0] in _CONFLICT_MYSQL_ERRNOS and "mysql" in type(orig).__module__
 
 
 def naive_utc(moment):

@@ -9,6 +9,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
+from consumer import admission
 from consumer.amqp_queue import REASON_HEADER, BatchQueue
 from consumer.db.tables import instances, journal
 from consumer.service import ConsumerService
@@ -38,13 +39,13 @@ def body(seq: int, vm: str, paused: bool = False) -> bytes:
 
 
 class RunningService:
-    def __init__(self, isolation, db_engine, queue_name):
+    def __init__(self, isolation, db_engine, queue_name, policy=admission.Policy()):
         self.topology = Topology(exchange=isolation.exchange, queue=queue_name,
                                  routing_key=ROUTING_KEY)
         self.service = ConsumerService(
             BatchQueue(transport.kombu_urls(isolation.transport_url), self.topology,
                        batch_size=50, linger=0.002),
-            Store(db_engine), host_down_after=60.0, retry_max=0.5)
+            Store(db_engine), host_down_after=60.0, retry_max=0.5, policy=policy)
         self.thread = threading.Thread(target=self.service.run, name="consumer")
 
     def start(self):
@@ -70,8 +71,8 @@ def topology_queue(amqp_isolation):
 def run_service(amqp_isolation, db_engine, topology_queue):
     started = []
 
-    def run():
-        service = RunningService(amqp_isolation, db_engine, topology_queue).start()
+    def run(policy=admission.Policy()):
+        service = RunningService(amqp_isolation, db_engine, topology_queue, policy).start()
         started.append(service)
         return service
     yield run
@@ -194,3 +195,134 @@ def test_messages_published_while_stopped_are_applied_at_start(amqp_isolation, d
     second.stop()
     assert power_states(db_engine) == {vm: "running"}  # seq 11: started
     assert amqp_isolation.message_count(topology_queue) == 0
+
+
+def _with_data(message_body: bytes, **changes) -> bytes:
+    outer = json.loads(message_body)
+    inner = json.loads(outer["oslo.message"])
+    inner["payload"]["lifecycle_object.data"].update(changes)
+    return json.dumps({"oslo.version": "2.0", "oslo.message": json.dumps(inner)}).encode()
+
+
+def _reasons(isolation, dlq) -> dict[str, str]:
+    return {m.properties["message_id"]: m.properties["application_headers"][REASON_HEADER]
+            for m in isolation.get_all(dlq)}
+
+
+def test_yesterday_is_dead_lettered_and_the_consumer_goes_on(amqp_isolation, db_engine,
+                                                             topology_queue, run_service,
+                                                             wait_for):
+    """The message that once stopped every consumer in turn: schema-valid in shape,
+    occurred_at 'yesterday'. Its batch-mates before and after it are applied."""
+    running = run_service()
+    vm = str(uuid.uuid4())
+    amqp_isolation.publish(body(1, vm))
+    amqp_isolation.publish(_with_data(body(2, vm, paused=True), occurred_at="yesterday"),
+                           message_id="yesterday")
+    amqp_isolation.publish(body(3, vm, paused=True))
+    wait_for(lambda: journal_seqs(db_engine) == [1, 3], timeout=15,
+             message=lambda: f"seqs 1 and 3 applied, have {journal_seqs(db_engine)}")
+    dlq = f"{topology_queue}.dlq"
+    wait_for(lambda: amqp_isolation.message_count(dlq) == 1, timeout=10)
+    reasons = _reasons(amqp_isolation, dlq)
+    assert reasons == {"yesterday": "instance.paused: InstanceLifecyclePayload 1.1: "
+                                    "occurred_at: 'yesterday' is not a 'date-time'"}
+    assert power_states(db_engine) == {vm: "paused"}
+    assert running.thread.is_alive()
+    running.stop()
+    assert running.service.dead_letters == {admission.Cause.UNREADABLE: 1}
+
+
+def test_a_message_the_database_refuses_is_dead_lettered_alone(amqp_isolation, db_engine,
+                                                               topology_queue, run_service,
+                                                               wait_for):
+    """A refusal the schema cannot foresee (here a CHECK constraint of the operator's):
+    the batch is split until the refused message stands alone; the rest is applied."""
+    sqlite = db_engine.dialect.name == "sqlite"
+    with db_engine.begin() as conn:
+        if sqlite:  # no ALTER TABLE ... ADD CONSTRAINT there: a trigger refuses the same
+            conn.exec_driver_sql(
+                "CREATE TRIGGER lc_test_no_forbidden BEFORE INSERT ON instances "
+                "WHEN NEW.name = 'vm-forbidden' "
+                "BEGIN SELECT RAISE(ABORT, 'lc_test_no_forbidden'); END")
+        else:
+            conn.exec_driver_sql("ALTER TABLE instances ADD CONSTRAINT lc_test_no_forbidden "
+                                 "CHECK (name <> 'vm-forbidden')")
+    try:
+        vms = [str(uuid.uuid4()) for _ in range(40)]
+        for seq, vm in enumerate(vms, 1):
+            data = {"name": "vm-forbidden"} if seq == 17 else {}
+            amqp_isolation.publish(_with_data(body(seq, vm), **data), message_id=f"m{seq}")
+        running = run_service()  # everything is queued: one batch of 40
+        wait_for(lambda: len(journal_seqs(db_engine)) == 39, timeout=20,
+                 message=lambda: f"39 applied, have {len(journal_seqs(db_engine))}")
+        dlq = f"{topology_queue}.dlq"
+        wait_for(lambda: amqp_isolation.message_count(dlq) == 1, timeout=10)
+        reasons = _reasons(amqp_isolation, dlq)
+        assert list(reasons) == ["m17"]
+        assert reasons["m17"].startswith("refused by the database: ")
+        assert "lc_test_no_forbidden" in reasons["m17"]
+        assert 17 not in journal_seqs(db_engine)
+        running.stop()
+        assert running.service.dead_letters == {admission.Cause.DATABASE: 1}
+        assert amqp_isolation.message_count(topology_queue) == 0
+    finally:
+        with db_engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER lc_test_no_forbidden" if sqlite else
+                                 "ALTER TABLE instances DROP CONSTRAINT lc_test_no_forbidden")
+
+
+def test_any_exception_while_applying_dead_letters_only_that_message(
+        amqp_isolation, db_engine, topology_queue, run_service, wait_for, monkeypatch):
+    """A defect of the store's own (simulated: folding one instance raises) costs the
+    message that met it, with the exception as its reason, and nothing else."""
+    from consumer import store as store_module
+    cursed = str(uuid.uuid4())
+    fold = store_module._fold
+
+    def fold_or_raise(current, note, occurred_at):
+        if getattr(note.payload, "uuid", None) == cursed:
+            raise KeyError("a defect")
+        return fold(current, note, occurred_at)
+    monkeypatch.setattr(store_module, "_fold", fold_or_raise)
+    vms = [str(uuid.uuid4()) for _ in range(9)] + [cursed]
+    for seq, vm in enumerate(vms, 1):
+        amqp_isolation.publish(body(seq, vm), message_id=f"m{seq}")
+    running = run_service()
+    wait_for(lambda: len(journal_seqs(db_engine)) == 9, timeout=20)
+    dlq = f"{topology_queue}.dlq"
+    wait_for(lambda: amqp_isolation.message_count(dlq) == 1, timeout=10)
+    assert _reasons(amqp_isolation, dlq) == {"m10": "cannot be applied: KeyError: 'a defect'"}
+    running.stop()
+    assert set(power_states(db_engine)) == set(vms[:9])
+
+
+def test_host_user_identity_refuses_another_users_messages(amqp_isolation, db_engine,
+                                                           topology_queue, run_service,
+                                                           wait_for):
+    """The broker checks user_id against the login (so guest can only say it is guest);
+    with publisher_identity = host_user the consumer refuses what guest says of
+    compute-9, and a trusted publisher may speak for any host."""
+    strict = admission.Policy(identity=admission.PublisherIdentity.HOST_USER)
+    running = run_service(strict)
+    vm = str(uuid.uuid4())
+    amqp_isolation.publish(body(1, vm), message_id="guest-as-host", user_id="guest")
+    amqp_isolation.publish(body(2, vm), message_id="no-user-id")
+    dlq = f"{topology_queue}.dlq"
+    wait_for(lambda: amqp_isolation.message_count(dlq) == 2, timeout=15)
+    assert _reasons(amqp_isolation, dlq) == {
+        "guest-as-host": "user 'guest' may not speak for host 'compute-9': publisher_identity "
+                         "= host_user accepts only user 'compute-9' or a trusted publisher",
+        "no-user-id": "a message without user_id may not speak for host 'compute-9': "
+                      "publisher_identity = host_user accepts only user 'compute-9' or a "
+                      "trusted publisher"}
+    assert journal_seqs(db_engine) == [] and power_states(db_engine) == {}
+    running.stop()
+    assert running.service.dead_letters == {admission.Cause.PUBLISHER: 2}
+
+    trusting = admission.Policy(identity=admission.PublisherIdentity.HOST_USER,
+                                trusted=frozenset({"guest"}))
+    running = run_service(trusting)
+    amqp_isolation.publish(body(3, vm), user_id="guest")
+    wait_for(lambda: journal_seqs(db_engine) == [3], timeout=15)
+    running.stop()

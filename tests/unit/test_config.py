@@ -43,6 +43,14 @@ CONSUMER_BAD = {
     "batch size not a number": ("[consumer]\nbatch_size = lots\n", "batch_size"),
     "linger too long": ("[consumer]\nbatch_linger = 5\n", "batch_linger"),
     "host_down_after zero": ("[consumer]\nhost_down_after = 0\n", "host_down_after"),
+    "identity not a choice": ("[consumer]\npublisher_identity = some\n", "publisher_identity"),
+    "template naming another field": ("[consumer]\npublisher_user_template = lc-{hots}\n",
+                                      r"publisher_user_template 'lc-\{hots\}': only \{host\}"),
+    "template without the host": ("[consumer]\npublisher_user_template = lifecycle\n",
+                                   "publisher_user_template 'lifecycle' must contain"),
+    "template with a bad brace": ("[consumer]\npublisher_user_template = {host\n",
+                                  "publisher_user_template"),
+    "clock skew zero": ("[consumer]\nmax_clock_skew = 0\n", "max_clock_skew"),
     "no topics": ("[oslo_messaging_notifications]\ntopics =\n", "topics"),
 }
 

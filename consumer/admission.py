@@ -1,0 +1,145 @@
+"""Which messages from the bus the consumer applies. Pure: no I/O, and it never raises.
+
+Every message is hostile until proven otherwise. ``admit`` reads one message and says
+what becomes of it:
+- ``Admitted``: a notification of ours that may be applied;
+- ``Foreign``: a well-formed notification from another publisher sharing the exchange
+  and topic (nova's own, say): nothing to apply, nothing wrong either; acked;
+- ``Refused``: dead-lettered with the reason, changing nothing. A message cannot be
+  read (whatever the exception), its publisher may not speak for the host it names,
+  or it claims an epoch or a moment beyond the consumer's clock.
+
+Publisher identity: RabbitMQ refuses a message whose AMQP ``user_id`` property is not
+the user the publisher logged in as, and the agent sets it on every message; so with
+``host_user`` a message about host H is accepted only from H's own broker user
+(``publisher_user_template`` formatted with H) or a listed trusted publisher.
+
+The clock rule: an agent's epoch is the time it started, in seconds (or its previous
+epoch plus one, whichever is greater), and it stamps events with its clock. A message
+whose epoch or ``occurred_at`` lies more than ``max_clock_skew`` ahead of the
+consumer's clock is refused: applied, it would make every later real event of that
+host (or instance, or heartbeat) look older, and silence it until the agent's own
+clock caught up. Within the skew, only a publisher allowed to speak for the host can
+set its epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+from typing import Optional, Union
+
+from lifecycle_common import timeutil, wire
+from lifecycle_common.wire.payloads import HostHeartbeatPayload
+
+AGENT_PUBLISHER_PREFIX = "lifecycle-agent:"
+
+
+class PublisherIdentity(str, enum.Enum):
+    ANY = "any"              # every broker user may speak for every host
+    HOST_USER = "host_user"  # host H only through its own user, or a trusted one
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    identity: PublisherIdentity = PublisherIdentity.ANY
+    user_template: str = "{host}"
+    trusted: frozenset[str] = frozenset()
+    max_clock_skew: float = 300.0
+
+    @functools.lru_cache(maxsize=65536)
+    def user_for(self, host: str) -> str:
+        return self.user_template.format(host=host)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Admitted:
+    note: wire.Notification
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Foreign:
+    publisher_id: str
+
+
+class Cause(str, enum.Enum):
+    """Why a message was dead-lettered, in a word (for counting; the reason says more)."""
+    UNREADABLE = "unreadable"  # not a notification this version can read
+    PUBLISHER = "publisher"    # its publisher may not speak for its host
+    CLOCK = "clock"            # its epoch or moment lies beyond the consumer's clock
+    DATABASE = "database"      # the database refused it
+    APPLY = "apply"            # applying it raised
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refused:
+    reason: str
+    cause: Cause = Cause.UNREADABLE
+
+
+Verdict = Union[Admitted, Foreign, Refused]
+
+
+def admit(body: bytes | str, user_id: Optional[str], now: float, policy: Policy) -> Verdict:
+    """What becomes of one message; ``user_id`` is its AMQP property (None when unset),
+    ``now`` the consumer's clock (``time.time()``)."""
+    try:
+        note = wire.decode(body)
+    except wire.WireError as exc:
+        publisher = _foreign_publisher(body)
+        return Foreign(publisher) if publisher is not None else Refused(str(exc))
+    except Exception as exc:  # noqa: BLE001 - whatever a hostile body makes decoding raise
+        return Refused(f"cannot be decoded: {type(exc).__name__}: {exc}")
+    try:
+        reason = identity_refusal(note, user_id, policy)
+        if reason:
+            return Refused(reason, Cause.PUBLISHER)
+        reason = clock_refusal(note, now, policy)
+        if reason:
+            return Refused(reason, Cause.CLOCK)
+    except Exception as exc:  # noqa: BLE001 - e.g. a template that fails for this host
+        return Refused(f"cannot be checked: {type(exc).__name__}: {exc}", Cause.UNREADABLE)
+    return Admitted(note)
+
+
+def identity_refusal(note: wire.Notification, user_id: Optional[str],
+                     policy: Policy) -> Optional[str]:
+    """Why the publisher may not speak for the host the notification is about."""
+    if policy.identity is PublisherIdentity.ANY:
+        return None
+    host = note.payload.host
+    expected = policy.user_for(host)
+    if user_id == expected or user_id in policy.trusted:
+        return None
+    who = "a message without user_id" if not user_id else f"user {user_id!r}"
+    return (f"{who} may not speak for host {host!r}: publisher_identity = host_user "
+            f"accepts only user {expected!r} or a trusted publisher")
+
+
+def clock_refusal(note: wire.Notification, now: float, policy: Policy) -> Optional[str]:
+    """Why the notification's epoch or moment cannot be believed."""
+    p = note.payload
+    limit = now + policy.max_clock_skew
+    if p.epoch > limit:
+        return (f"host {p.host!r}: epoch {p.epoch} is {p.epoch - now:.0f}s ahead of the "
+                f"consumer's clock (max_clock_skew {policy.max_clock_skew:.0f}s)")
+    occurred = timeutil.parse(p.occurred_at).timestamp()
+    if occurred > limit:
+        seq = p.last_seq if isinstance(p, HostHeartbeatPayload) else p.seq
+        return (f"host {p.host!r} seq {seq}: occurred_at {p.occurred_at} is "
+                f"{occurred - now:.0f}s ahead of the consumer's clock "
+                f"(max_clock_skew {policy.max_clock_skew:.0f}s)")
+    return None
+
+
+def _foreign_publisher(body: bytes | str) -> Optional[str]:
+    """The publisher of a well-formed notification that is not the agents', or None."""
+    try:
+        message = wire.envelope.unwrap(body)
+    except Exception:  # noqa: BLE001 - not even an envelope: not foreign, refused
+        return None
+    publisher = message.get("publisher_id")
+    if isinstance(publisher, str) and not publisher.startswith(AGENT_PUBLISHER_PREFIX):
+        return publisher
+    return None
