@@ -21,6 +21,9 @@ import uuid
 
 import pytest
 
+# Certificates and RabbitMQ nodes of the tests' own (TLS listener, per-host users).
+pytest_plugins = ["tests.support.fixtures"]
+
 RABBITMQ_URL = os.environ.get("LIFECYCLE_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 TRANSPORT_URL = os.environ.get("LIFECYCLE_TEST_TRANSPORT_URL", "rabbit://guest:guest@127.0.0.1:5672/")
 POSTGRES_ADMIN_URL = os.environ.get("LIFECYCLE_TEST_POSTGRES_URL",

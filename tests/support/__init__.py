@@ -1,0 +1,1 @@
+"""Support code for the integration and system tests: certificates and RabbitMQ nodes."""

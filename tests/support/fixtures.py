@@ -1,0 +1,92 @@
+"""pytest fixtures for TLS tests and RabbitMQ nodes of a test's own.
+
+Load with ``pytest_plugins = ["tests.support.fixtures"]``. The fixtures:
+
+- ``test_pki`` (session): a ``Pki`` (CA, other CA, server certificate for ``localhost``,
+  ``client_cert(cn)``) in a temporary directory;
+- ``tls_broker`` (session): one started ``RabbitNode`` with TLS and EXTERNAL login,
+  shared by the whole session and stopped at its end;
+- ``rabbit_node_factory`` (per test): ``make(**kwargs) -> RabbitNode``, started; every
+  node made is stopped at the end of the test;
+- ``rabbitmq_installed`` (per test): nothing, but skips as below, for tests that run
+  RabbitMQ's scripts themselves.
+
+Where RabbitMQ (or openssl) is not installed these skip, and fail under ``CI=true``,
+the convention of ``require_service`` in tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.certs import Pki, make_pki
+from tests.support.rabbit_node import RabbitNode, rabbitmq_installed
+
+__all__ = ["pki_fixture", "rabbit_node_factory", "rabbitmq_installed_fixture",
+           "require_rabbitmq", "tls_broker_fixture"]
+
+
+def _require(what: str, present: bool, install: str) -> None:
+    """Skip the test (fail it under CI=true) when ``what`` is not installed."""
+    if present:
+        return
+    message = f"{what} is not installed; install it with: {install}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def require_rabbitmq() -> None:
+    """Skip the test (fail it under CI=true) when RabbitMQ is not installed."""
+    _require("RabbitMQ", rabbitmq_installed(), "apt-get install rabbitmq-server")
+
+
+@pytest.fixture(name="rabbitmq_installed")
+def rabbitmq_installed_fixture() -> None:
+    """Skips the test (fails it under CI=true) when RabbitMQ is not installed."""
+    require_rabbitmq()
+
+
+@pytest.fixture(scope="session", name="test_pki")
+def pki_fixture(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """The session's test PKI (see ``tests.support.certs``)."""
+    _require("openssl", shutil.which("openssl") is not None, "apt-get install openssl")
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session", name="tls_broker")
+def tls_broker_fixture(test_pki: Pki) -> Iterator[RabbitNode]:
+    """A RabbitMQ node of the session's own: plain AMQP on ``.port`` (``.url``, as its
+    administrator), TLS on ``.tls_port`` with ``test_pki``'s server certificate
+    (valid for ``localhost`` only), EXTERNAL login by the client certificate's CN."""
+    require_rabbitmq()
+    node = RabbitNode(pki=test_pki)
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def rabbit_node_factory() -> Iterator[Callable[..., RabbitNode]]:
+    """``make(**kwargs)``: a started ``RabbitNode(**kwargs)`` (e.g. ``pki=test_pki``,
+    ``home=`` a directory shared by a cluster's nodes); all stopped after the test."""
+    require_rabbitmq()
+    nodes: list[RabbitNode] = []
+
+    def make(**kwargs: Any) -> RabbitNode:
+        node = RabbitNode(**kwargs)
+        nodes.append(node)
+        return node.start()
+
+    try:
+        yield make
+    finally:
+        for node in reversed(nodes):
+            node.stop()
