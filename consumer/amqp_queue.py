@@ -11,10 +11,12 @@ import contextlib
 import logging
 import socket
 import time
+
 import amqp
 import kombu
+import kombu.exceptions
 
-from lifecycle_common import amqp_read
+from lifecycle_common import amqp_frames, broker
 from consumer.errors import BrokerUnavailable
 from consumer.topology import Topology, declare
 
@@ -26,8 +28,9 @@ REASON_HEADER = "x-lifecycle-error"
 class BatchQueue:
     """One connection: a consuming channel and a confirming channel for dead letters."""
 
-    def __init__(self, urls: list[str], topology: Topology, batch_size: int, linger: float):
-        self._urls = urls
+    def __init__(self, connector: broker.Connector, topology: Topology, batch_size: int,
+                 linger: float):
+        self._connector = connector
         self.topology = topology
         self._batch_size = batch_size
         self._linger = linger
@@ -35,10 +38,12 @@ class BatchQueue:
         self._buffer: list[amqp.Message] = []
 
     def connect(self) -> None:
-        conn = kombu.Connection(self._urls, heartbeat=30, connect_timeout=5,
-                                transport_options={"max_retries": 0})
         try:
-            conn.connect()
+            conn, connected_to = self._connector.connect()
+        except broker.BrokerConnectError as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+        where = broker.describe(self._connector.settings, connected_to)
+        try:
             self._channel = conn.channel()
             declare(self._channel, self.topology)
             self._channel.basic_qos(0, self._batch_size * 2, False)
@@ -46,17 +51,17 @@ class BatchQueue:
             self._dl_channel.confirm_select()
             self._channel.basic_consume(self.topology.queue, callback=self._buffer.append)
         except (OSError, amqp.exceptions.AMQPError, kombu.exceptions.KombuError) as exc:
-            _release(conn)
-            raise BrokerUnavailable(f"{conn.as_uri()}: {exc}") from exc
+            broker.release(conn)
+            raise BrokerUnavailable(f"{where}: {broker.explain(exc)}") from exc
         self._conn = conn
         self._buffer.clear()
         LOG.info("consuming %s on %s (exchange %s, key %s)", self.topology.queue,
-                 conn.as_uri(), self.topology.exchange, self.topology.routing_key)
+                 where, self.topology.exchange, self.topology.routing_key)
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            _release(conn)
+            broker.release(conn)
         self._buffer.clear()
 
     def next_batch(self, timeout: float) -> list[amqp.Message]:
@@ -77,7 +82,7 @@ class BatchQueue:
                     self._conn.heartbeat_check()
             linger_until = time.monotonic() + self._linger
             while len(self._buffer) < self._batch_size:
-                if amqp_read.read_available(transport):  # sent already, not awaited
+                if amqp_frames.read_available(transport):  # sent already, not awaited
                     continue
                 remaining = linger_until - time.monotonic()
                 if remaining <= 0:
@@ -132,11 +137,3 @@ def _broker_errors():
         yield
     except (OSError, amqp.exceptions.AMQPError, kombu.exceptions.KombuError) as exc:
         raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc
-
-
-def _release(conn: kombu.Connection) -> None:
-    try:
-        conn.release()
-    except Exception:  # noqa: BLE001 - the connection is being discarded
-        LOG.debug("closing the broker connection failed", exc_info=True)
-

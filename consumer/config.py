@@ -77,6 +77,7 @@ def list_opts():
         ("database", DATABASE_OPTS),
         ("consumer", CONSUMER_OPTS),
         ("oslo_messaging_notifications", common.NOTIFICATION_OPTS),
+        ("oslo_messaging_rabbit", common.RABBIT_OPTS),
     ]
 
 

@@ -310,8 +310,9 @@ def _update_hosts(conn, payloads: list, heartbeats: list[HostHeartbeatPayload],
     beats: dict[str, HostHeartbeatPayload] = {}
     for hb in heartbeats:
         newest[hb.host] = max(newest.get(hb.host, (0, 0)), (hb.epoch, hb.last_seq))
-        if hb.host not in beats or hb.occurred_at > beats[hb.host].occurred_at:
-            beats[hb.host] = hb
+        if hb.host not in beats or (timeutil.parse(hb.occurred_at)
+                                    > timeutil.parse(beats[hb.host].occurred_at)):
+            beats[hb.host] = hb  # the latest moment, whatever offset each is written in
     if not newest:
         return
     names = sorted(newest)

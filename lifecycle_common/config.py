@@ -26,6 +26,45 @@ DEFAULT_OPTS = [
     cfg.BoolOpt("debug", default=False, help="Log at DEBUG level."),
 ]
 
+# oslo.messaging's own names (its [oslo_messaging_rabbit] group), so that a service's
+# TLS settings carry over; each may also be given as a query key of transport_url
+# (?ssl=1), which wins, as with oslo.messaging.
+RABBIT_OPTS = [
+    cfg.BoolOpt("ssl", default=False,
+                help="Connect to the broker over TLS. The broker's certificate is always "
+                     "verified (against ssl_ca_file, or the system's CAs), and its name "
+                     "too unless ssl_enforce_hostname_verification is false. '?ssl=1' on "
+                     "transport_url does the same."),
+    cfg.StrOpt("ssl_ca_file", default="",
+               help="PEM file of the CA certificates the broker's certificate must chain "
+                    "to; empty: the system's CAs."),
+    cfg.StrOpt("ssl_cert_file", default="",
+               help="PEM file of this service's client certificate, presented to the "
+                    "broker (required for rabbit_login_method = EXTERNAL)."),
+    cfg.StrOpt("ssl_key_file", default="",
+               help="PEM file of the client certificate's private key; empty: it is in "
+                    "ssl_cert_file."),
+    cfg.StrOpt("ssl_version", default="",
+               help="TLS version: empty (TLS 1.2 or newer, the best both sides speak), "
+                    "TLSv1_2 or TLSv1_3 (that version only). SSLv23 and TLS mean empty; "
+                    "older versions are refused."),
+    cfg.BoolOpt("ssl_enforce_hostname_verification", default=True,
+                help="Verify that the broker's certificate names the host in "
+                     "transport_url. Turning it off still verifies the certificate chain."),
+    cfg.StrOpt("rabbit_login_method", default="AMQPLAIN",
+               choices=["AMQPLAIN", "PLAIN", "EXTERNAL"],
+               help="SASL mechanism: AMQPLAIN or PLAIN send the user and password of "
+                    "transport_url; EXTERNAL logs in as the client certificate's subject "
+                    "(RabbitMQ's rabbitmq_auth_mechanism_ssl plugin)."),
+    cfg.IntOpt("heartbeat_timeout_threshold", default=30, min=0,
+               help="Seconds of silence after which a broker connection counts as lost "
+                    "(AMQP heartbeats, sent twice as often); 0 turns heartbeats off."),
+    cfg.StrOpt("kombu_failover_strategy", default="round-robin",
+               choices=["round-robin", "shuffle"],
+               help="Order in which the brokers of transport_url are tried: round-robin "
+                    "(from the one after the last used) or shuffle (spreads a fleet)."),
+]
+
 NOTIFICATION_OPTS = [
     cfg.ListOpt("topics", default=["notifications"],
                 help="Notification topics; the routing key is '<topic>.info'. The agent "
@@ -36,6 +75,7 @@ NOTIFICATION_OPTS = [
 def register_common_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(DEFAULT_OPTS)
     conf.register_opts(NOTIFICATION_OPTS, group="oslo_messaging_notifications")
+    conf.register_opts(RABBIT_OPTS, group="oslo_messaging_rabbit")
 
 
 class ConfigError(Exception):
@@ -63,11 +103,10 @@ def load(conf: cfg.ConfigOpts, argv: list[str] | None, prog: str, opts_by_group,
 
 
 def _check_transport_url(conf: cfg.ConfigOpts) -> None:
-    from lifecycle_common import transport
-    try:
-        transport.kombu_urls(conf.transport_url)
-    except transport.TransportURLError as exc:
-        raise ConfigError(f"[DEFAULT] {exc}") from exc
+    """The URL, its query keys and the [oslo_messaging_rabbit] options make a broker
+    connection that can be opened: every file readable, the TLS settings loadable."""
+    from lifecycle_common import broker
+    broker.settings(conf)  # raises ConfigError naming the option
 
 
 def run_main(prog: str, make_conf, argv, body) -> int:
@@ -83,12 +122,12 @@ def run_main(prog: str, make_conf, argv, body) -> int:
 
 
 def serve(service) -> int:
-    """Run ``service`` until SIGTERM or SIGINT asks it to stop (cleanly)."""
+    """Run ``service`` until SIGTERM or SIGINT asks it to stop (cleanly); the exit
+    status is what its ``run`` returns (None: 0)."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: service.stop())
     memory.freeze_startup_objects()
-    service.run()
-    return 0
+    return service.run() or 0
 
 
 def setup_logging(debug: bool) -> None:

@@ -1,9 +1,10 @@
-"""oslo.messaging's ``transport_url`` turned into what kombu connects to.
+"""oslo.messaging's ``transport_url``: the brokers, in failover order, and the vhost.
 
 The option keeps oslo.messaging's syntax (``rabbit://user:pass@host:port,host2/vhost``)
 so that operators configure this project like any OpenStack service; the services then
-talk AMQP through kombu and py-amqp directly. Parsing is done here rather than by
-oslo.messaging, whose import drags eventlet into the process.
+talk AMQP through kombu and py-amqp directly (``broker`` opens the connections; the
+query keys are read there). Parsing is done here rather than by oslo.messaging, whose
+import drags eventlet into the process.
 """
 
 from __future__ import annotations
@@ -68,16 +69,3 @@ def _split_hostport(hostport: str, transport_url: str) -> tuple[str, int]:
     if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
         raise TransportURLError(f"transport_url {redact(transport_url)!r}: bad port {port!r}")
     return host, int(port)
-
-
-def kombu_urls(transport_url: str) -> list[str]:
-    """One ``amqp://`` URL per broker in ``transport_url``, in failover order."""
-    brokers, vhost = parse(transport_url)
-    quoted_vhost = urllib.parse.quote(vhost or "/", safe="")
-    urls = []
-    for b in brokers:
-        host = f"[{b.hostname}]" if ":" in b.hostname else b.hostname
-        user = urllib.parse.quote(b.username or "guest", safe="")
-        password = urllib.parse.quote(b.password or "guest", safe="")
-        urls.append(f"amqp://{user}:{password}@{host}:{b.port}/{quoted_vhost}")
-    return urls

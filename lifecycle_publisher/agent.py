@@ -7,7 +7,12 @@ publisher confirms; a broker outage only delays it.
 Threads: libvirt's event loop (stamps events), the outbox writer (translates and
 writes), the publisher (owns the AMQP connection), the outbox checkpointer (syncs the
 outbox's WAL into its file, off the event path), and the main thread (connects to
-libvirt, takes inventories, handles signals).
+libvirt, takes inventories, handles signals, supervises the others).
+
+Supervision: a worker thread that raises, or ends while the agent is not stopping,
+makes the agent log why, say "degraded" in its heartbeats, stop and exit non-zero, so
+that its supervisor (systemd's Restart=on-failure) starts it again. What the outbox
+holds survives; the next start's inventory reconciles what was not written yet.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ import os
 import queue
 import threading
 import time
+from typing import Callable, Optional
 
 from oslo_config import cfg
 
-from lifecycle_common import transport, wire
+from lifecycle_common import broker, wire
 from lifecycle_common.threads import named_thread
-from lifecycle_publisher import notifications
+from lifecycle_publisher import event_source, notifications
 from lifecycle_publisher.domain_event import Sequencer
 from lifecycle_publisher.errors import LibvirtUnavailable
 from lifecycle_publisher.event_source import EventSource
@@ -54,6 +60,7 @@ class Agent:
         self._attention = threading.Event()  # stop, or the libvirt connection was lost
         self._lost_reason: str | None = None
         self._stopping = False
+        self.failure: Optional[str] = None  # why a worker thread died
         self.source = EventSource(conf.libvirt.connection_uri, self.sequencer, self._queue.put,
                                   on_lost=self._libvirt_lost)
         self.writer = OutboxWriter(self._queue, self.outbox, self.host, self.epoch, self._wake,
@@ -61,24 +68,55 @@ class Agent:
                                    stopped_delay=conf.agent.stopped_event_delay)
         topics = conf.oslo_messaging_notifications.topics
         self.publisher = Publisher(
-            self.outbox, transport.kombu_urls(conf.transport_url), conf.control_exchange,
+            self.outbox, broker.Connector(broker.settings(conf)), conf.control_exchange,
             [f"{topic}.info" for topic in topics], conf.agent.publish_window,
             conf.agent.broker_retry_interval_max, self._heartbeat_body,
-            conf.agent.heartbeat_interval, self._wake)
+            conf.agent.heartbeat_interval, self._wake,
+            user_id=conf.agent.broker_user or None)
         self._threads = [
-            named_thread(self.writer.run, "outbox-writer"),
-            named_thread(self.publisher.run, "publisher"),
-            named_thread(self.checkpointer.run, "outbox-ckpt"),
+            self._supervised(self.writer.run, "outbox-writer"),
+            self._supervised(self.publisher.run, "publisher"),
+            self._supervised(self.checkpointer.run, "outbox-ckpt"),
         ]
+
+    @property
+    def status(self) -> str:
+        """What the heartbeats say: running, degraded (a worker died: exiting to be
+        restarted) or stopping (a clean stop: the consumer marks the host down)."""
+        if self.failure is not None:
+            return "degraded"
+        return "stopping" if self._stopping else "running"
 
     def _heartbeat_body(self) -> bytes:
         note = notifications.heartbeat_notification(
             self.host, self.epoch, self.sequencer.last, self.conf.agent.heartbeat_interval,
-            "stopping" if self._stopping else "running", self.source.connected)
+            self.status, self.source.connected)
         return wire.encode(note)
 
-    def run(self) -> None:
-        """Run until ``stop()`` is called (from a signal handler or another thread)."""
+    def _supervised(self, target: Callable[[], None], name: str) -> threading.Thread:
+        """A worker thread whose death (an exception, or an end before stopping) is
+        recorded and wakes the main thread."""
+        def run() -> None:
+            try:
+                target()
+            except BaseException as exc:  # noqa: BLE001 - recorded, then the agent exits
+                LOG.critical("host %s: thread %s died: %s: %s", self.host, name,
+                             type(exc).__name__, exc, exc_info=True)
+                self._failed(f"thread {name} died: {type(exc).__name__}: {exc}")
+                return
+            if not self._stopping:
+                self._failed(f"thread {name} ended before the agent stopped")
+        return named_thread(run, name)
+
+    def _failed(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = reason
+        self._attention.set()
+        self.publisher.heartbeat_now()  # if it is alive: "degraded", before the farewell
+
+    def run(self) -> int:
+        """Run until ``stop()`` is called (from a signal handler or another thread), or
+        a worker thread dies. Returns the exit status: 0, or 1 after a failure."""
         LOG.info("agent for host %s starting: epoch %d, next seq %d, %d events in the outbox",
                  self.host, self.epoch, self.sequencer.last + 1, self.outbox.pending())
         for thread in self._threads:
@@ -93,7 +131,9 @@ class Agent:
                     timeout = min(timeout, max(0.0, next_inventory - time.monotonic()))
                 self._attention.wait(timeout)
                 self._attention.clear()
-                if self._stop.is_set():
+                if self.failure is None and event_source.event_loop_failure():
+                    self._failed(event_source.event_loop_failure())
+                if self._stop.is_set() or self.failure is not None:
                     break
                 if self._lost_reason is not None or not self.source.connected:
                     LOG.warning("host %s: libvirt connection to %s lost (%s); reconnecting",
@@ -105,6 +145,11 @@ class Agent:
                     next_inventory = time.monotonic() + interval
         finally:
             self._shutdown()
+        if self.failure is not None:
+            LOG.critical("host %s: agent exits with status 1 (%s) to be restarted; the "
+                         "outbox keeps every event written", self.host, self.failure)
+            return 1
+        return 0
 
     def stop(self) -> None:
         self._stop.set()
@@ -117,7 +162,7 @@ class Agent:
 
     def _connect_libvirt(self, reason: str) -> None:
         attempt = 0
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self.failure is None:
             try:
                 self.source.connect()
                 self._publish_inventory(reason)
@@ -128,7 +173,8 @@ class Agent:
                 attempt += 1
                 LOG.warning("host %s: libvirt unavailable (%s); events cannot be seen until "
                             "it returns; retrying in %.1fs", self.host, exc, delay)
-                self._stop.wait(delay)
+                self._attention.wait(delay)  # a stop or a failure ends the wait
+                self._attention.clear()
 
     def _publish_inventory(self, reason: str) -> None:
         try:
@@ -140,6 +186,10 @@ class Agent:
         LOG.info("agent for host %s stopping", self.host)
         self._stopping = True
         self.source.close()
+        if not self._threads[0].is_alive() and not self._queue.empty():
+            LOG.error("host %s: %d events were not written to the outbox (the writer "
+                      "died); the next start's inventory reconciles them", self.host,
+                      self._queue.qsize())
         self._queue.put(STOP)
         self._threads[0].join()
         timeout = self.conf.agent.shutdown_timeout

@@ -49,6 +49,14 @@ AGENT_OPTS = [
     cfg.FloatOpt("broker_retry_interval_max", default=30.0, min=0.1,
                  help="Upper bound, in seconds, of the exponential back-off between "
                       "attempts to reach the broker. Events wait in the outbox meanwhile."),
+    cfg.StrOpt("broker_user", default="",
+               help="The broker user this agent logs in as, set as the AMQP user_id of "
+                    "every message it publishes (RabbitMQ refuses a message whose user_id "
+                    "is not the login, so a consumer with publisher_identity = host_user "
+                    "can trust it). Empty: the user of transport_url, or with "
+                    "rabbit_login_method = EXTERNAL the common name of ssl_cert_file's "
+                    "subject (RabbitMQ's ssl_cert_login_from = common_name); set it where "
+                    "the broker names certificate users otherwise."),
     cfg.FloatOpt("shutdown_timeout", default=10.0, min=0,
                  help="On SIGTERM, seconds to wait for in-flight messages to be confirmed "
                       "before exiting; what is left stays in the outbox for the next start."),
@@ -68,6 +76,7 @@ def list_opts():
         ("libvirt", LIBVIRT_OPTS),
         ("agent", AGENT_OPTS),
         ("oslo_messaging_notifications", common.NOTIFICATION_OPTS),
+        ("oslo_messaging_rabbit", common.RABBIT_OPTS),
     ]
 
 

@@ -26,6 +26,7 @@ LOG = logging.getLogger(__name__)
 
 _event_loop_lock = threading.Lock()
 _event_loop_started = False
+_event_loop_failure: str | None = None  # why the loop's thread ended, if it did
 
 
 def start_event_loop() -> None:
@@ -45,8 +46,20 @@ def start_event_loop() -> None:
 
 
 def _run_event_loop() -> None:
-    while True:
-        libvirt.virEventRunDefaultImpl()
+    global _event_loop_failure
+    try:
+        while True:
+            if libvirt.virEventRunDefaultImpl() < 0:
+                raise RuntimeError("virEventRunDefaultImpl failed")
+    except BaseException as exc:  # noqa: BLE001 - no event is seen any more: say why
+        _event_loop_failure = f"libvirt's event loop died: {type(exc).__name__}: {exc}"
+        raise
+
+
+def event_loop_failure() -> str | None:
+    """Why libvirt's event loop thread ended (no event reaches any connection since),
+    or None while it runs."""
+    return _event_loop_failure
 
 
 KEEPALIVE_INTERVAL = 5  # seconds between keepalive probes on a remote connection

@@ -164,12 +164,16 @@ class Outbox:
         ``wal_restart_pages`` the pages added meanwhile are copied with writes held
         for the moment it takes. Returns the WAL's pages and how many of them are
         checkpointed. (When the last connection closes, SQLite checkpoints the rest
-        and removes the WAL file.)"""
+        and removes the WAL file.)
+
+        A passive checkpoint that meets a writer starting the WAL over is told busy
+        and copies nothing (SQLite answers -1, -1); with writes held it cannot be, so
+        that case is tried again the same way."""
         db = self._db()
-        _busy, pages, done = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        if pages >= self.wal_restart_pages:
+        busy, pages, done = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if busy or pages >= self.wal_restart_pages:
             with self._write_lock:
-                _busy, pages, done = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                busy, pages, done = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         return pages, done
 
     def pending(self) -> int:

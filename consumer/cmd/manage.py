@@ -1,16 +1,20 @@
-"""``lifecycle-manage``: schema migrations and listing hosts and instances."""
+"""``lifecycle-manage``: schema migrations, listing hosts and instances, and the state
+of the consumers' queue on the broker."""
 
 from __future__ import annotations
 
 import json
 import sys
 
+import amqp
 from oslo_config import cfg
 
+from lifecycle_common import broker
 from lifecycle_common import config as common
 from consumer import config
 from consumer.db import engine as db_engine
 from consumer.db import migrate, queries
+from consumer.topology import Topology
 
 INSTANCE_COLUMNS = ["uuid", "name", "host", "host_status", "power_state", "deleted",
                     "event_occurred_at", "applied_at"]
@@ -24,6 +28,13 @@ def _add_commands(subparsers):
     db_sub.required = True
     db_sub.add_parser("sync", help="create or upgrade the schema to the newest version")
     db_sub.add_parser("version", help="print the schema's current version")
+
+    queue = subparsers.add_parser("queue", help="the consumers' queue on the broker")
+    queue_sub = queue.add_subparsers(dest="action")
+    queue_sub.required = True
+    status = queue_sub.add_parser(
+        "status", help="messages waiting, consumers, and dead letters of [consumer] queue_name")
+    status.add_argument("--format", choices=["table", "json"], default="table")
 
     for name, helptext in (("instance", "instances"), ("host", "hosts")):
         parser = subparsers.add_parser(name, help=helptext)
@@ -49,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(conf) -> int:
-    engine = db_engine.create(conf.database.connection)
     command, action = conf.command.name, conf.command.action
+    if command == "queue":
+        return _queue_status(conf)
+    engine = db_engine.create(conf.database.connection)
     if command == "db":
         if action == "sync":
             migrate.sync(engine)
@@ -69,6 +82,39 @@ def _run(conf) -> int:
         print(json.dumps(rows, indent=2))
     else:
         print(format_table(rows, columns))
+    return 0
+
+
+def _queue_status(conf) -> int:
+    """The queue and its dead-letter queue, read with passive declares (which change
+    nothing and need no permission beyond reaching the vhost)."""
+    queue = conf.consumer.queue_name
+    topology = Topology(exchange=conf.control_exchange, queue=queue, routing_key="")
+    settings = broker.settings(conf)
+    try:
+        conn, connected_to = broker.Connector(settings).connect()
+    except broker.BrokerConnectError as exc:
+        print(f"lifecycle-manage: cannot reach the broker: {exc}", file=sys.stderr)
+        return 1
+    try:
+        channel = conn.channel()
+        rows = []
+        for name in (topology.queue, topology.dead_letter_queue):
+            try:
+                declared = channel.queue_declare(name, passive=True)
+            except amqp.exceptions.NotFound:
+                print(f"lifecycle-manage: queue {name!r} does not exist on "
+                      f"{broker.describe(settings, connected_to)} (no consumer "
+                      "has declared it yet)", file=sys.stderr)
+                return 1
+            rows.append({"queue": name, "messages": declared.message_count,
+                         "consumers": declared.consumer_count})
+    finally:
+        broker.release(conn)
+    if conf.command.format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_table(rows, ["queue", "messages", "consumers"]))
     return 0
 
 

@@ -7,7 +7,7 @@ import sys
 from sqlalchemy import exc as sa_exc
 
 from lifecycle_common import config as common
-from lifecycle_common import transport
+from lifecycle_common import broker
 from lifecycle_common.wire import schemas
 from consumer import config
 from consumer.amqp_queue import BatchQueue
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(conf) -> int:
-    urls = transport.kombu_urls(conf.transport_url)  # checked when the options loaded
+    connector = broker.Connector(broker.settings(conf))  # checked when the options loaded
     engine = db_engine.create(conf.database.connection)
     try:
         current, head = migrate.current(engine), migrate.head()
@@ -42,7 +42,7 @@ def _run(conf) -> int:
         routing_key=f"{conf.oslo_messaging_notifications.topics[0]}.info",
         queue_type=conf.consumer.queue_type)
     service = ConsumerService(
-        BatchQueue(urls, topology, conf.consumer.batch_size, conf.consumer.batch_linger),
+        BatchQueue(connector, topology, conf.consumer.batch_size, conf.consumer.batch_linger),
         Store(engine), conf.consumer.host_down_after, conf.consumer.retry_interval_max,
         conf.consumer.journal_retention, config.admission_policy(conf))
     return common.serve(service)

@@ -36,8 +36,12 @@ def make_conf(state_path, exchange: str, transport_url: str, **agent_opts) -> cf
 class RunningAgent:
     def __init__(self, conf):
         self.agent = Agent(conf)
-        self.thread = threading.Thread(target=self.agent.run, name="agent")
+        self.exit_status = None
+        self.thread = threading.Thread(target=self._run, name="agent")
         self.thread.start()
+
+    def _run(self):
+        self.exit_status = self.agent.run()
 
     def stop(self):
         self.agent.stop()
@@ -252,7 +256,7 @@ def test_the_publish_window_carries_thousands_of_events(
 
     def sample():  # the publisher's unconfirmed messages, sampled while it works
         while not sampling.is_set():
-            in_flight.append(len(running.agent.publisher._inflight))
+            in_flight.append(running.agent.publisher.in_flight)
             time.sleep(0.005)
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -277,3 +281,81 @@ def test_the_publish_window_carries_thousands_of_events(
           f"deleted from the outbox after {confirmed - started:.3f}s: {rate:.0f} events/s; "
           f"most unconfirmed at once: {max(in_flight)}")
     assert max(in_flight) > 1, "the publisher never had two messages unconfirmed at once"
+
+
+# -- supervision ----------------------------------------------------------------------
+
+def test_a_dead_writer_degrades_the_heartbeat_and_the_agent_exits_non_zero(
+        tmp_path, amqp_isolation, bound_queue, libvirt_conn, domain, agents, caplog, wait_for):
+    """The outbox writer's thread dies (a disk error, simulated): the agent says so in
+    its log, its heartbeats say degraded, and it stops with status 1 for systemd to
+    restart it; what the outbox held was published first."""
+    import sqlite3
+    received = Received(amqp_isolation, bound_queue)
+    running = agents(make_conf(tmp_path, amqp_isolation.exchange, amqp_isolation.transport_url))
+    wait_for(received.inventories, timeout=10, message="the start inventory")
+
+    def disk_error(rows):
+        raise sqlite3.OperationalError("disk I/O error")
+    running.agent.outbox.append = disk_error
+    caplog.set_level(logging.INFO, logger="lifecycle_publisher.agent")
+    domain()  # an event for the writer to fail on
+    running.thread.join(30)
+    assert not running.thread.is_alive(), "the agent did not exit"
+    assert running.exit_status == 1
+    assert "thread outbox-writer died: OperationalError: disk I/O error" in caplog.text
+    assert "agent exits with status 1" in caplog.text
+    statuses = [h.payload.status for h in received.heartbeats()]
+    assert "degraded" in statuses and statuses[-1] == "degraded", statuses
+    assert "stopping" not in statuses  # not a clean stop: the host is not marked down
+
+
+def test_a_dead_publisher_makes_the_agent_exit_non_zero(
+        tmp_path, amqp_isolation, bound_queue, libvirt_conn, agents, caplog, wait_for):
+    received = Received(amqp_isolation, bound_queue)
+    running = agents(make_conf(tmp_path, amqp_isolation.exchange, amqp_isolation.transport_url))
+    wait_for(received.inventories, timeout=10, message="the start inventory")
+    caplog.set_level(logging.INFO, logger="lifecycle_publisher.agent")
+
+    def broken(*args):
+        raise RuntimeError("a defect")
+    running.agent.outbox.fetch_after = broken
+    running.agent._wake.set()
+    running.thread.join(30)
+    assert running.exit_status == 1
+    assert "thread publisher died: RuntimeError: a defect" in caplog.text
+
+
+# -- routing keys -----------------------------------------------------------------------
+
+def test_a_topic_nobody_listens_to_does_not_duplicate_the_others(
+        tmp_path, amqp_isolation, libvirt_conn, agents, caplog, wait_for):
+    """topics = a,b with a queue bound for a only: the broker returns b's copy; only b
+    is retried (with back-off), so a's queue gets each event once; the row stays in the
+    outbox until b is routable, then leaves it."""
+    a = amqp_isolation.declare_queue("a", "a.info")
+    caplog.set_level(logging.ERROR, logger="lifecycle_publisher.publisher")
+    conf = make_conf(tmp_path, amqp_isolation.exchange, amqp_isolation.transport_url)
+    conf.set_override("topics", ["a", "b"], group="oslo_messaging_notifications")
+    running = agents(conf)
+    publisher = running.agent.publisher
+    retries = []
+    due = publisher.ledger.due
+
+    def counting_due(now):
+        rows = due(now)
+        retries.extend(rows)
+        return rows
+    publisher.ledger.due = counting_due
+    wait_for(lambda: len(retries) >= 3, timeout=20, message="three retries on b")
+    assert "for routing key b.info" in caplog.text
+    assert caplog.text.count("no queue is bound") == 1  # said once, not every retry
+    assert publisher.ledger.unroutable == {"b.info"}
+    assert running.agent.outbox.pending() >= 1
+
+    b = amqp_isolation.declare_queue("b", "b.info")
+    wait_for(lambda: amqp_isolation.message_count(b) >= 1, timeout=15, message="b's copy")
+    wait_for(lambda: running.agent.outbox.pending() == 0, timeout=10, message="the outbox emptied")
+    on_a = [wire.decode(m.body) for m in amqp_isolation.get_all(a)]
+    inventories = [n for n in on_a if n.event_type == "host.inventory"]
+    assert len(inventories) == 1, f"{len(inventories)} copies of the inventory on a"

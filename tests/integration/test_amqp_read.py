@@ -4,7 +4,7 @@ import time
 
 import kombu
 
-from lifecycle_common import amqp_read
+from lifecycle_common import amqp_frames
 
 
 def test_a_heartbeat_alone_is_read_without_waiting_for_another_frame(rabbitmq, wait_for):
@@ -14,14 +14,14 @@ def test_a_heartbeat_alone_is_read_without_waiting_for_another_frame(rabbitmq, w
         transport = conn.connection
         transport.send_heartbeat()  # so the broker counts us alive
         # Nothing else happens on this connection: what arrives is a heartbeat frame.
-        wait_for(lambda: amqp_read.readable(transport), timeout=10,
+        wait_for(lambda: amqp_frames.readable(transport), timeout=10,
                  message="the broker's heartbeat")
         started = time.monotonic()
-        amqp_read.read_available(transport)
+        amqp_frames.read_available(transport)
         took = time.monotonic() - started
-        assert not amqp_read.readable(transport)
+        assert not amqp_frames.readable(transport)
         # drain_events would have waited for a method until its timeout (FRAME_WAIT).
-        assert took < amqp_read.FRAME_WAIT / 2, f"reading one heartbeat took {took:.3f}s"
+        assert took < amqp_frames.FRAME_WAIT / 2, f"reading one heartbeat took {took:.3f}s"
     finally:
         conn.release()
 
@@ -46,7 +46,7 @@ def test_deliveries_read_in_bulk_arrive_whole_and_in_order(amqp_isolation, wait_
         transport = conn.connection
 
         def all_received() -> bool:
-            amqp_read.read_available(transport)
+            amqp_frames.read_available(transport)
             return len(received) == len(bodies)
 
         wait_for(all_received, timeout=30, interval=0.001, message="every delivery")

@@ -15,7 +15,7 @@ from consumer.db.tables import instances, journal
 from consumer.service import ConsumerService
 from consumer.store import Store
 from consumer.topology import Topology, declare
-from lifecycle_common import transport, wire
+from lifecycle_common import broker, wire
 from lifecycle_publisher import notifications
 from lifecycle_publisher.domain_event import DomainEvent
 from lifecycle_publisher.libvirt_codes import Event, StartedDetail, SuspendedDetail
@@ -43,7 +43,7 @@ class RunningService:
         self.topology = Topology(exchange=isolation.exchange, queue=queue_name,
                                  routing_key=ROUTING_KEY)
         self.service = ConsumerService(
-            BatchQueue(transport.kombu_urls(isolation.transport_url), self.topology,
+            BatchQueue(broker.Connector(broker.plain(isolation.transport_url)), self.topology,
                        batch_size=50, linger=0.002),
             Store(db_engine), host_down_after=60.0, retry_max=0.5, policy=policy)
         self.thread = threading.Thread(target=self.service.run, name="consumer")

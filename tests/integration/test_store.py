@@ -251,6 +251,15 @@ def test_stopping_heartbeat_sets_the_host_down(store, db_engine):
     assert (row.status, row.agent_status) == ("down", "stopping")
 
 
+def test_a_degraded_heartbeat_keeps_the_host_up_and_says_so(store, db_engine):
+    """The agent's last word before it exits to be restarted: not a clean stop, so the
+    host stays up (until host_down_after if it does not come back)."""
+    now = timeutil.utcnow()
+    store.apply_batch(wire_roundtrip([heartbeat(3, "degraded", at=now)]))
+    row = host_row(db_engine)
+    assert (row.status, row.agent_status) == ("up", "degraded")
+
+
 def test_mark_silent_hosts_down(store, db_engine):
     now = timeutil.utcnow()
     store.apply_batch(wire_roundtrip([

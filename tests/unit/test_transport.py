@@ -1,40 +1,36 @@
-"""transport_url (oslo.messaging syntax) -> brokers, virtual host and kombu URLs."""
+"""transport_url (oslo.messaging syntax) -> brokers and virtual host."""
 
 import pytest
 
-from lifecycle_common.transport import Broker, TransportURLError, kombu_urls, parse
+from lifecycle_common.transport import Broker, TransportURLError, parse
 
-# url -> (brokers, vhost, kombu urls)
+# url -> (brokers, vhost)
 VALID = {
     "rabbit://guest:guest@127.0.0.1:5672/": (
-        [Broker("127.0.0.1", 5672, "guest", "guest")], "",
-        ["amqp://guest:guest@127.0.0.1:5672/%2F"]),
+        [Broker("127.0.0.1", 5672, "guest", "guest")], ""),
     "rabbit://u:p@h1:5672,u2:p2@h2:5673/vh": (
-        [Broker("h1", 5672, "u", "p"), Broker("h2", 5673, "u2", "p2")], "vh",
-        ["amqp://u:p@h1:5672/vh", "amqp://u2:p2@h2:5673/vh"]),
+        [Broker("h1", 5672, "u", "p"), Broker("h2", 5673, "u2", "p2")], "vh"),
     "rabbit://a:b@h1,a:b@h2:5674,a:b@h3/": (
         [Broker("h1", 5672, "a", "b"), Broker("h2", 5674, "a", "b"), Broker("h3", 5672, "a", "b")],
-        "", ["amqp://a:b@h1:5672/%2F", "amqp://a:b@h2:5674/%2F", "amqp://a:b@h3:5672/%2F"]),
+        ""),
     "rabbit://broker": (
-        [Broker("broker", 5672, "", "")], "", ["amqp://guest:guest@broker:5672/%2F"]),
+        [Broker("broker", 5672, "", "")], ""),
     "rabbit://broker/": (
-        [Broker("broker", 5672, "", "")], "", ["amqp://guest:guest@broker:5672/%2F"]),
+        [Broker("broker", 5672, "", "")], ""),
     "rabbit://user%40corp:p%3Aw%2Fd%40@broker/%2Fprod": (
-        [Broker("broker", 5672, "user@corp", "p:w/d@")], "/prod",
-        ["amqp://user%40corp:p%3Aw%2Fd%40@broker:5672/%2Fprod"]),
+        [Broker("broker", 5672, "user@corp", "p:w/d@")], "/prod"),
     "rabbit://u:p@h/a%20b": (
-        [Broker("h", 5672, "u", "p")], "a b", ["amqp://u:p@h:5672/a%20b"]),
+        [Broker("h", 5672, "u", "p")], "a b"),
     "rabbit://a:b@[::1]:5673/": (
-        [Broker("::1", 5673, "a", "b")], "", ["amqp://a:b@[::1]:5673/%2F"]),
+        [Broker("::1", 5673, "a", "b")], ""),
     "rabbit://a:b@[fe80::1]/x": (
-        [Broker("fe80::1", 5672, "a", "b")], "x", ["amqp://a:b@[fe80::1]:5672/x"]),
+        [Broker("fe80::1", 5672, "a", "b")], "x"),
     "rabbit://a:b@[2001:db8::5]:5671,a:b@10.0.0.2/": (
-        [Broker("2001:db8::5", 5671, "a", "b"), Broker("10.0.0.2", 5672, "a", "b")], "",
-        ["amqp://a:b@[2001:db8::5]:5671/%2F", "amqp://a:b@10.0.0.2:5672/%2F"]),
-    "amqp://u:p@h/v": ([Broker("h", 5672, "u", "p")], "v", ["amqp://u:p@h:5672/v"]),
-    "kombu://u:p@h:1/": ([Broker("h", 1, "u", "p")], "", ["amqp://u:p@h:1/%2F"]),
+        [Broker("2001:db8::5", 5671, "a", "b"), Broker("10.0.0.2", 5672, "a", "b")], ""),
+    "amqp://u:p@h/v": ([Broker("h", 5672, "u", "p")], "v"),
+    "kombu://u:p@h:1/": ([Broker("h", 1, "u", "p")], ""),
     "rabbit://u:p@h:65535/vh?amqp_durable_queues=true": (
-        [Broker("h", 65535, "u", "p")], "vh", ["amqp://u:p@h:65535/vh"]),
+        [Broker("h", 65535, "u", "p")], "vh"),
 }
 
 # url -> a fragment of the error
@@ -57,13 +53,8 @@ INVALID = {
 
 @pytest.mark.parametrize("url", list(VALID))
 def test_parse(url):
-    brokers, vhost, _ = VALID[url]
+    brokers, vhost = VALID[url]
     assert parse(url) == (brokers, vhost)
-
-
-@pytest.mark.parametrize("url", list(VALID))
-def test_kombu_urls(url):
-    assert kombu_urls(url) == VALID[url][2]
 
 
 @pytest.mark.parametrize("url", list(INVALID))
@@ -72,8 +63,6 @@ def test_invalid_urls_raise_transport_url_error(url):
         parse(url)
     assert INVALID[url] in str(caught.value)
     assert "transport_url" in str(caught.value)
-    with pytest.raises(TransportURLError):
-        kombu_urls(url)
 
 
 # Cross-checked with oslo.messaging: its rabbit driver accepts only rabbit:// URLs.
@@ -94,6 +83,6 @@ def test_hosts_and_vhost_agree_with_oslo_messaging(url):
 
 def test_error_messages_never_show_passwords():
     with pytest.raises(TransportURLError) as err:
-        kombu_urls("rabbit://user:s3cret@host1:5672,user:0ther@host2:99999/")
+        parse("rabbit://user:s3cret@host1:5672,user:0ther@host2:99999/")
     assert "s3cret" not in str(err.value) and "0ther" not in str(err.value)
     assert "user:***@host1" in str(err.value)

@@ -1,0 +1,285 @@
+"""The one place broker connections are opened: for the agent, the consumer and
+``lifecycle-manage``.
+
+``settings(conf)`` reads ``transport_url`` (its query keys included) and
+``[oslo_messaging_rabbit]`` into ``BrokerSettings`` once, at start, so that a bad value
+stops the service with a message naming it; a service's ``Connector`` opens each of its
+connections to the first broker that answers, in failover order, with the heartbeat,
+timeouts, TLS and login method every service shares.
+
+TLS: the broker's certificate is always verified, against ``ssl_ca_file`` (or the
+system's CAs), and so is its name, the host as written in ``transport_url``, unless
+``ssl_enforce_hostname_verification`` is false. That is stricter than oslo.messaging,
+which verifies nothing without ``ssl_ca_file``. Each broker is verified against its own
+name: kombu's failover would keep the first broker's name for the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+import ssl
+import urllib.parse
+from typing import Optional
+
+import amqp
+import kombu
+import kombu.exceptions
+from oslo_config import cfg
+
+from lifecycle_common import transport
+from lifecycle_common.config import ConfigError
+
+LOG = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 5.0  # seconds to open the TCP connection, the TLS handshake and login
+GROUP = "oslo_messaging_rabbit"
+# A query key oslo.messaging's listeners take that changes nothing here: the exchange
+# and the queues are always durable.
+_NO_OP_QUERY_KEYS = {"amqp_durable_queues": True}
+_TLS_VERSIONS = {
+    "": (ssl.TLSVersion.TLSv1_2, None), "sslv23": (ssl.TLSVersion.TLSv1_2, None),
+    "tls": (ssl.TLSVersion.TLSv1_2, None),
+    "tlsv1_2": (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2),
+    "tlsv1_3": (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_3),
+}
+
+
+class BrokerConnectError(ConnectionError):
+    """No broker of ``transport_url`` could be connected to; the message says why, for
+    each broker tried."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TLS:
+    ca_file: str              # "" for the system's CAs
+    cert_file: str            # "" for no client certificate
+    key_file: str
+    minimum: ssl.TLSVersion
+    maximum: Optional[ssl.TLSVersion]
+    verify_hostname: bool
+
+    def options(self, hostname: str) -> dict:
+        """py-amqp's ``ssl`` options to reach ``hostname``: the certificate required
+        and, unless turned off, its name checked (and sent, SNI)."""
+        options = {"cert_reqs": ssl.CERT_REQUIRED, "tls_minimum_version": self.minimum}
+        if self.verify_hostname:  # (kombu would fill a None in with the hostname)
+            options["server_hostname"] = hostname
+        if self.maximum is not None:
+            options["tls_maximum_version"] = self.maximum
+        if self.ca_file:
+            options["ca_certs"] = self.ca_file
+        if self.cert_file:
+            options["certfile"] = self.cert_file
+            options["keyfile"] = self.key_file or self.cert_file
+        return options
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerSettings:
+    brokers: tuple[transport.Broker, ...]
+    vhost: str
+    login_method: str = "AMQPLAIN"
+    tls: Optional[TLS] = None
+    heartbeat: int = 30
+    failover: str = "round-robin"
+    connect_timeout: float = CONNECT_TIMEOUT
+
+    def login_user(self, broker: transport.Broker) -> str:
+        """The user the broker knows this service as: the URL's user, or with
+        EXTERNAL the common name of the client certificate (RabbitMQ's
+        ``ssl_cert_login_from = common_name``)."""
+        if self.login_method == "EXTERNAL":
+            return certificate_common_name(self.tls.cert_file)
+        return broker.username or "guest"
+
+
+def plain(transport_url: str) -> BrokerSettings:
+    """Settings for ``transport_url`` alone, with every option at its default (no TLS):
+    for tests and benchmarks that connect to the machine's broker."""
+    brokers, vhost = transport.parse(transport_url)
+    return BrokerSettings(brokers=tuple(brokers), vhost=vhost)
+
+
+def settings(conf: cfg.ConfigOpts) -> BrokerSettings:
+    """Read and check the broker options once; ConfigError names what is wrong."""
+    try:
+        brokers, vhost = transport.parse(conf.transport_url)
+    except transport.TransportURLError as exc:
+        raise ConfigError(f"[DEFAULT] {exc}") from exc
+    rabbit = _rabbit_options(conf)
+    tls = _tls(rabbit) if rabbit["ssl"] else None
+    login_method = rabbit["rabbit_login_method"]
+    if login_method == "EXTERNAL":
+        if tls is None or not tls.cert_file:
+            raise ConfigError(f"[{GROUP}] rabbit_login_method = EXTERNAL logs in with a "
+                              "client certificate: set ssl = true and ssl_cert_file")
+        try:
+            certificate_common_name(tls.cert_file)
+        except ValueError as exc:
+            raise ConfigError(f"[{GROUP}] ssl_cert_file: {exc}") from None
+    return BrokerSettings(
+        brokers=tuple(brokers), vhost=vhost, login_method=login_method, tls=tls,
+        heartbeat=rabbit["heartbeat_timeout_threshold"],
+        failover=rabbit["kombu_failover_strategy"])
+
+
+def _rabbit_options(conf: cfg.ConfigOpts) -> dict:
+    """[oslo_messaging_rabbit], with transport_url's query keys over it (typed as the
+    options are); a key that is no option here is an error naming it."""
+    group = conf[GROUP]
+    values = {opt.dest: getattr(group, opt.dest) for opt in _options()}
+    query = urllib.parse.urlsplit(conf.transport_url).query
+    for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        if key in _NO_OP_QUERY_KEYS:
+            if cfg.types.Boolean()(value) != _NO_OP_QUERY_KEYS[key]:
+                raise ConfigError(f"[DEFAULT] transport_url: {key}={value}: the exchange "
+                                  "and queues here are always durable")
+            continue
+        opt = next((o for o in _options() if o.dest == key), None)
+        if opt is None:
+            known = ", ".join(sorted([o.dest for o in _options()] + list(_NO_OP_QUERY_KEYS)))
+            raise ConfigError(f"[DEFAULT] transport_url: query key {key!r} is not "
+                              f"supported (supported: {known})")
+        try:
+            values[key] = opt.type(value)
+        except ValueError as exc:
+            raise ConfigError(f"[DEFAULT] transport_url: {key}={value!r}: {exc}") from None
+    return values
+
+
+def _options():
+    from lifecycle_common.config import RABBIT_OPTS
+    return RABBIT_OPTS
+
+
+def _tls(rabbit: dict) -> TLS:
+    version = rabbit["ssl_version"].lower()
+    if version not in _TLS_VERSIONS:
+        raise ConfigError(f"[{GROUP}] ssl_version {rabbit['ssl_version']!r}: use TLSv1_2, "
+                          "TLSv1_3 or leave it empty (older versions are not safe)")
+    for name in ("ssl_ca_file", "ssl_cert_file", "ssl_key_file"):
+        path = rabbit[name]
+        if path and not os.access(path, os.R_OK):
+            raise ConfigError(f"[{GROUP}] {name} {path!r}: cannot be read")
+    if rabbit["ssl_key_file"] and not rabbit["ssl_cert_file"]:
+        raise ConfigError(f"[{GROUP}] ssl_key_file is set but ssl_cert_file is not")
+    minimum, maximum = _TLS_VERSIONS[version]
+    tls = TLS(ca_file=rabbit["ssl_ca_file"], cert_file=rabbit["ssl_cert_file"],
+              key_file=rabbit["ssl_key_file"], minimum=minimum, maximum=maximum,
+              verify_hostname=rabbit["ssl_enforce_hostname_verification"])
+    _check_loads(tls)
+    return tls
+
+
+def _check_loads(tls: TLS) -> None:
+    """Load the CA file and the client certificate as a connection would."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        if tls.ca_file:
+            context.load_verify_locations(tls.ca_file)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"[{GROUP}] ssl_ca_file {tls.ca_file!r}: {exc}") from None
+    try:
+        if tls.cert_file:
+            context.load_cert_chain(tls.cert_file, tls.key_file or None)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"[{GROUP}] ssl_cert_file {tls.cert_file!r} with ssl_key_file "
+                          f"{tls.key_file or tls.cert_file!r}: {exc}") from None
+
+
+def certificate_common_name(path: str) -> str:
+    """The common name of the subject of the PEM certificate in ``path``; ValueError if
+    it has none."""
+    try:
+        # The standard library's certificate decoder (what ssl's tests use); public
+        # alternatives need a third-party package for this one field.
+        decoded = ssl._ssl._test_decode_cert(path)  # noqa: SLF001
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"{path!r} is not a readable PEM certificate: {exc}") from None
+    for rdn in decoded.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    raise ValueError(f"the certificate in {path!r} has no common name")
+
+
+# -- connecting -------------------------------------------------------------------------
+
+class Connector:
+    """Opens connections for one service, in failover order: round-robin starts from
+    the broker after the one last connected to, shuffle draws a new order each time."""
+
+    def __init__(self, settings: BrokerSettings):
+        self.settings = settings
+        self._next = 0
+
+    def connect(self) -> tuple[kombu.Connection, transport.Broker]:
+        """A connection to the first broker that accepts one (each tried once), and
+        which broker it is. BrokerConnectError says why each one failed."""
+        failures = []
+        for broker in self._order():
+            conn = _connection(self.settings, broker)
+            try:
+                conn.connect()
+            except Exception as exc:  # noqa: BLE001 - mapped to one error, the cause kept
+                release(conn)
+                failures.append(f"{describe(self.settings, broker)}: {explain(exc)}")
+                continue
+            self._next = self.settings.brokers.index(broker) + 1
+            return conn, broker
+        raise BrokerConnectError("; ".join(failures))
+
+    def _order(self) -> list[transport.Broker]:
+        brokers = list(self.settings.brokers)
+        if self.settings.failover == "shuffle":
+            random.shuffle(brokers)
+            return brokers
+        start = self._next % len(brokers)
+        return brokers[start:] + brokers[:start]
+
+
+def _connection(settings: BrokerSettings, broker: transport.Broker) -> kombu.Connection:
+    user, password = broker.username or "guest", broker.password or "guest"
+    if settings.login_method == "EXTERNAL":
+        user, password = "", ""
+    return kombu.Connection(
+        hostname=broker.hostname, port=broker.port, userid=user, password=password,
+        virtual_host=settings.vhost or "/", login_method=settings.login_method,
+        ssl=settings.tls.options(broker.hostname) if settings.tls else False,
+        heartbeat=settings.heartbeat, connect_timeout=settings.connect_timeout,
+        transport="pyamqp", transport_options={"max_retries": 0})
+
+
+def describe(settings: BrokerSettings, broker: transport.Broker) -> str:
+    """The broker as logs name it, e.g. ``amqps://lifecycle-c1@mq1:5671/`` (no password)."""
+    scheme = "amqps" if settings.tls else "amqp"
+    user = "(certificate)" if settings.login_method == "EXTERNAL" else broker.username or "guest"
+    host = f"[{broker.hostname}]" if ":" in broker.hostname else broker.hostname
+    return f"{scheme}://{user}@{host}:{broker.port}/{settings.vhost}"
+
+
+def explain(exc: BaseException) -> str:
+    """Why a connection attempt failed, in the operator's terms."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (f"TLS: the broker's certificate was refused ({exc.verify_message}); check "
+                "ssl_ca_file and that transport_url names the broker as its certificate does")
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    if isinstance(exc, amqp.exceptions.AccessRefused):
+        return f"login refused: {exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, (OSError, amqp.exceptions.AMQPError, kombu.exceptions.KombuError)):
+        return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"
+
+
+def release(conn: kombu.Connection) -> None:
+    """Close a connection being discarded, whatever state it is in."""
+    try:
+        conn.release()
+    except Exception:  # noqa: BLE001 - the connection is being discarded
+        LOG.debug("closing the broker connection failed", exc_info=True)

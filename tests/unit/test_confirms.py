@@ -1,0 +1,134 @@
+"""ConfirmLedger, by table: what the broker says -> what may be deleted, what is sent
+again on which keys and when. No broker: the ledger is fed the events."""
+
+from __future__ import annotations
+
+import pytest
+
+from lifecycle_common.retry import backoff
+from lifecycle_publisher.confirms import ConfirmLedger, Delivery
+
+A, B = "a.info", "b.info"
+
+
+def ledger(keys=(A,), window=8, retry_max=30.0, rand=lambda: 1.0) -> ConfirmLedger:
+    return ConfirmLedger(list(keys), window, retry_max, rand=rand)
+
+
+def send_row(book: ConfirmLedger, row: int) -> dict[str, int]:
+    """Send ``row`` on the keys the ledger says; returns key -> delivery tag."""
+    return {key: book.sent(Delivery(row, key)) for key in book.keys_for(row)}
+
+
+# Each case: keys, then steps (what happened), then what is deleted, what is owed.
+# Steps: ("send", row) | ("ack", tag, multiple) | ("nack", tag, multiple)
+#        | ("return", row, key) | ("lost",) | ("due", now)
+CASES = {
+    "one key, acked: deleted": (
+        [A], [("send", 1), ("ack", 1, False)], [1], {}),
+    "acks out of order, one at a time": (
+        [A], [("send", 1), ("send", 2), ("ack", 2, False), ("ack", 1, False)], [2, 1], {}),
+    "a multiple ack settles every earlier tag": (
+        [A], [("send", 1), ("send", 2), ("send", 3), ("ack", 2, True)], [1, 2], {3: [A]}),
+    "two keys: deleted only once both confirmed": (
+        [A, B], [("send", 1), ("ack", 1, False)], [], {1: [B]}),
+    "two keys, both confirmed": (
+        [A, B], [("send", 1), ("ack", 2, True)], [1], {}),
+    "returned on b only: kept, owed on b only": (
+        [A, B], [("send", 1), ("return", 1, B), ("ack", 2, True)], [], {1: [B]}),
+    "returned then retried and routed on b: deleted": (
+        [A, B], [("send", 1), ("return", 1, B), ("ack", 2, True), ("due", 100.0),
+                 ("send", 1), ("ack", 3, False)], [1], {}),
+    "a nack: owed, sent again": (
+        [A], [("send", 1), ("nack", 1, False)], [], {1: [A]}),
+    "connection lost: in flight is owed still": (
+        [A, B], [("send", 1), ("send", 2), ("ack", 1, False), ("lost",)], [], {1: [B], 2: [A, B]}),
+    "after a reconnect only the unconfirmed keys go out": (
+        [A, B], [("send", 1), ("ack", 1, False), ("lost",), ("send", 1), ("ack", 1, False)],
+        [1], {}),
+    "an ack of an unknown tag changes nothing": (
+        [A], [("send", 1), ("ack", 7, False)], [], {1: [A]}),
+    "a heartbeat's ack deletes nothing": (
+        [A], [("beat",), ("send", 1), ("ack", 2, True)], [1], {}),
+}
+
+
+@pytest.mark.parametrize(("keys", "steps", "deleted", "owed"), list(CASES.values()),
+                         ids=list(CASES))
+def test_ledger(keys, steps, deleted, owed):
+    book = ledger(keys)
+    for step in steps:
+        kind = step[0]
+        if kind == "send":
+            send_row(book, step[1])
+        elif kind == "beat":
+            book.sent(Delivery(None, keys[0]))
+        elif kind == "ack":
+            book.acked(step[1], step[2], now=0.0)
+        elif kind == "nack":
+            book.nacked(step[1], step[2], now=0.0)
+        elif kind == "return":
+            book.returned(step[1], step[2])
+        elif kind == "lost":
+            book.connection_lost()
+        elif kind == "due":
+            book.due(step[1])
+    assert book.take_done() == deleted
+    for row, row_keys in owed.items():
+        assert book.owed(row) == row_keys, row
+    assert book.confirmed == len(deleted)
+
+
+def test_an_unroutable_row_waits_for_its_retry_and_backs_off_while_nothing_routes():
+    book = ledger([A], retry_max=30.0)
+    send_row(book, 1)
+    assert book.returned(1, A) is True  # news: worth a log line
+    book.acked(1, False, now=100.0)
+    assert book.unroutable == {A}
+    assert book.keys_for(1) == []  # waiting: not sent again before it is due
+    assert book.next_retry() == 100.0 + 0.5
+    assert book.due(100.4) == [] and book.due(100.5) == [1]
+    tag = book.sent(Delivery(1, A))
+    assert book.returned(1, A) is False  # still the same trouble
+    book.acked(tag, False, now=200.0)
+    assert book.next_retry() == 200.0 + 1.0  # the next step of the back-off
+    book.due(201.0)
+    tag = book.sent(Delivery(1, A))
+    book.acked(tag, False, now=300.0)  # routed at last
+    assert book.take_done() == [1] and book.unroutable == set()
+
+
+def test_one_unroutable_key_does_not_resend_the_row_on_the_routable_one():
+    """The defect this replaces: a return marked the row returned for every key, so
+    with topics a,b and nothing bound to b, a got a duplicate every retry."""
+    book = ledger([A, B])
+    tags = send_row(book, 1)
+    book.returned(1, B)
+    book.acked(max(tags.values()), True, now=0.0)
+    sent_again = []
+    for _ in range(5):
+        for row in book.due(10**9):
+            for key in book.keys_for(row):
+                sent_again.append(key)
+                tag = book.sent(Delivery(row, key))
+                book.returned(row, key)
+                book.acked(tag, False, now=0.0)
+    assert sent_again == [B] * 5
+
+
+def test_a_row_in_flight_is_not_sent_twice():
+    book = ledger([A, B])
+    send_row(book, 1)
+    assert book.keys_for(1) == []
+    assert book.in_flight == 2 and book.room == 6
+
+
+def test_backoff_doubles_to_its_cap_and_draws_within_the_upper_half_of_each_step():
+    assert [backoff(n, 8.0, rand=lambda: 1.0) for n in range(6)] == [0.5, 1, 2, 4, 8, 8]
+    assert [backoff(n, 8.0, rand=lambda: 0.0) for n in range(6)] == [0.25, 0.5, 1, 2, 4, 4]
+    assert backoff(10**6, 30.0, rand=lambda: 1.0) == 30.0
+
+
+def test_backoff_spreads_a_fleet():
+    delays = {round(backoff(3, 30.0), 6) for _ in range(200)}
+    assert len(delays) > 150 and min(delays) >= 2.0 and max(delays) <= 4.0
