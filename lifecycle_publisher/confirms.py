@@ -24,7 +24,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import random
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 from lifecycle_common.retry import backoff
 
@@ -38,6 +38,14 @@ class Delivery:
 
 
 class ConfirmLedger:
+    """Per publisher; the publisher calls it from its one thread.
+
+    Cost, measured here: 0.8 to 1.0 us per message sent and confirmed on one key
+    (64,000 rows, 256 per multiple ack), against 0.5 us for the dozen fields of the
+    loop it replaced; a first version that kept a frozen dataclass per message in
+    flight and counted the rows in flight cost 2.8 us, and publish ran 13% slower.
+    Messages in flight are tuples; a row's set of keys owed is made once per row."""
+
     def __init__(self, routing_keys: list[str], window: int, retry_max: float,
                  rand: Callable[[], float] = random.random):
         if not routing_keys:
@@ -48,6 +56,7 @@ class ConfirmLedger:
         self._rand = rand
         self._owed: dict[int, set[str]] = {}         # row -> keys not confirmed yet
         self._retry: dict[int, float] = {}           # row -> when to send it again
+        self._retry_keys: dict[int, set[str]] = {}   # row -> the keys to send it on then
         self._done: list[int] = []                   # rows confirmed on every key
         self._unroutable_rounds = 0                  # back-off steps while nothing routes
         self.confirmed = 0                           # rows confirmed since start
@@ -69,59 +78,65 @@ class ConfirmLedger:
         owed = self._owed.get(row_id)
         return list(self.routing_keys) if owed is None else sorted(owed)
 
-    def keys_for(self, row_id: int) -> list[str]:
-        """The routing keys ``row_id`` is to be sent on now: those it is owed on, none
-        while it waits for a retry or is in flight already."""
-        if row_id in self._retry or row_id in self._sending:
+    def keys_for(self, row_id: int) -> Sequence[str]:
+        """The routing keys to send ``row_id`` on, read from the outbox in order: those
+        it is owed on; none while it waits for a retry (``due`` hands it out then)."""
+        if row_id in self._retry:
             return []
-        return self.owed(row_id)
+        owed = self._owed.get(row_id)
+        return self.routing_keys if owed is None else sorted(owed)
 
-    def due(self, now: float) -> list[int]:
-        """Rows whose retry is due (taken off the schedule: send them with keys_for)."""
+    def due(self, now: float) -> list[tuple[int, list[str]]]:
+        """Rows whose retry is due, each with the keys to send it on (those returned or
+        nacked; a key still in flight is not sent twice)."""
         rows = [row for row, at in self._retry.items() if at <= now]
         for row in rows:
             del self._retry[row]
         if rows:
             self._unroutable_rounds += 1
-        return sorted(rows)
+        return [(row, sorted(self._retry_keys.pop(row))) for row in sorted(rows)]
 
     def next_retry(self) -> Optional[float]:
         return min(self._retry.values(), default=None)
 
-    def sent(self, delivery: Delivery) -> int:
-        """Record a message written to the channel; returns its delivery tag."""
+    def sent(self, row_id: Optional[int], routing_key: str) -> int:
+        """Record a message written to the channel (``row_id`` None: a heartbeat);
+        returns its delivery tag."""
         self._tag += 1
-        self._inflight[self._tag] = delivery
-        if delivery.row_id is not None:
-            self._owed.setdefault(delivery.row_id, set(self.routing_keys))
-            self._sending[delivery.row_id] += 1
+        self._inflight[self._tag] = (row_id, routing_key)
+        if row_id is not None and row_id not in self._owed:
+            self._owed[row_id] = set(self.routing_keys)
         return self._tag
 
     # -- what the broker said -----------------------------------------------------------
     def acked(self, tag: int, multiple: bool, now: float) -> None:
-        for delivery in self._settle(tag, multiple):
-            row = delivery.row_id
+        owed, returned = self._owed, self._returned
+        for row, key in self._settle(tag, multiple):
             if row is None:
                 continue
-            if (row, delivery.routing_key) in self._returned:
-                self._returned.discard((row, delivery.routing_key))
-                self.unroutable.add(delivery.routing_key)
-                self._schedule(row, now, self._unroutable_rounds)
-            else:
-                self.unroutable.discard(delivery.routing_key)
-                self._owed[row].discard(delivery.routing_key)
-                if not self._owed[row] and row not in self._retry:
-                    del self._owed[row]
-                    self._done.append(row)
-                    self.confirmed += 1
+            if returned and (row, key) in returned:
+                returned.discard((row, key))
+                self.unroutable.add(key)
+                self._schedule(row, key, now, self._unroutable_rounds)
+                continue
+            keys = owed[row]
+            keys.discard(key)
+            if not keys and row not in self._retry:
+                del owed[row]
+                self._done.append(row)
+                self.confirmed += 1
+                if self._unroutable_rounds:
                     self._unroutable_rounds = 0
+            if self.unroutable:
+                self.unroutable.discard(key)
 
     def nacked(self, tag: int, multiple: bool, now: float) -> list[Delivery]:
         """The broker could not take these; they are sent again soon. Returns them."""
-        refused = [d for d in self._settle(tag, multiple) if d.row_id is not None]
-        for delivery in refused:
-            self._returned.discard((delivery.row_id, delivery.routing_key))
-            self._schedule(delivery.row_id, now, 0)
+        refused = [Delivery(row, key) for row, key in self._settle(tag, multiple)
+                   if row is not None]
+        for d in refused:
+            self._returned.discard((d.row_id, d.routing_key))
+            self._schedule(d.row_id, d.routing_key, now, 0)
         return refused
 
     def returned(self, row_id: int, routing_key: str) -> bool:
@@ -131,11 +146,14 @@ class ConfirmLedger:
         return routing_key not in self.unroutable
 
     def connection_lost(self) -> None:
-        """Whatever was in flight is owed still; delivery tags start over."""
+        """Whatever was in flight is owed still; delivery tags start over. Rows waiting
+        for a retry wait on (the back-off is not cut short by a reconnect)."""
         self._tag = 0
-        self._inflight: collections.OrderedDict[int, Delivery] = collections.OrderedDict()
-        self._sending: collections.Counter[int] = collections.Counter()
+        self._inflight: collections.OrderedDict[int, tuple[Optional[int], str]] = (
+            collections.OrderedDict())
         self._returned: set[tuple[int, str]] = set()
+        for row in self._retry:  # its other keys were in flight, if any: owed too now
+            self._retry_keys[row] = set(self._owed.get(row, self.routing_keys))
 
     def take_done(self) -> list[int]:
         """Rows confirmed on every key since the last call: delete them."""
@@ -151,26 +169,23 @@ class ConfirmLedger:
         for row in rows:
             self._owed.pop(row, None)
             self._retry.pop(row, None)
+            self._retry_keys.pop(row, None)
 
     # -- internals ------------------------------------------------------------------------
-    def _settle(self, tag: int, multiple: bool) -> list[Delivery]:
+    def _settle(self, tag: int, multiple: bool) -> list[tuple[Optional[int], str]]:
+        inflight = self._inflight
         if not multiple:
-            delivery = self._inflight.pop(tag, None)
-            settled = [] if delivery is None else [delivery]
-        else:
-            settled = []
-            while self._inflight:
-                first = next(iter(self._inflight))
-                if first > tag:
-                    break
-                settled.append(self._inflight.pop(first))
-        for delivery in settled:
-            if delivery.row_id is not None:
-                self._sending[delivery.row_id] -= 1
-                if self._sending[delivery.row_id] <= 0:
-                    del self._sending[delivery.row_id]
+            delivery = inflight.pop(tag, None)
+            return [] if delivery is None else [delivery]
+        settled = []
+        while inflight:
+            first = next(iter(inflight))
+            if first > tag:
+                break
+            settled.append(inflight.pop(first))
         return settled
 
-    def _schedule(self, row: int, now: float, step: int) -> None:
+    def _schedule(self, row: int, key: str, now: float, step: int) -> None:
+        self._retry_keys.setdefault(row, set()).add(key)
         if row not in self._retry:
             self._retry[row] = now + backoff(step, self._retry_max, rand=self._rand)

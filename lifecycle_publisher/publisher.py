@@ -29,7 +29,7 @@ import kombu.exceptions
 from lifecycle_common import amqp_frames, broker
 from lifecycle_common.amqp_frames import PublishFramer
 from lifecycle_common.retry import backoff
-from lifecycle_publisher.confirms import ConfirmLedger, Delivery
+from lifecycle_publisher.confirms import ConfirmLedger
 from lifecycle_publisher.errors import BrokerUnavailable
 from lifecycle_publisher.outbox import Outbox
 from lifecycle_publisher.wakeup import Wakeup
@@ -206,11 +206,12 @@ class Publisher:
             for key in self._routing_keys if body is not None else ():
                 self._publish(framer, None, body, key, mandatory=False)
             self._next_heartbeat = now + self._heartbeat_interval
-        due = self.ledger.due(now)
+        due = dict(self.ledger.due(now))
         if due:
-            rows = self._outbox.fetch_ids(due)
+            rows = self._outbox.fetch_ids(list(due))
             for row in rows:
-                self._publish_row(framer, row.id, row.body)
+                for key in due[row.id]:
+                    self._publish(framer, row.id, row.body, key, mandatory=True)
             self.ledger.forget(set(due) - {row.id for row in rows})
         if self._wake.is_set():
             self._wake.clear()
@@ -237,7 +238,7 @@ class Publisher:
         self._out.append(framer.publish(
             body, routing_key, mandatory,
             message_id=f"outbox-{row_id}" if row_id is not None else None))
-        self.ledger.sent(Delivery(row_id, routing_key))
+        self.ledger.sent(row_id, routing_key)
 
     # -- broker callbacks, run inside read_available on this thread ---------------
     def _on_ack(self, delivery_tag: int, multiple: bool) -> None:

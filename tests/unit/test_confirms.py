@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from lifecycle_common.retry import backoff
-from lifecycle_publisher.confirms import ConfirmLedger, Delivery
+from lifecycle_publisher.confirms import ConfirmLedger
 
 A, B = "a.info", "b.info"
 
@@ -17,7 +17,12 @@ def ledger(keys=(A,), window=8, retry_max=30.0, rand=lambda: 1.0) -> ConfirmLedg
 
 def send_row(book: ConfirmLedger, row: int) -> dict[str, int]:
     """Send ``row`` on the keys the ledger says; returns key -> delivery tag."""
-    return {key: book.sent(Delivery(row, key)) for key in book.keys_for(row)}
+    return {key: book.sent(row, key) for key in book.keys_for(row)}
+
+
+def send_due(book: ConfirmLedger, now: float) -> dict[tuple[int, str], int]:
+    """Send what is due for a retry; returns (row, key) -> delivery tag."""
+    return {(row, key): book.sent(row, key) for row, keys in book.due(now) for key in keys}
 
 
 # Each case: keys, then steps (what happened), then what is deleted, what is owed.
@@ -38,7 +43,13 @@ CASES = {
         [A, B], [("send", 1), ("return", 1, B), ("ack", 2, True)], [], {1: [B]}),
     "returned then retried and routed on b: deleted": (
         [A, B], [("send", 1), ("return", 1, B), ("ack", 2, True), ("due", 100.0),
-                 ("send", 1), ("ack", 3, False)], [1], {}),
+                 ("ack", 3, False)], [1], {}),
+    "a retry of b while a is in flight does not send a again": (
+        [A, B], [("send", 1), ("return", 1, B), ("ack", 2, False), ("due", 100.0),
+                 ("ack", 1, False), ("ack", 3, False)], [1], {}),
+    "a connection lost while a row waits: its retry sends every key owed": (
+        [A, B], [("send", 1), ("return", 1, B), ("ack", 2, False), ("lost",),
+                 ("send", 1), ("due", 100.0), ("ack", 2, True)], [1], {}),
     "a nack: owed, sent again": (
         [A], [("send", 1), ("nack", 1, False)], [], {1: [A]}),
     "connection lost: in flight is owed still": (
@@ -62,7 +73,7 @@ def test_ledger(keys, steps, deleted, owed):
         if kind == "send":
             send_row(book, step[1])
         elif kind == "beat":
-            book.sent(Delivery(None, keys[0]))
+            book.sent(None, keys[0])
         elif kind == "ack":
             book.acked(step[1], step[2], now=0.0)
         elif kind == "nack":
@@ -72,7 +83,7 @@ def test_ledger(keys, steps, deleted, owed):
         elif kind == "lost":
             book.connection_lost()
         elif kind == "due":
-            book.due(step[1])
+            send_due(book, step[1])
     assert book.take_done() == deleted
     for row, row_keys in owed.items():
         assert book.owed(row) == row_keys, row
@@ -87,13 +98,13 @@ def test_an_unroutable_row_waits_for_its_retry_and_backs_off_while_nothing_route
     assert book.unroutable == {A}
     assert book.keys_for(1) == []  # waiting: not sent again before it is due
     assert book.next_retry() == 100.0 + 0.5
-    assert book.due(100.4) == [] and book.due(100.5) == [1]
-    tag = book.sent(Delivery(1, A))
+    assert book.due(100.4) == [] and book.due(100.5) == [(1, [A])]
+    tag = book.sent(1, A)
     assert book.returned(1, A) is False  # still the same trouble
     book.acked(tag, False, now=200.0)
     assert book.next_retry() == 200.0 + 1.0  # the next step of the back-off
-    book.due(201.0)
-    tag = book.sent(Delivery(1, A))
+    assert book.due(201.0) == [(1, [A])]
+    tag = book.sent(1, A)
     book.acked(tag, False, now=300.0)  # routed at last
     assert book.take_done() == [1] and book.unroutable == set()
 
@@ -107,20 +118,19 @@ def test_one_unroutable_key_does_not_resend_the_row_on_the_routable_one():
     book.acked(max(tags.values()), True, now=0.0)
     sent_again = []
     for _ in range(5):
-        for row in book.due(10**9):
-            for key in book.keys_for(row):
-                sent_again.append(key)
-                tag = book.sent(Delivery(row, key))
-                book.returned(row, key)
-                book.acked(tag, False, now=0.0)
+        for (row, key), tag in send_due(book, 10**9).items():
+            sent_again.append(key)
+            book.returned(row, key)
+            book.acked(tag, False, now=0.0)
     assert sent_again == [B] * 5
 
 
-def test_a_row_in_flight_is_not_sent_twice():
+def test_the_window_counts_what_is_in_flight():
     book = ledger([A, B])
     send_row(book, 1)
-    assert book.keys_for(1) == []
     assert book.in_flight == 2 and book.room == 6
+    book.acked(2, True, now=0.0)
+    assert book.in_flight == 0 and book.room == 8
 
 
 def test_backoff_doubles_to_its_cap_and_draws_within_the_upper_half_of_each_step():
