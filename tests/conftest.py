@@ -74,6 +74,25 @@ def wait_for(predicate, timeout: float, interval: float = 0.01, message: str | N
         time.sleep(interval)
 
 
+class ServiceThread:
+    """A service's ``run()`` on a thread of its own (started at once); what it returned
+    is ``exit_status`` once it has ended."""
+
+    def __init__(self, service, name: str | None = None):
+        self.service = service
+        self.exit_status = None
+        self.thread = threading.Thread(target=self._run, name=name or type(service).__name__)
+        self.thread.start()
+
+    def _run(self):
+        self.exit_status = self.service.run()
+
+    def stop(self, timeout: float = 30.0):
+        self.service.stop()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"{self.thread.name} did not stop"
+
+
 def unique(prefix: str = "test") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 

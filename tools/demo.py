@@ -13,7 +13,6 @@ import statistics
 import sys
 import time
 
-import kombu
 
 from lifecycle_common import timeutil
 from tools.pipeline import Pipeline, domain_xml, virsh
@@ -62,7 +61,7 @@ def _interrupt(*_):
 
 
 def _run(pipeline: Pipeline) -> int:
-    _purge_queue(pipeline.queue)
+    _purge_queue(pipeline)
     _remove_demo_domains()
     print(f"state and logs in {pipeline.workdir}")
     pipeline.db_sync()
@@ -112,13 +111,17 @@ def _show(pipeline: Pipeline) -> None:
     print(format_table(rows, INSTANCE_COLUMNS))
 
 
-def _purge_queue(queue: str) -> None:
-    with kombu.Connection("amqp://guest:guest@127.0.0.1:5672//", connect_timeout=5) as conn:
-        channel = conn.channel()
-        try:
-            channel.queue_purge(queue)
-        except Exception:  # noqa: BLE001 - the queue does not exist yet
-            pass
+def _purge_queue(pipeline: Pipeline) -> None:
+    from consumer import config
+    from lifecycle_common import broker
+    settings = broker.settings(config.load(["--config-file", pipeline.consumer_conf]))
+    conn, _ = broker.Connector(settings).connect()  # as the demo's consumer connects
+    try:
+        conn.channel().queue_purge(pipeline.queue)
+    except Exception:  # noqa: BLE001 - the queue does not exist yet
+        pass
+    finally:
+        broker.release(conn)
 
 
 def _remove_demo_domains() -> None:

@@ -96,13 +96,17 @@ heartbeat_interval = {self.heartbeat_interval}
 
     def _queue_exists(self) -> bool:
         import amqp
-        import kombu
-        with kombu.Connection("amqp://guest:guest@127.0.0.1:5672//", connect_timeout=5) as conn:
-            try:
-                conn.channel().queue_declare(self.queue, passive=True)
-                return True
-            except amqp.exceptions.NotFound:
-                return False
+        from consumer import config
+        from lifecycle_common import broker
+        settings = broker.settings(config.load(["--config-file", self.consumer_conf]))
+        conn, _ = broker.Connector(settings).connect()  # as the consumer connects
+        try:
+            conn.channel().queue_declare(self.queue, passive=True)
+            return True
+        except amqp.exceptions.NotFound:
+            return False
+        finally:
+            broker.release(conn)
 
     def start_agent(self, host: str, uri: str, wait: bool = True, timeout: float = 30.0,
                     **agent_opts) -> subprocess.Popen:

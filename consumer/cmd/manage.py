@@ -132,7 +132,10 @@ def _cell(value) -> str:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return str(value)
+    text = str(value)
+    if not text.isprintable():  # a domain name may hold a terminal's escape sequences
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text
 
 
 if __name__ == "__main__":

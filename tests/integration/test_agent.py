@@ -15,6 +15,7 @@ from lifecycle_common import wire
 from lifecycle_publisher import config as agent_config
 from lifecycle_publisher.agent import Agent
 from lifecycle_publisher.outbox import Outbox
+from tests.conftest import ServiceThread
 
 pytestmark = pytest.mark.integration
 
@@ -33,20 +34,10 @@ def make_conf(state_path, exchange: str, transport_url: str, **agent_opts) -> cf
         agent=options)
 
 
-class RunningAgent:
+class RunningAgent(ServiceThread):
     def __init__(self, conf):
         self.agent = Agent(conf)
-        self.exit_status = None
-        self.thread = threading.Thread(target=self._run, name="agent")
-        self.thread.start()
-
-    def _run(self):
-        self.exit_status = self.agent.run()
-
-    def stop(self):
-        self.agent.stop()
-        self.thread.join(30)
-        assert not self.thread.is_alive(), "the agent did not stop"
+        super().__init__(self.agent, name="agent")
 
 
 class Received:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 import uuid
 
@@ -28,7 +27,7 @@ from lifecycle_common import broker
 from lifecycle_publisher import config as agent_config
 from lifecycle_publisher.agent import Agent
 from lifecycle_publisher.outbox import Outbox
-from tests.conftest import AmqpIsolation, unique
+from tests.conftest import AmqpIsolation, ServiceThread, unique
 
 pytestmark = pytest.mark.integration
 
@@ -109,30 +108,12 @@ def agent_conf(tmp_path, node: Node, host: str, transport_url: str, rabbit: dict
         oslo_messaging_rabbit=rabbit)
 
 
-class Running:
-    """A service's run() on a thread of its own."""
-
-    def __init__(self, service):
-        self.service = service
-        self.result = None
-        self.thread = threading.Thread(target=self._run, name=type(service).__name__)
-        self.thread.start()
-
-    def _run(self):
-        self.result = self.service.run()
-
-    def stop(self):
-        self.service.stop()
-        self.thread.join(30)
-        assert not self.thread.is_alive()
-
-
 @pytest.fixture
 def running():
-    started: list[Running] = []
+    started: list[ServiceThread] = []
 
-    def start(service) -> Running:
-        started.append(Running(service))
+    def start(service) -> ServiceThread:
+        started.append(ServiceThread(service))
         return started[-1]
     yield start
     for r in started:
