@@ -23,6 +23,10 @@ from consumer.topology import Topology, declare
 LOG = logging.getLogger(__name__)
 
 REASON_HEADER = "x-lifecycle-error"
+# Seconds to wait for the broker to confirm a dead letter. A node that lost its
+# cluster's majority would never confirm one: the connection is then given up (the
+# original stays unacked and is redelivered, to this consumer or another).
+DEAD_LETTER_CONFIRM_TIMEOUT = 30.0
 
 
 class BatchQueue:
@@ -121,7 +125,8 @@ class BatchQueue:
         with _broker_errors():
             self._dl_channel.basic_publish_confirm(
                 copy, exchange=self.topology.dead_letter_exchange,
-                routing_key=self.topology.queue, mandatory=True)
+                routing_key=self.topology.queue, mandatory=True,
+                confirm_timeout=DEAD_LETTER_CONFIRM_TIMEOUT)
         LOG.error("dead-lettered message %s to %s: %s", message.properties.get("message_id"),
                   self.topology.dead_letter_queue, reason)
 
@@ -135,5 +140,6 @@ class BatchQueue:
 def _broker_errors():
     try:
         yield
-    except (OSError, amqp.exceptions.AMQPError, kombu.exceptions.KombuError) as exc:
+    except (OSError, amqp.exceptions.AMQPError, amqp.exceptions.MessageNacked,
+            kombu.exceptions.KombuError) as exc:
         raise BrokerUnavailable(str(exc) or type(exc).__name__) from exc

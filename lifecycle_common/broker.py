@@ -277,9 +277,25 @@ def explain(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+CLOSE_TIMEOUT = 2.0  # seconds a closing connection waits for the broker's close-ok
+
+
 def release(conn: kombu.Connection) -> None:
-    """Close a connection being discarded, whatever state it is in."""
+    """Close a connection being discarded, whatever state it is in: the AMQP close
+    handshake if the broker answers within CLOSE_TIMEOUT, else the socket alone. (A
+    broker that takes what it is sent and answers nothing, a cluster node without its
+    majority, say, would keep py-amqp waiting for its close-ok for ever.)"""
+    try:
+        sock = conn.connection.transport.sock if conn.connected else None
+        if sock is not None:
+            sock.settimeout(CLOSE_TIMEOUT)
+    except Exception:  # noqa: BLE001 - not connected: nothing to bound
+        pass
     try:
         conn.release()
     except Exception:  # noqa: BLE001 - the connection is being discarded
-        LOG.debug("closing the broker connection failed", exc_info=True)
+        LOG.debug("closing the broker connection failed; dropping it", exc_info=True)
+        try:
+            conn.collect()
+        except Exception:  # noqa: BLE001
+            LOG.debug("dropping the broker connection failed", exc_info=True)

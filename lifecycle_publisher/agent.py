@@ -72,7 +72,7 @@ class Agent:
             [f"{topic}.info" for topic in topics], conf.agent.publish_window,
             conf.agent.broker_retry_interval_max, self._heartbeat_body,
             conf.agent.heartbeat_interval, self._wake,
-            user_id=conf.agent.broker_user or None)
+            user_id=conf.agent.broker_user or None, confirm_timeout=conf.agent.confirm_timeout)
         self._threads = [
             self._supervised(self.writer.run, "outbox-writer"),
             self._supervised(self.publisher.run, "publisher"),

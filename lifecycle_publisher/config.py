@@ -49,6 +49,13 @@ AGENT_OPTS = [
     cfg.FloatOpt("broker_retry_interval_max", default=30.0, min=0.1,
                  help="Upper bound, in seconds, of the exponential back-off between "
                       "attempts to reach the broker. Events wait in the outbox meanwhile."),
+    cfg.FloatOpt("confirm_timeout", default=30.0, min=1.0,
+                 help="Seconds the agent waits for the broker to confirm what it sent "
+                      "before it gives up on that connection and publishes elsewhere (the "
+                      "next broker of transport_url). A node of a cluster that lost its "
+                      "majority takes messages but cannot confirm them: a quorum queue "
+                      "confirms once a majority holds the message. Nothing is lost: what "
+                      "was not confirmed stays in the outbox and is sent again."),
     cfg.StrOpt("broker_user", default="",
                help="The broker user this agent logs in as, set as the AMQP user_id of "
                     "every message it publishes (RabbitMQ refuses a message whose user_id "

@@ -86,6 +86,17 @@ class ConfirmLedger:
         owed = self._owed.get(row_id)
         return self.routing_keys if owed is None else sorted(owed)
 
+    def stalled(self, now: float, timeout: float) -> bool:
+        """Whether what is in flight has waited more than ``timeout`` seconds with
+        nothing confirmed meanwhile (the broker takes messages and does not confirm
+        them: a cluster node that lost its majority, say)."""
+        if not self._inflight:
+            self._waiting_since = None
+            return False
+        if self._waiting_since is None:
+            self._waiting_since = now  # the first look since they went out
+        return now - max(self._waiting_since, self._last_settled) > timeout
+
     def due(self, now: float) -> list[tuple[int, list[str]]]:
         """Rows whose retry is due, each with the keys to send it on (those returned or
         nacked; a key still in flight is not sent twice)."""
@@ -110,6 +121,7 @@ class ConfirmLedger:
 
     # -- what the broker said -----------------------------------------------------------
     def acked(self, tag: int, multiple: bool, now: float) -> None:
+        self._last_settled = now
         owed, returned = self._owed, self._returned
         for row, key in self._settle(tag, multiple):
             if row is None:
@@ -132,6 +144,7 @@ class ConfirmLedger:
 
     def nacked(self, tag: int, multiple: bool, now: float) -> list[Delivery]:
         """The broker could not take these; they are sent again soon. Returns them."""
+        self._last_settled = now
         refused = [Delivery(row, key) for row, key in self._settle(tag, multiple)
                    if row is not None]
         for d in refused:
@@ -151,6 +164,8 @@ class ConfirmLedger:
         self._tag = 0
         self._inflight: collections.OrderedDict[int, tuple[Optional[int], str]] = (
             collections.OrderedDict())
+        self._waiting_since: Optional[float] = None  # see stalled
+        self._last_settled = float("-inf")
         self._returned: set[tuple[int, str]] = set()
         for row in self._retry:  # its other keys were in flight, if any: owed too now
             self._retry_keys[row] = set(self._owed.get(row, self.routing_keys))

@@ -49,7 +49,7 @@ class Publisher:
     def __init__(self, outbox: Outbox, connector: broker.Connector, exchange: str,
                  routing_keys: list[str], window: int, retry_max: float,
                  heartbeat: Callable[[], Optional[bytes]], heartbeat_interval: float,
-                 wake: Wakeup, user_id: Optional[str] = None):
+                 wake: Wakeup, user_id: Optional[str] = None, confirm_timeout: float = 30.0):
         """``user_id``: the user to stamp on every message; None: the user each
         connection logged in as (``BrokerSettings.login_user``)."""
         self._outbox = outbox
@@ -62,6 +62,7 @@ class Publisher:
         self._heartbeat_interval = heartbeat_interval
         self._wake = wake
         self._user_id = user_id
+        self._confirm_timeout = confirm_timeout
         self._refill = max(len(routing_keys), window // 4)
         self.ledger = ConfirmLedger(routing_keys, window, retry_max)
         self._stop = threading.Event()
@@ -183,6 +184,12 @@ class Publisher:
             except _BROKER_ERRORS as exc:
                 self._flush_done()
                 raise BrokerUnavailable(f"{where}: {broker.explain(exc)}") from exc
+            if self.ledger.stalled(time.monotonic(), self._confirm_timeout):
+                self._flush_done()
+                raise BrokerUnavailable(
+                    f"{where}: no confirm for {self._confirm_timeout:.0f}s of "
+                    f"{self.ledger.in_flight} messages sent (a node without its cluster's "
+                    "majority?); giving up on this connection")
             if self.ledger.done_count >= self._window // 2 or (
                     self.ledger.done_count and time.monotonic() >= self._delete_at):
                 self._flush_done()

@@ -350,3 +350,34 @@ def test_a_topic_nobody_listens_to_does_not_duplicate_the_others(
     on_a = [wire.decode(m.body) for m in amqp_isolation.get_all(a)]
     inventories = [n for n in on_a if n.event_type == "host.inventory"]
     assert len(inventories) == 1, f"{len(inventories)} copies of the inventory on a"
+
+
+def test_a_broker_that_stops_confirming_is_given_up_for_the_next_one(
+        tmp_path, amqp_isolation, bound_queue, libvirt_conn, domain, agents, tcp_forwarder,
+        caplog, wait_for):
+    """The first broker of the URL goes on taking messages and never confirms them (its
+    replies are dropped, as from a cluster node that lost its majority; its heartbeats
+    too, but AMQP heartbeats would take 60 s to tell): after confirm_timeout the agent
+    gives that connection up and publishes on the next broker; nothing is lost."""
+    received = Received(amqp_isolation, bound_queue)
+    url = (f"rabbit://guest:guest@127.0.0.1:{tcp_forwarder.port},"
+           "guest:guest@127.0.0.1:5672/")
+    conf = make_conf(tmp_path, amqp_isolation.exchange, url, confirm_timeout=2.0)
+    conf.set_override("heartbeat_timeout_threshold", 60, group="oslo_messaging_rabbit")
+    caplog.set_level(logging.WARNING, logger="lifecycle_publisher.publisher")
+    running = agents(conf)
+    wait_for(received.inventories, timeout=10, message="the start inventory, via the forwarder")
+    publisher = running.agent.publisher
+    assert publisher.connected.is_set()
+
+    tcp_forwarder.stalled.set()
+    dom = domain()
+    dom.create()
+    wait_for(lambda: "no confirm for 2s" in caplog.text, timeout=15,
+             message=lambda: f"the agent giving the silent broker up: {caplog.text!r}")
+    events = wait_for(lambda: len({n.payload.seq for n in received.instance_events(
+        dom.UUIDString())}) >= 2 and received.instance_events(dom.UUIDString()), timeout=15,
+        message="the events, through the second broker")
+    assert [n.event_type for n in events][:2] == ["instance.defined", "instance.started"]
+    wait_for(lambda: running.agent.outbox.pending() == 0, timeout=10, message="outbox empty")
+    assert f"127.0.0.1:{tcp_forwarder.port}" in caplog.text  # the one given up, named

@@ -142,3 +142,36 @@ def test_backoff_doubles_to_its_cap_and_draws_within_the_upper_half_of_each_step
 def test_backoff_spreads_a_fleet():
     delays = {round(backoff(3, 30.0), 6) for _ in range(200)}
     assert len(delays) > 150 and min(delays) >= 2.0 and max(delays) <= 4.0
+
+
+def test_stalled_when_nothing_is_confirmed_for_the_timeout():
+    """A cluster node without its majority takes messages and never confirms them:
+    the publisher gives that connection up once nothing settled for confirm_timeout."""
+    book = ledger([A])
+    assert book.stalled(0.0, 10.0) is False  # nothing in flight
+    send_row(book, 1)
+    assert book.stalled(100.0, 10.0) is False  # first look: the wait starts now
+    assert book.stalled(110.0, 10.0) is False
+    assert book.stalled(110.5, 10.0) is True
+    book.acked(1, False, now=111.0)
+    assert book.stalled(200.0, 10.0) is False  # nothing in flight again
+
+
+def test_not_stalled_while_confirms_keep_coming():
+    book = ledger([A], window=1000)
+    tags = [book.sent(row, A) for row in range(1, 40)]
+    book.stalled(0.0, 10.0)
+    for second, tag in enumerate(tags[:-1], 1):
+        book.acked(tag, False, now=second * 5.0)
+        assert book.stalled(second * 5.0 + 9.0, 10.0) is False
+    assert book.stalled(38 * 5.0 + 10.5, 10.0) is True  # the last one never came
+
+
+def test_a_lost_connection_starts_the_wait_over():
+    book = ledger([A])
+    send_row(book, 1)
+    book.stalled(0.0, 10.0)
+    book.connection_lost()
+    send_row(book, 1)
+    assert book.stalled(50.0, 10.0) is False
+    assert book.stalled(61.0, 10.0) is True
