@@ -220,9 +220,11 @@ class HostsProcess:
     """``benchmarks.hosts`` in a process of its own: simulated hosts driven by commands."""
 
     def __init__(self, run: Run, label: str, names: list[str], domains: int, exchange: str,
+                 transport_url: str = TRANSPORT_URL, rabbit_opts: dict | None = None,
                  **agent_opts):
         spec = {"hosts": names, "workdir": os.path.join(run.workdir, label), "domains": domains,
-                "exchange": exchange, "transport_url": TRANSPORT_URL,
+                "exchange": exchange, "transport_url": transport_url,
+                "rabbit_opts": rabbit_opts or {},
                 "agent_opts": {"heartbeat_interval": 1.0, "inventory_interval": 0,
                                "shutdown_timeout": 10.0, **agent_opts}}
         os.makedirs(spec["workdir"], exist_ok=True)

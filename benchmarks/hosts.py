@@ -54,19 +54,20 @@ def node_xml(host: str, domains: int) -> str:
 
 
 def agent_conf(host: str, uri: str, state_path: str, exchange: str, transport_url: str,
-               **agent_opts) -> cfg.ConfigOpts:
+               rabbit_opts: dict | None = None, **agent_opts) -> cfg.ConfigOpts:
     from lifecycle_publisher import config as agent_config
     return agent_config.in_code(
         {"host": host, "transport_url": transport_url, "control_exchange": exchange,
          "state_path": state_path},
-        libvirt={"connection_uri": uri}, agent=agent_opts)
+        libvirt={"connection_uri": uri}, agent=agent_opts,
+        oslo_messaging_rabbit=rabbit_opts or {})
 
 
 class SimulatedHost:
     """One agent on its own test hypervisor, and the domains the load changes."""
 
     def __init__(self, name: str, workdir: str, domains: int, exchange: str,
-                 transport_url: str, agent_opts: dict):
+                 transport_url: str, agent_opts: dict, rabbit_opts: dict | None = None):
         from lifecycle_publisher.agent import Agent
         self.name = name
         state_path = os.path.join(workdir, name)
@@ -75,7 +76,7 @@ class SimulatedHost:
         with open(node, "w") as f:
             f.write(node_xml(name, domains))
         self.agent = Agent(agent_conf(name, f"test://{node}", state_path, exchange,
-                                      transport_url, **agent_opts))
+                                      transport_url, rabbit_opts, **agent_opts))
         self.thread = threading.Thread(target=self.agent.run, name=f"agent-{name}")
         self.domains: list = []
         self.position: list[int] = []  # each domain's next step in CYCLE
@@ -119,8 +120,9 @@ class Hosts:
     """A set of simulated hosts and the commands the benchmarks send them."""
 
     def __init__(self, names: list[str], workdir: str, domains: int, exchange: str,
-                 transport_url: str, agent_opts: dict):
-        self.hosts = [SimulatedHost(n, workdir, domains, exchange, transport_url, agent_opts)
+                 transport_url: str, agent_opts: dict, rabbit_opts: dict | None = None):
+        self.hosts = [SimulatedHost(n, workdir, domains, exchange, transport_url, agent_opts,
+                                    rabbit_opts)
                       for n in names]
         self.domains = domains
 
@@ -249,6 +251,17 @@ class Hosts:
     def wait_confirmed(self, target: int, confirm_timeout: float) -> dict:
         return {"t_confirmed": self._wait_confirmed(target, confirm_timeout), **self.stats()}
 
+    def states(self) -> dict:
+        """Every domain's power state as libvirt has it now, as the database should:
+        {host: {uuid: power_state}}."""
+        from lifecycle_publisher.translation import power_state_of
+        result = {}
+        for h in self.hosts:
+            conn = h.agent.source._conn
+            result[h.name] = {dom.UUIDString(): power_state_of(*dom.state()).value
+                              for dom in conn.listAllDomains()}
+        return {"states": result}
+
     def stop(self) -> dict:
         for h in self.hosts:
             h.agent.stop()
@@ -283,7 +296,7 @@ def main() -> int:
     out = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     sys.stdout = sys.stderr  # nothing but replies on the reply channel
     hosts = Hosts(spec["hosts"], spec["workdir"], spec["domains"], spec["exchange"],
-                  spec["transport_url"], spec.get("agent_opts", {}))
+                  spec["transport_url"], spec.get("agent_opts", {}), spec.get("rabbit_opts"))
     serve(hosts, sys.stdin, out)
     return 0
 

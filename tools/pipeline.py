@@ -36,7 +36,9 @@ def domain_xml(name: str) -> str:
 class Pipeline:
     def __init__(self, workdir: str, *, exchange: str, queue: str,
                  database: str | None = None, heartbeat_interval: float = 1.0,
-                 host_down_after: float = 5.0):
+                 host_down_after: float = 5.0, consumer_options: dict | None = None):
+        """``consumer_options``: more of the consumers' options, {group: {name: value}}
+        (e.g. a cluster's transport_url, [consumer] queue_type)."""
         self.workdir = os.path.abspath(workdir)
         os.makedirs(self.workdir, exist_ok=True)
         self.exchange = exchange
@@ -44,17 +46,21 @@ class Pipeline:
         self.database = database or f"sqlite:///{self.workdir}/lifecycle.sqlite"
         self.heartbeat_interval = heartbeat_interval
         self.host_down_after = host_down_after
-        self.consumer_conf = self._write("consumer.conf", f"""
-[DEFAULT]
-control_exchange = {exchange}
-[database]
-connection = {self.database}
-[consumer]
-queue_name = {queue}
-host_down_after = {host_down_after}
-""")
+        self.consumer_conf = self.write_consumer_conf("consumer.conf", consumer_options or {})
         self._procs: dict[str, subprocess.Popen] = {}
         self._engine = None
+
+    def write_consumer_conf(self, name: str, options: dict) -> str:
+        """A consumer configuration: the pipeline's exchange, queue and database, with
+        ``options`` ({group: {name: value}}) over them."""
+        groups = {"DEFAULT": {"control_exchange": self.exchange},
+                  "database": {"connection": self.database},
+                  "consumer": {"queue_name": self.queue, "host_down_after": self.host_down_after}}
+        for group, values in options.items():
+            groups.setdefault(group, {}).update(values)
+        text = "".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
+                       for group, values in groups.items())
+        return self._write(name, text)
 
     def _write(self, name: str, text: str) -> str:
         path = os.path.join(self.workdir, name)
@@ -87,10 +93,13 @@ heartbeat_interval = {self.heartbeat_interval}
     def db_sync(self) -> None:
         self.manage("db", "sync")
 
-    def start_consumer(self, name: str = "consumer", timeout: float = 30.0) -> subprocess.Popen:
-        """Start a consumer and wait until its queue exists, so that nothing an agent
-        publishes from then on is unroutable."""
-        proc = self._start(name, [command("lifecycle-consumer"), "--config-file", self.consumer_conf])
+    def start_consumer(self, name: str = "consumer", timeout: float = 30.0,
+                       conf: str | None = None) -> subprocess.Popen:
+        """Start a consumer (on ``conf``, by default the pipeline's consumer.conf) and
+        wait until its queue exists, so that nothing an agent publishes from then on is
+        unroutable."""
+        proc = self._start(name, [command("lifecycle-consumer"), "--config-file",
+                                  conf or self.consumer_conf])
         self.wait_for(self._queue_exists, timeout, f"queue {self.queue} to be declared")
         return proc
 
