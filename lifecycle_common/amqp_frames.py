@@ -148,7 +148,11 @@ def readable(connection: amqp.Connection) -> bool:
     if sock is None:
         return False
     pending = getattr(sock, "pending", None)  # ssl.SSLSocket
-    return bool(pending and pending()) or bool(select.select([sock], [], [], 0)[0])
+    if pending and pending():
+        return True
+    poller = select.poll()  # (select cannot watch descriptors of 1024 and up)
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def read_frame(connection: amqp.Connection) -> None:
