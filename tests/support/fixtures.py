@@ -9,9 +9,14 @@ Load with ``pytest_plugins = ["tests.support.fixtures"]``. The fixtures:
 - ``rabbit_node_factory`` (per test): ``make(**kwargs) -> RabbitNode``, started; every
   node made is stopped at the end of the test;
 - ``rabbitmq_installed`` (per test): nothing, but skips as below, for tests that run
-  RabbitMQ's scripts themselves.
+  RabbitMQ's scripts themselves;
+- ``rabbit_cluster`` (per module): a started three-node ``RabbitCluster``, each node in
+  a network namespace of its own (``.lab``, a ``NetLab``, cuts traffic between them),
+  destroyed at the end of the module;
+- ``netns_available`` (per test): nothing, but skips as below when network namespaces
+  cannot be made (no ``ip``, not root).
 
-Where RabbitMQ (or openssl) is not installed these skip, and fail under ``CI=true``,
+Where RabbitMQ (or openssl, or ``ip``) is not installed these skip, and fail under ``CI=true``,
 the convention of ``require_service`` in tests/conftest.py.
 """
 
@@ -25,9 +30,12 @@ from typing import Any
 import pytest
 
 from tests.support.certs import Pki, make_pki
+from tests.support.netlab import ip_available
+from tests.support.rabbit_cluster import RabbitCluster
 from tests.support.rabbit_node import RabbitNode, rabbitmq_installed
 
-__all__ = ["pki_fixture", "rabbit_node_factory", "rabbitmq_installed_fixture",
+__all__ = ["netns_available_fixture", "pki_fixture", "rabbit_cluster_fixture",
+           "rabbit_node_factory", "rabbitmq_installed_fixture", "require_netns",
            "require_rabbitmq", "tls_broker_fixture"]
 
 
@@ -90,3 +98,31 @@ def rabbit_node_factory() -> Iterator[Callable[..., RabbitNode]]:
     finally:
         for node in reversed(nodes):
             node.stop()
+
+
+def require_netns() -> None:
+    """Skip the test (fail it under CI=true) when network namespaces cannot be made
+    here (iproute2's ``ip`` missing, or not running as root)."""
+    _require("iproute2 (ip netns, as root)", ip_available(),
+             "apt-get install iproute2, and run the tests as root")
+
+
+@pytest.fixture(name="netns_available")
+def netns_available_fixture() -> None:
+    """Skips the test (fails it under CI=true) when network namespaces cannot be made."""
+    require_netns()
+
+
+@pytest.fixture(scope="module", name="rabbit_cluster")
+def rabbit_cluster_fixture() -> Iterator[RabbitCluster]:
+    """A started three-node ``RabbitCluster`` of the module's own (nodes ``1..3`` in
+    namespaces ``n1..n3`` of ``.lab``; pause_minority, net_ticktime 6 s); destroyed at
+    the end of the module, or earlier by a test calling ``destroy()``."""
+    require_rabbitmq()
+    require_netns()
+    cluster = RabbitCluster(3)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
