@@ -16,7 +16,9 @@ The rules:
   way at once, at the first step of the back-off;
 - a lost connection loses nothing: what was in flight is owed still and is sent again
   on the next one (RabbitMQ also leaves unconfirmed what follows a publish it refused
-  on a channel); what was confirmed on some keys is owed only on the others.
+  on a channel); what was confirmed on some keys is owed only on the others; a row
+  waiting for its retry is sent once on the next connection, by its retry, whether
+  the retry comes before or after the outbox is read again up to it.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ class ConfirmLedger:
     def keys_for(self, row_id: int) -> Sequence[str]:
         """The routing keys to send ``row_id`` on, read from the outbox in order: those
         it is owed on; none while it waits for a retry (``due`` hands it out then)."""
-        if row_id in self._retry:
+        if row_id in self._retry or row_id in self._resent:
             return []
         owed = self._owed.get(row_id)
         return self.routing_keys if owed is None else sorted(owed)
@@ -99,10 +101,12 @@ class ConfirmLedger:
 
     def due(self, now: float) -> list[tuple[int, list[str]]]:
         """Rows whose retry is due, each with the keys to send it on (those returned or
-        nacked; a key still in flight is not sent twice)."""
+        nacked; a key still in flight is not sent twice). After a reconnect the outbox
+        is read from its start again: a row handed out here is not handed out there."""
         rows = [row for row, at in self._retry.items() if at <= now]
         for row in rows:
             del self._retry[row]
+            self._resent.add(row)
         if rows:
             self._unroutable_rounds += 1
         return [(row, sorted(self._retry_keys.pop(row))) for row in sorted(rows)]
@@ -131,10 +135,13 @@ class ConfirmLedger:
                 self.unroutable.add(key)
                 self._schedule(row, key, now, self._unroutable_rounds)
                 continue
-            keys = owed[row]
+            keys = owed.get(row)
+            if keys is None:  # confirmed on every key already (a copy sent twice)
+                continue
             keys.discard(key)
             if not keys and row not in self._retry:
                 del owed[row]
+                self._resent.discard(row)
                 self._done.append(row)
                 self.confirmed += 1
                 if self._unroutable_rounds:
@@ -167,6 +174,7 @@ class ConfirmLedger:
         self._waiting_since: Optional[float] = None  # see stalled
         self._last_settled = float("-inf")
         self._returned: set[tuple[int, str]] = set()
+        self._resent: set[int] = set()  # rows due() handed out on this connection
         for row in self._retry:  # its other keys were in flight, if any: owed too now
             self._retry_keys[row] = set(self._owed.get(row, self.routing_keys))
 
@@ -185,6 +193,7 @@ class ConfirmLedger:
             self._owed.pop(row, None)
             self._retry.pop(row, None)
             self._retry_keys.pop(row, None)
+            self._resent.discard(row)
 
     # -- internals ------------------------------------------------------------------------
     def _settle(self, tag: int, multiple: bool) -> list[tuple[Optional[int], str]]:

@@ -50,6 +50,9 @@ CASES = {
     "a connection lost while a row waits: its retry sends every key owed": (
         [A, B], [("send", 1), ("return", 1, B), ("ack", 2, False), ("lost",),
                  ("send", 1), ("due", 100.0), ("ack", 2, True)], [1], {}),
+    "a nacked row retried after a reconnect, then read again from the outbox: sent once": (
+        [A], [("send", 1), ("send", 2), ("nack", 1, False), ("lost",), ("due", 100.0),
+              ("send", 1), ("send", 2), ("ack", 2, True)], [1, 2], {}),
     "a nack: owed, sent again": (
         [A], [("send", 1), ("nack", 1, False)], [], {1: [A]}),
     "connection lost: in flight is owed still": (
@@ -88,6 +91,33 @@ def test_ledger(keys, steps, deleted, owed):
     for row, row_keys in owed.items():
         assert book.owed(row) == row_keys, row
     assert book.confirmed == len(deleted)
+
+
+def test_after_a_reconnect_a_row_due_for_its_retry_is_not_also_sent_by_the_outbox_read():
+    # Seen on a partitioned cluster: a node nacked row 1, the agent gave up on it and
+    # reconnected; the retry sent row 1 and the outbox, read from its start, sent it
+    # again; the second ack found the row settled and the publisher thread died.
+    book = ledger([A])
+    send_row(book, 1)
+    send_row(book, 2)
+    book.nacked(1, False, now=0.0)
+    book.connection_lost()
+    assert send_due(book, 100.0) == {(1, A): 1}
+    assert send_row(book, 1) == {}
+    assert send_row(book, 2) == {A: 2}
+    assert book.in_flight == 2
+    book.acked(2, True, now=0.0)
+    assert book.take_done() == [1, 2]
+    assert send_row(book, 3) == {A: 3}  # the rows after it go out as ever
+
+
+def test_an_ack_for_a_copy_of_a_row_already_confirmed_changes_nothing():
+    book = ledger([A])
+    first, second = book.sent(1, A), book.sent(1, A)
+    book.acked(first, False, now=0.0)
+    book.acked(second, False, now=0.0)
+    assert book.take_done() == [1]
+    assert book.confirmed == 1
 
 
 def test_an_unroutable_row_waits_for_its_retry_and_backs_off_while_nothing_routes():
