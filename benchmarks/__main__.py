@@ -1,7 +1,8 @@
 """``python -m benchmarks``: run the scenarios against the real parts, print the table
 and write bench-results/results.json.
 
-  --only NAME          one scenario (publish, apply, latency, storm, memory)
+  --only NAME          one scenario (publish, apply, latency, storm, memory; fleet and
+                       cluster run only when named)
   --soak-seconds N     length of the memory soak at 1,000 events/s (default 300)
   --quick              a short smoke run with smaller sizes
 """
@@ -17,10 +18,12 @@ import sys
 import time
 import traceback
 
-from benchmarks import apply, harness, latency, memory, publish, storm
+from benchmarks import apply, cluster, fleet, harness, latency, memory, publish, storm
 
 SCENARIOS = {"publish": publish, "apply": apply, "latency": latency, "storm": storm,
-             "memory": memory}
+             "memory": memory, "fleet": fleet, "cluster": cluster}
+# Run when no --only is given; the others take minutes each and run when named.
+DEFAULT = ["publish", "apply", "latency", "storm", "memory"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     profile = harness.Profile.make(args.quick, args.soak_seconds)
     run = harness.Run(profile, args.results_dir)
-    names = args.only or list(SCENARIOS)
+    names = args.only or DEFAULT
     print(f"bench run {run.id}: {', '.join(names)}{' (quick)' if args.quick else ''}; "
           f"logs in {run.workdir}", flush=True)
     sampler = harness.RssSampler().start()
@@ -117,9 +120,12 @@ def write_json(run, args, results, failures, total) -> str:
                       for res in results},
         "failures": failures,
     }
+    # results.json is the newest run; each run is also kept under its own id, so that
+    # a run of one scenario does not lose the figures of the run before it.
     path = os.path.join(args.results_dir, "results.json")
-    with open(path, "w") as f:
-        json.dump(document, f, indent=2, default=str)
+    for target in (path, os.path.join(args.results_dir, f"results-{run.id}.json")):
+        with open(target, "w") as f:
+            json.dump(document, f, indent=2, default=str)
     return path
 
 

@@ -92,6 +92,16 @@ class Profile:
     latency_rate: float = 1000.0
     latency_seconds: float = 20.0
     soak_rate: float = 1000.0
+    fleet_hosts: int = 200               # fleet: 200 x 50 = 10,000 instances
+    fleet_domains: int = 50
+    fleet_rate: float = 400.0            # the steady stream of changes, events/s (2 a host)
+    fleet_seconds: float = 20.0
+    fleet_consumers: tuple = (1, 2, 4)
+    fleet_processes: int = 10            # the agents' processes, 20 agents each
+    storm_hosts: int = 50
+    beat_hosts: int = 100                # fleet: agents beating every beat_interval
+    beat_interval: float = 0.1           # (1,000 heartbeats/s, as 10,000 hosts every 10 s)
+    beat_seconds: float = 15.0
 
     @classmethod
     def make(cls, quick: bool, soak_seconds: float) -> "Profile":
@@ -99,7 +109,9 @@ class Profile:
             return cls(quick=False, soak_seconds=soak_seconds)
         return cls(quick=True, soak_seconds=min(soak_seconds, 20.0), publish_steps=4,
                    baseline_publish_events=2000, apply_steps=2, baseline_apply_events=1500,
-                   latency_seconds=5.0)
+                   latency_seconds=5.0, fleet_hosts=40, fleet_domains=25, fleet_rate=300.0,
+                   fleet_seconds=6.0, fleet_consumers=(1, 2), fleet_processes=2,
+                   storm_hosts=10, beat_hosts=20, beat_seconds=5.0)
 
 
 class Run:
@@ -228,6 +240,7 @@ class HostsProcess:
                 "agent_opts": {"heartbeat_interval": 1.0, "inventory_interval": 0,
                                "shutdown_timeout": 10.0, **agent_opts}}
         os.makedirs(spec["workdir"], exist_ok=True)
+        self._lock = threading.Lock()  # one request at a time (a load thread, a reader)
         self.log_path = os.path.join(run.workdir, f"{label}.log")
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -241,6 +254,10 @@ class HostsProcess:
         return self.proc.pid
 
     def call(self, cmd: str, timeout: float = 120.0, **args) -> dict:
+        with self._lock:
+            return self._call(cmd, timeout, **args)
+
+    def _call(self, cmd: str, timeout: float, **args) -> dict:
         self.proc.stdin.write((json.dumps({"cmd": cmd, **args}) + "\n").encode())
         self.proc.stdin.flush()
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
@@ -276,12 +293,14 @@ def start_consumer(run: Run, scenario: str, topology: Topology, database: str,
 
 
 def start_consumers(run: Run, scenario: str, topology: Topology, database: str, count: int,
-                    wait_consuming: bool = True) -> tuple[Pipeline, list[subprocess.Popen]]:
+                    wait_consuming: bool = True, consumer_options: dict | None = None
+                    ) -> tuple[Pipeline, list[subprocess.Popen]]:
     """``count`` competing ``lifecycle-consumer`` processes on one queue, named
-    ``consumer`` and ``consumer-<n>`` in the pipeline."""
+    ``consumer`` and ``consumer-<n>`` in the pipeline (``consumer_options``: sections of
+    options for their configuration file)."""
     pipeline = Pipeline(os.path.join(run.workdir, f"consumer-{scenario}"),
                         exchange=topology.exchange, queue=topology.queue, database=database,
-                        host_down_after=30.0)
+                        host_down_after=30.0, consumer_options=consumer_options)
     procs = [pipeline.start_consumer("consumer" if i == 0 else f"consumer-{i}")
              for i in range(count)]
     run.on_cleanup(pipeline.stop)
@@ -289,7 +308,6 @@ def start_consumers(run: Run, scenario: str, topology: Topology, database: str, 
         wait_for(lambda: queue_counts(topology.queue)[1] >= count, 30,
                  "the consumers to consume", interval=0.005)
     return pipeline, procs
-
 
 
 @dataclasses.dataclass
@@ -451,3 +469,89 @@ def run_baseline(run: Run, module: str, args: dict, timeout: float) -> dict:
     if done.returncode != 0 or not lines:
         raise BenchError(f"{module} failed with status {done.returncode} (see {log_path})")
     return json.loads(lines[-1])
+
+
+# -- CPU ------------------------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int, reaped_children: bool = False) -> float:
+    """User and system CPU seconds of ``pid`` (with ``reaped_children``, of its children
+    that have exited too), from /proc/<pid>/stat; 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks / _TICK
+
+
+def _processes(comm: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip() == comm:
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def machine_broker_pid() -> int | None:
+    """The Erlang VM of the machine's own RabbitMQ (rabbit@localhost, run as the
+    rabbitmq user from /var/lib/rabbitmq), not a test node's."""
+    for pid in _processes("beam.smp"):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if b"HOME=/var/lib/rabbitmq\0" in f.read():
+                    return pid
+        except OSError:
+            continue
+    return None
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU seconds of the PostgreSQL server: every postgres process alive now, plus what
+    the postmaster's children that have exited used."""
+    pids = _processes("postgres")
+    if not pids:
+        return 0.0
+    postmaster = min(pids)  # the first one started
+    return _cpu_seconds(postmaster, reaped_children=True) + sum(
+        _cpu_seconds(pid) for pid in pids if pid != postmaster)
+
+
+class CpuMeter:
+    """CPU seconds used by labelled processes (or groups) between ``start`` and
+    ``stop``; ``sources`` maps a label to a function returning CPU seconds so far."""
+
+    def __init__(self, sources: dict[str, Callable[[], float]]):
+        self.sources = sources
+        self._start: dict[str, float] = {}
+        self._t0 = 0.0
+        self.used: dict[str, float] = {}
+        self.wall = 0.0
+
+    @staticmethod
+    def of_pids(pids: list[int]) -> Callable[[], float]:
+        return lambda: sum(_cpu_seconds(pid) for pid in pids)
+
+    def start(self) -> "CpuMeter":
+        self._t0 = time.monotonic()
+        self._start = {label: read() for label, read in self.sources.items()}
+        return self
+
+    def stop(self) -> dict[str, float]:
+        self.wall = time.monotonic() - self._t0
+        self.used = {label: read() - self._start[label] for label, read in self.sources.items()}
+        return self.used
+
+    def share(self, label: str) -> float:
+        """The label's CPU use as a share of one core over the measured time."""
+        return self.used[label] / self.wall if self.wall else 0.0

@@ -136,6 +136,7 @@ class Hosts:
     def stats(self) -> dict:
         return {"confirmed": self.confirmed(), "written": self.written(),
                 "outbox_pending": sum(h.agent.outbox.pending() for h in self.hosts),
+                "heartbeats": sum(h.agent.publisher.heartbeats_sent for h in self.hosts),
                 "last_seq": {h.name: h.agent.sequencer.last for h in self.hosts},
                 "expected_seq": {h.name: h.expected_seq for h in self.hosts},
                 "epoch": {h.name: h.agent.epoch for h in self.hosts}}
@@ -156,15 +157,20 @@ class Hosts:
         return self.stats()
 
     def burst(self, steps: int, parallel: bool, wait_confirmed: bool,
-              confirm_timeout: float = 120.0) -> dict:
-        """Every domain of every host takes ``steps`` steps as fast as libvirt goes:
-        one thread interleaving the hosts, or (``parallel``) one thread per host, all
-        released at once. With ``wait_confirmed``, returns once the broker confirmed
-        every resulting event."""
+              confirm_timeout: float = 120.0, only: list[str] | None = None) -> dict:
+        """Every domain of every host (of the hosts named in ``only``) takes ``steps``
+        steps as fast as libvirt goes: one thread interleaving the hosts, or
+        (``parallel``) one thread per host, all released at once. With
+        ``wait_confirmed``, returns once the broker confirmed every resulting event."""
+        hosts = self.hosts if only is None else [h for h in self.hosts if h.name in only]
+        if not hosts:
+            now = time.time()
+            return {"events": 0, "t_start": now, "t_emitted": now, "expected_state": None,
+                    "at_emitted": {}, **self.stats()}
         base = self.confirmed()
         base_written = self.written()
         base_stamped = sum(h.agent.sequencer.last for h in self.hosts)
-        events = steps * self.domains * len(self.hosts)
+        events = steps * self.domains * len(hosts)
         started: list[float] = []
         expected: list[str] = []
 
@@ -176,8 +182,8 @@ class Hosts:
             expected.append(state)
 
         if parallel:
-            barrier = threading.Barrier(len(self.hosts) + 1)
-            threads = [threading.Thread(target=run_host, args=(h, barrier)) for h in self.hosts]
+            barrier = threading.Barrier(len(hosts) + 1)
+            threads = [threading.Thread(target=run_host, args=(h, barrier)) for h in hosts]
             for t in threads:
                 t.start()
             started.append(time.time())
@@ -188,7 +194,7 @@ class Hosts:
             started.append(time.time())
             for _ in range(steps):
                 for i in range(self.domains):
-                    for h in self.hosts:
+                    for h in hosts:
                         state = h.step(i)
             expected.append(state)
         emitted = time.time()
@@ -251,6 +257,10 @@ class Hosts:
     def wait_confirmed(self, target: int, confirm_timeout: float) -> dict:
         return {"t_confirmed": self._wait_confirmed(target, confirm_timeout), **self.stats()}
 
+    def counters(self) -> dict:
+        """Where every agent stands: confirmed, written, outbox, last_seq, epoch."""
+        return self.stats()
+
     def states(self) -> dict:
         """Every domain's power state as libvirt has it now, as the database should:
         {host: {uuid: power_state}}."""
@@ -258,6 +268,9 @@ class Hosts:
         result = {}
         for h in self.hosts:
             conn = h.agent.source._conn
+            if conn is None:
+                raise RuntimeError(f"host {h.name}: its agent has no libvirt connection "
+                                   f"({h.agent.failure or 'reconnecting'})")
             result[h.name] = {dom.UUIDString(): power_state_of(*dom.state()).value
                               for dom in conn.listAllDomains()}
         return {"states": result}
@@ -290,7 +303,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--spec", required=True, help="JSON: hosts, workdir, domains, ...")
     spec = json.loads(parser.parse_args().spec)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+    logging.basicConfig(level=os.environ.get("LIFECYCLE_BENCH_LOG_LEVEL", "WARNING"), stream=sys.stderr,
                         format="%(asctime)s %(process)d %(levelname)s %(name)s %(message)s")
     memory.limit_malloc_arenas()  # as lifecycle-agent does, before the agents' threads
     out = os.fdopen(os.dup(sys.stdout.fileno()), "w")

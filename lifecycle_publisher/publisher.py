@@ -68,6 +68,7 @@ class Publisher:
         self._stop = threading.Event()
         self.connected = threading.Event()
         self.connected_once = False
+        self.heartbeats_sent = 0  # since start (not confirmed: they are not kept), for benchmarks
         self._drain_deadline: Optional[float] = None
         self._reset_session()
 
@@ -212,6 +213,7 @@ class Publisher:
             body = self._heartbeat()
             for key in self._routing_keys if body is not None else ():
                 self._publish(framer, None, body, key, mandatory=False)
+            self.heartbeats_sent += body is not None
             self._next_heartbeat = now + self._heartbeat_interval
         due = dict(self.ledger.due(now))
         if due:
