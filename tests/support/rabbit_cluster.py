@@ -48,7 +48,8 @@ from tests.support import netlab
 from tests.support.netlab import NetLab, NetLabError
 from tests.support.rabbit_node import (RABBITMQ_BIN, RABBITMQ_SERVER, RABBITMQCTL,
                                        RabbitNodeError, _excerpt, _owner_alive,
-                                       _owner_token, beam_pids)
+                                       _owner_token, admin_config_lines, beam_pids,
+                                       node_environment)
 
 AMQP_PORT = 5672
 DIST_PORT = 25672
@@ -427,39 +428,21 @@ class RabbitCluster:
             (node.directory / "enabled_plugins").write_text("[].\n")
             (node.directory / "rabbitmq.conf").write_text("\n".join([
                 f"listeners.tcp.1 = 0.0.0.0:{AMQP_PORT}",
-                "loopback_users = none",
-                f"default_user = {self.admin_user}",
-                f"default_pass = {self.admin_password}",
-                "default_user_tags.administrator = true",
-                "default_permissions.configure = .*",
-                "default_permissions.write = .*",
-                "default_permissions.read = .*",
+                *admin_config_lines(self.admin_user, self.admin_password),
                 "cluster_partition_handling = pause_minority",
                 f"cluster_name = {self.lab.id}",
-                "log.console = false",
-                "log.file.level = info",
             ]) + "\n")
 
     def _environment(self, node: _Node) -> dict[str, str]:
         """This process's environment without RabbitMQ's and Erlang's variables, plus
         node ``node``'s own (for its server and the CLI tools run against it)."""
         address = self.lab.address(node.member)
-        env = {key: value for key, value in os.environ.items()
-               if not key.startswith(("RABBITMQ_", "ERL_")) and key != "NOTIFY_SOCKET"}
+        env = node_environment(node.node, node.directory, node.log_dir, self.home)
         ticktime = f"-kernel net_ticktime {self.net_ticktime}"
         interface = "{" + address.replace(".", ",") + "}"
         env.update({
-            "HOME": str(self.home),
-            "RABBITMQ_NODENAME": node.node,
             "RABBITMQ_NODE_PORT": str(AMQP_PORT),
             "RABBITMQ_DIST_PORT": str(DIST_PORT),
-            "RABBITMQ_CONFIG_FILE": str(node.directory / "rabbitmq.conf"),
-            "RABBITMQ_CONFIG_FILES": str(node.directory / "conf.d"),
-            "RABBITMQ_ADVANCED_CONFIG_FILE": str(node.directory / "advanced.config"),
-            "RABBITMQ_CONF_ENV_FILE": str(node.directory / "rabbitmq-env.conf"),
-            "RABBITMQ_MNESIA_BASE": str(node.directory / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(node.log_dir),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(node.directory / "enabled_plugins"),
             # Distribution on the namespace's address only; the CLI tools must tick as
             # often as the nodes, or a node drops a CLI that waits quietly for a reply.
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS":

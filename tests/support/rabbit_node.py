@@ -230,18 +230,8 @@ class RabbitNode:
         self.tls_port = ports[2] if self.pki else None
 
     def _write_config(self) -> None:
-        lines = [
-            f"listeners.tcp.1 = 127.0.0.1:{self.port}",
-            "loopback_users = none",
-            f"default_user = {self.admin_user}",
-            f"default_pass = {self.admin_password}",
-            "default_user_tags.administrator = true",
-            "default_permissions.configure = .*",
-            "default_permissions.write = .*",
-            "default_permissions.read = .*",
-            "log.console = false",
-            "log.file.level = info",
-        ]
+        lines = [f"listeners.tcp.1 = 127.0.0.1:{self.port}",
+                 *admin_config_lines(self.admin_user, self.admin_password)]
         if self.pki is not None:
             lines += [
                 f"listeners.ssl.1 = 127.0.0.1:{self.tls_port}",
@@ -260,22 +250,12 @@ class RabbitNode:
     def _environment(self) -> dict[str, str]:
         """This process's environment without RabbitMQ's and Erlang's variables, plus
         the node's own."""
-        env = {key: value for key, value in os.environ.items()
-               if not key.startswith(("RABBITMQ_", "ERL_")) and key != "NOTIFY_SOCKET"}
+        env = node_environment(self.node, self.directory, self.log_dir, self.home)
         loopback_dist = "-kernel inet_dist_use_interface {127,0,0,1}"
         env.update({
-            "HOME": str(self.home),
-            "RABBITMQ_NODENAME": self.node,
             "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
             "RABBITMQ_NODE_PORT": str(self.port),
             "RABBITMQ_DIST_PORT": str(self.dist_port),
-            "RABBITMQ_CONFIG_FILE": str(self.directory / "rabbitmq.conf"),
-            "RABBITMQ_CONFIG_FILES": str(self.directory / "conf.d"),
-            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.directory / "advanced.config"),
-            "RABBITMQ_CONF_ENV_FILE": str(self.directory / "rabbitmq-env.conf"),
-            "RABBITMQ_MNESIA_BASE": str(self.directory / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(self.log_dir),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.directory / "enabled_plugins"),
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": loopback_dist,
             "RABBITMQ_CTL_ERL_ARGS": loopback_dist,
             "ERL_EPMD_ADDRESS": "127.0.0.1",
@@ -353,6 +333,42 @@ class RabbitNode:
 
 
 # -- leftovers of earlier runs ---------------------------------------------------------------
+
+def admin_config_lines(user: str, password: str) -> list[str]:
+    """rabbitmq.conf lines every node of the tests' own has: an administrator of its
+    own (no guest), logins from any address, logs to the file only."""
+    return [
+        "loopback_users = none",
+        f"default_user = {user}",
+        f"default_pass = {password}",
+        "default_user_tags.administrator = true",
+        "default_permissions.configure = .*",
+        "default_permissions.write = .*",
+        "default_permissions.read = .*",
+        "log.console = false",
+        "log.file.level = info",
+    ]
+
+
+def node_environment(node: str, directory: Path, log_dir: Path, home: Path) -> dict[str, str]:
+    """This process's environment without RabbitMQ's and Erlang's variables, plus what
+    puts node ``node``'s configuration, data and logs in ``directory`` (not in
+    /etc/rabbitmq or /var/lib/rabbitmq), for its server and the CLI tools."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("RABBITMQ_", "ERL_")) and key != "NOTIFY_SOCKET"}
+    env.update({
+        "HOME": str(home),
+        "RABBITMQ_NODENAME": node,
+        "RABBITMQ_CONFIG_FILE": str(directory / "rabbitmq.conf"),
+        "RABBITMQ_CONFIG_FILES": str(directory / "conf.d"),
+        "RABBITMQ_ADVANCED_CONFIG_FILE": str(directory / "advanced.config"),
+        "RABBITMQ_CONF_ENV_FILE": str(directory / "rabbitmq-env.conf"),
+        "RABBITMQ_MNESIA_BASE": str(directory / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(log_dir),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(directory / "enabled_plugins"),
+    })
+    return env
+
 
 def reap_leftovers(base_dir: str | os.PathLike[str] | None = None) -> list[str]:
     """Kill test nodes whose owning process is gone and remove their directories (and
