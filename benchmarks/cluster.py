@@ -47,6 +47,7 @@ from benchmarks import checker, harness
 from benchmarks.harness import BenchError, HostsProcess, Row, Run, ScenarioResult
 from tests.support.forwarder import TcpForwarder
 from tests.support.rabbit_cluster import RabbitCluster
+from tests.support.rabbit_node import beam_pids
 from tools.pipeline import Pipeline
 
 NAME = "cluster"
@@ -163,16 +164,16 @@ class FaultRun:
         apply, heal = self._faults()[name]
         self.start_load()
         time.sleep(1.0)  # the load runs before the fault, as it does in production
-        before = self.hosts.call("counters")["last_seq"]
+        before = self.hosts.call("stats")["last_seq"]
         t0, started_at = time.monotonic(), time.time()
         note = apply(seconds) or ""
-        at_heal = self.hosts.call("counters")["last_seq"]
+        at_heal = self.hosts.call("stats")["last_seq"]
         applied_during = self._journaled_between(before, at_heal)
         heal()
         t_heal, healed_at = time.monotonic(), time.time()
         time.sleep(1.0)  # and goes on for a moment after the heal
         self.stop_load()
-        end = self.hosts.call("counters")
+        end = self.hosts.call("stats")
         stamped = [checker.Stamped(h, end["epoch"][h], before[h] + 1, end["last_seq"][h])
                    for h in self.names]
         verdict = self._converge(stamped)
@@ -221,19 +222,18 @@ class FaultRun:
         ``seconds`` / 2 first, then under the stream over ``seconds``; the cost of an
         event is the difference over the events (a quorum queue replicates every
         message to every node)."""
-        from tests.support.rabbit_node import beam_pids
         pids = [pid for i in self.cluster.indices for pid in beam_pids(self.cluster.node(i))]
         sources = {"nodes": harness.CpuMeter.of_pids(pids),
                    "postgres": harness.postgres_cpu_seconds}
         idle = harness.CpuMeter(sources).start()
         time.sleep(seconds / 2)  # the idle window
         idle_used = idle.stop()
-        before = self.hosts.call("counters")["last_seq"]
+        before = self.hosts.call("stats")["last_seq"]
         meter = harness.CpuMeter(sources).start()
         self.start_load(rate)
         time.sleep(seconds)  # the measured window
         self.stop_load()
-        after = self.hosts.call("counters")["last_seq"]
+        after = self.hosts.call("stats")["last_seq"]
         harness.wait_for(lambda: harness.caught_up(self.engine, after), 60,
                          "the steady stream committed")
         used = meter.stop()
@@ -248,7 +248,7 @@ class FaultRun:
 
     def whole_run(self) -> checker.Verdict:
         """The checker over everything stamped since the agents started."""
-        end = self.hosts.call("counters")
+        end = self.hosts.call("stats")
         return self.check([checker.Stamped(h, end["epoch"][h], self.first_seq[h],
                                            end["last_seq"][h]) for h in self.names])
 

@@ -27,6 +27,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
+from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
@@ -97,7 +99,7 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
                      f"consumers {ph['cpu_us']['consumers']:.0f}, agents "
                      f"{ph['cpu_us']['agents']:.0f})"),
             Row(NAME, f"drain {ph['drain_events']:,}: applied events/s ({label})", "events/s",
-                ph["drain_rate"], met=ph["drain_ok"],
+                ph["drain_rate"],
                 note=f"CPU per event at full speed: broker "
                      f"{ph['saturated_cpu_us']['broker']:.0f} us, PostgreSQL "
                      f"{ph['saturated_cpu_us']['postgres']:.0f} us, consumers "
@@ -108,6 +110,10 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
     rows.append(Row(NAME, f"storm: {storm['instances']:,} instances of {storm['hosts']} hosts "
                     "change at once: all right in DB", "s", storm["seconds"], target=3.0,
                     higher_is_better=False, note=f"{storm['consumers']} consumers"))
+    sizes = _message_sizes()
+    rows.append(Row(NAME, "bytes on the wire of an instance event", "B", sizes["event"],
+                    note=f"a heartbeat {sizes['heartbeat']} B, an inventory of 100 "
+                         f"{sizes['inventory_of_100']:,} B"))
     rows.append(Row(NAME, f"broker memory per agent connection ({p.fleet_hosts} agents)",
                     "KB", connection_kb, note="the broker's RSS before and after they connected"))
     rows.append(Row(NAME, f"idle, {p.fleet_hosts} agents beating every 10 s: cores used, "
@@ -129,7 +135,7 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
     details = {"hosts": p.fleet_hosts, "domains_per_host": p.fleet_domains,
                "instances": instances, "agents_started_in_s": started_in,
                "inventory_cpu_us_per_entry": inventories, "idle_cores": idle,
-               "broker_kb_per_connection": connection_kb, "heartbeats": beats,
+               "broker_kb_per_connection": connection_kb, "message_bytes": sizes, "heartbeats": beats,
                "phases": phases, "storm": storm}
     return ScenarioResult(NAME, rows, details)
 
@@ -152,6 +158,27 @@ def _together(calls: dict) -> dict:
     if errors:
         raise errors[0]
     return results
+
+
+def _message_sizes() -> dict[str, int]:
+    """Bytes on the wire of the agent's own notifications: an instance event, a
+    heartbeat, an inventory of 100 domains (what the capacity model sizes queues by)."""
+    from lifecycle_common import wire
+    from lifecycle_publisher import notifications, translation
+    from lifecycle_publisher.domain_event import DomainEvent, DomainSnapshot, Inventory
+    host, epoch, now = "compute-01234", 1_796_200_000, time.time()
+    event = DomainEvent(seq=123_456, occurred_at=now, uuid=str(uuid.UUID(int=1)),
+                        name="instance-0000abcd", event=5, detail=0)  # STOPPED, SHUTDOWN
+    inventory = Inventory(seq=5, occurred_at=now, reason="periodic", domains=tuple(
+        DomainSnapshot(str(uuid.UUID(int=i)), f"instance-{i:08x}", 1, 1) for i in range(100)))
+    return {
+        "event": len(wire.encode(notifications.instance_notification(
+            host, epoch, event, translation.Observed(state=5, reason=1)))),
+        "heartbeat": len(wire.encode(notifications.heartbeat_notification(
+            host, epoch, 123_456, 10.0, "running", True))),
+        "inventory_of_100": len(wire.encode(notifications.inventory_notification(
+            host, epoch, inventory))),
+    }
 
 
 def _broker_rss_mb() -> float:
@@ -197,9 +224,9 @@ def _heartbeats(run: Run, engine, topology, url: str, hosts: int, interval: floa
                 harness.wait_for(lambda: harness.caught_up(engine, start["last_seq"]), 120,
                                  "the heartbeat hosts' inventories in the database")
                 meter = _meter({"beats": beats}, [proc.pid for proc in procs]).start()
-                before = beats.call("counters")["heartbeats"]
+                before = beats.call("stats")["heartbeats"]
                 time.sleep(seconds)  # the measured window: the agents beat by themselves
-                sent = beats.call("counters")["heartbeats"] - before
+                sent = beats.call("stats")["heartbeats"] - before
                 harness.wait_for(lambda: harness.queue_counts(topology.queue)[0] == 0, 60,
                                  "the heartbeats consumed")
                 used = meter.stop()
@@ -276,7 +303,7 @@ def _phase(run: Run, sampler, processes: dict, engine, topology, url: str,
             "cpu_share": {label: meter.share(label) for label in used}, "cpu_us": cpu_us,
             "consumer_rss_mb": rss, "drain_events": drain_events,
             "drain_seconds": drain_seconds, "drain_rate": drain_events / drain_seconds,
-            "drain_ok": True, "saturated_cpu_us": saturated, "over_idle_cpu_us": over_idle_us,
+            "saturated_cpu_us": saturated, "over_idle_cpu_us": over_idle_us,
             "machine_busy": busy}
 
 
@@ -287,7 +314,6 @@ def _span(steady: dict) -> float:
 def _latencies(engine, since: float) -> list[float]:
     """Milliseconds from callback to commit of the instance events stamped since
     ``since`` (a wall-clock time)."""
-    from datetime import datetime, timezone
     cutoff = datetime.fromtimestamp(since, timezone.utc).replace(tzinfo=None)
     with engine.connect() as conn:
         rows = conn.exec_driver_sql(

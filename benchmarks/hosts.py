@@ -257,10 +257,6 @@ class Hosts:
     def wait_confirmed(self, target: int, confirm_timeout: float) -> dict:
         return {"t_confirmed": self._wait_confirmed(target, confirm_timeout), **self.stats()}
 
-    def counters(self) -> dict:
-        """Where every agent stands: confirmed, written, outbox, last_seq, epoch."""
-        return self.stats()
-
     def states(self) -> dict:
         """Every domain's power state as libvirt has it now, as the database should:
         {host: {uuid: power_state}}."""
