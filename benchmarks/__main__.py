@@ -19,6 +19,7 @@ import time
 import traceback
 
 from benchmarks import apply, cluster, fleet, harness, latency, memory, publish, storm
+from consumer.cli import tables
 
 SCENARIOS = {"publish": publish, "apply": apply, "latency": latency, "storm": storm,
              "memory": memory, "fleet": fleet, "cluster": cluster}
@@ -98,13 +99,8 @@ def format_table(rows: list[harness.Row]) -> str:
         ratio = "-" if r.ratio is None else f"{r.ratio:,.1f}x"
         met = "-" if r.met is None else ("yes" if r.met else "NO")
         ours = _fmt(r.ours, r.unit) + (f" [{r.note}]" if r.note else "")
-        cells.append([r.scenario, r.figure, target, ours, baseline, ratio, met])
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
-              for i, h in enumerate(header)]
-    lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths)),
-             "-+-".join("-" * w for w in widths)]
-    lines += [" | ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
+        cells.append(dict(zip(header, [r.scenario, r.figure, target, ours, baseline, ratio, met])))
+    return tables.table(cells, header, right=["target", "ours", "baseline", "ratio"])
 
 
 def write_json(run, args, results, failures, total) -> str:

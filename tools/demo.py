@@ -106,9 +106,9 @@ def _latency_ms(row: dict) -> float:
 
 
 def _show(pipeline: Pipeline) -> None:
-    from consumer.cmd.manage import INSTANCE_COLUMNS, format_table
-    rows = [r for r in pipeline.instances(direct=True)]
-    print(format_table(rows, INSTANCE_COLUMNS))
+    from consumer.cli import tables
+    from consumer.cli.listing import INSTANCE_COLUMNS
+    print(tables.table(pipeline.instances(direct=True), INSTANCE_COLUMNS))
 
 
 def _purge_queue(pipeline: Pipeline) -> None:

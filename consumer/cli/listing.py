@@ -1,0 +1,72 @@
+"""``instance list``, ``host list`` and ``queue status``: the state as it stands."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import amqp
+
+from lifecycle_common import broker
+from consumer.cli import tables
+from consumer.db import queries
+from consumer.topology import Topology
+
+INSTANCE_COLUMNS = ["uuid", "name", "host", "host_status", "power_state", "deleted",
+                    "event_occurred_at", "applied_at"]
+# Every field of an instance, as ``instance show`` prints it.
+INSTANCE_FIELDS = ["uuid", "name", "host", "host_status", "power_state", "deleted",
+                   "last_event_type", "epoch", "seq", "event_occurred_at", "applied_at"]
+HOST_COLUMNS = ["name", "status", "agent_status", "libvirt_connected", "last_heartbeat_at",
+                "epoch", "last_seq"]
+
+
+def _print(rows: list[dict], columns: list[str], fmt: str, right=()) -> None:
+    if fmt == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        print(tables.table(rows, columns, right=right))
+
+
+def instance_list(conf, engine) -> int:
+    rows = queries.list_instances(engine, host=conf.command.only_host,
+                                  include_deleted=not conf.command.no_deleted)
+    _print(rows, INSTANCE_COLUMNS, conf.command.format)
+    return 0
+
+
+def host_list(conf, engine) -> int:
+    _print(queries.list_hosts(engine), HOST_COLUMNS, conf.command.format,
+           right=["epoch", "last_seq"])
+    return 0
+
+
+def queue_status(conf) -> int:
+    """The queue and its dead-letter queue, read with passive declares (which change
+    nothing and need no permission beyond reaching the vhost)."""
+    queue = conf.consumer.queue_name
+    topology = Topology(exchange=conf.control_exchange, queue=queue, routing_key="")
+    settings = broker.settings(conf)
+    try:
+        conn, connected_to = broker.Connector(settings).connect()
+    except broker.BrokerConnectError as exc:
+        print(f"lifecycle-manage: cannot reach the broker: {exc}", file=sys.stderr)
+        return 1
+    try:
+        channel = conn.channel()
+        rows = []
+        for name in (topology.queue, topology.dead_letter_queue):
+            try:
+                declared = channel.queue_declare(name, passive=True)
+            except amqp.exceptions.NotFound:
+                print(f"lifecycle-manage: queue {name!r} does not exist on "
+                      f"{broker.describe(settings, connected_to)} (no consumer "
+                      "has declared it yet)", file=sys.stderr)
+                return 1
+            rows.append({"queue": name, "messages": declared.message_count,
+                         "consumers": declared.consumer_count})
+    finally:
+        broker.release(conn)
+    _print(rows, ["queue", "messages", "consumers"], conf.command.format,
+           right=["messages", "consumers"])
+    return 0
