@@ -1,3 +1,4 @@
 """The commands of ``lifecycle-manage`` (parsed and dispatched by
 ``consumer/cmd/manage.py``), a module each, their pure parts apart from their I/O:
-``tables`` (sanitised cells, prettytable), ``listing`` (instances, hosts, the queue)."""
+``tables`` (sanitised cells, prettytable), ``listing`` (instances, hosts, the queue),
+``history`` (the journal: events, one instance)."""

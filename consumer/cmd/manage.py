@@ -1,5 +1,5 @@
-"""``lifecycle-manage``: schema migrations, listing hosts and instances, and the state
-of the consumers' queue on the broker. The parser and the dispatch; each command lives
+"""``lifecycle-manage``: schema migrations, hosts and instances as they stand, the
+history of events, and the state of the consumers' queue on the broker. The parser and the dispatch; each command lives
 in ``consumer/cli/``."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from oslo_config import cfg
 
 from lifecycle_common import config as common
 from consumer import config
-from consumer.cli import listing
+from consumer.cli import history, listing
 from consumer.db import engine as db_engine
 from consumer.db import migrate
 
@@ -32,9 +32,13 @@ def _add_commands(subparsers):
     listing_.add_argument("--host", dest="only_host", help="only this host's instances")
     listing_.add_argument("--no-deleted", action="store_true",
                           help="leave out deleted instances")
+    history.add_instance_show(instance_sub)
 
     host_sub = _actions(subparsers.add_parser("host", help="hosts"))
     _format(host_sub.add_parser("list", help="list hosts"))
+
+    events_sub = _actions(subparsers.add_parser("events", help="events: the journal"))
+    history.add_events_list(events_sub)
 
 
 def _actions(parser):
@@ -63,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
 BROKER_COMMANDS = {("queue", "status"): listing.queue_status}
 DATABASE_COMMANDS = {
     ("instance", "list"): listing.instance_list,
+    ("instance", "show"): history.instance_show,
     ("host", "list"): listing.host_list,
+    ("events", "list"): history.events_list,
 }
 
 

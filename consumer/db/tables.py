@@ -58,5 +58,7 @@ journal = sa.Table(
     sa.Column("outcome", sa.String(16), nullable=False),           # applied, stale, ignored
     sa.Column("occurred_at", Timestamp, nullable=False),
     sa.Column("applied_at", Timestamp, nullable=False, index=True),
+    # An instance's history (lifecycle-manage events list --instance, instance show).
+    sa.Index("ix_journal_instance_uuid_applied_at", "instance_uuid", "applied_at"),
     **MYSQL_TABLE,
 )
