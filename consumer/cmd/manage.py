@@ -1,5 +1,6 @@
 """``lifecycle-manage``: schema migrations, hosts and instances as they stand, the
-history of events, and the state of the consumers' queue on the broker. The parser and the dispatch; each command lives
+history of events, the state of the consumers' queue on the broker and its dead
+letters. The parser and the dispatch; each command lives
 in ``consumer/cli/``."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from oslo_config import cfg
 
 from lifecycle_common import config as common
 from consumer import config
-from consumer.cli import history, listing
+from consumer.cli import dead_letters, history, listing
 from consumer.db import engine as db_engine
 from consumer.db import migrate
 
@@ -39,6 +40,8 @@ def _add_commands(subparsers):
 
     events_sub = _actions(subparsers.add_parser("events", help="events: the journal"))
     history.add_events_list(events_sub)
+
+    dead_letters.add_commands(subparsers)
 
 
 def _actions(parser):
@@ -75,6 +78,8 @@ DATABASE_COMMANDS = {
 
 def _run(conf) -> int:
     key = (conf.command.name, conf.command.action)
+    if key[0] == "dlq":
+        return dead_letters.run(conf)
     if key in BROKER_COMMANDS:
         return BROKER_COMMANDS[key](conf)
     engine = db_engine.create(conf.database.connection)
