@@ -11,7 +11,7 @@ from oslo_config import cfg
 
 from lifecycle_common import config as common
 from consumer import config
-from consumer.cli import dead_letters, history, listing
+from consumer.cli import dead_letters, history, listing, tail_loop
 from consumer.db import engine as db_engine
 from consumer.db import migrate
 
@@ -38,8 +38,10 @@ def _add_commands(subparsers):
     host_sub = _actions(subparsers.add_parser("host", help="hosts"))
     _format(host_sub.add_parser("list", help="list hosts"))
 
-    events_sub = _actions(subparsers.add_parser("events", help="events: the journal"))
+    events_sub = _actions(subparsers.add_parser(
+        "events", help="events: from the journal, or live from the bus"))
     history.add_events_list(events_sub)
+    tail_loop.add_parser(events_sub)
 
     dead_letters.add_commands(subparsers)
 
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
 # (command, action) -> the function that runs it: on the broker (conf), or on the
 # database (conf, engine).
-BROKER_COMMANDS = {("queue", "status"): listing.queue_status}
+BROKER_COMMANDS = {("queue", "status"): listing.queue_status,
+                   ("events", "tail"): tail_loop.run}
 DATABASE_COMMANDS = {
     ("instance", "list"): listing.instance_list,
     ("instance", "show"): history.instance_show,
