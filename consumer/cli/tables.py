@@ -74,7 +74,7 @@ class FixedWidthRows:
     def row(self, cells: Sequence[str], styles: Sequence[str | None] = ()) -> str:
         """One line for ``cells`` (sanitised already); ``styles``, per column, an ANSI
         SGR code (e.g. '32') wrapped around that cell after it was cut to width."""
-        fitted = [fit(c, self.widths[name]) for c, name in zip(cells, self.columns)]
+        fitted = [fit(c, self.widths[name]) for c, name in zip(cells, self.columns, strict=True)]
         styled = [f"\x1b[{s}m{c}\x1b[0m" if s else c
                   for c, s in zip(fitted, list(styles) + [None] * len(fitted))]
         return self._render(styled)[3]

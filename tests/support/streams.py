@@ -26,7 +26,8 @@ class Lines:
             try:
                 line = self._lines.get(timeout=max(deadline - time.monotonic(), 0))
             except queue.Empty:
-                raise AssertionError(f"no matching line within {timeout}s; saw {self.seen}")
+                raise AssertionError(
+                    f"no matching line within {timeout}s; saw {self.seen}") from None
             if line is None:
                 raise AssertionError(f"the stream ended; saw {self.seen}")
             self.seen.append(line)
