@@ -11,18 +11,25 @@ import contextlib
 import logging
 import socket
 import time
+import uuid
 
 import amqp
 import kombu
 import kombu.exceptions
 
-from lifecycle_common import amqp_frames, broker
+from lifecycle_common import amqp_frames, broker, timeutil
 from consumer.errors import BrokerUnavailable
 from consumer.topology import Topology, declare
 
 LOG = logging.getLogger(__name__)
 
+# Headers of a dead letter: why (a sentence, and a word for counting), when, and what
+# the original said of itself; ``lifecycle-manage dlq`` reads them.
 REASON_HEADER = "x-lifecycle-error"
+CAUSE_HEADER = "x-lifecycle-cause"
+DEAD_LETTERED_AT_HEADER = "x-lifecycle-dead-lettered-at"  # ISO 8601 UTC
+DEAD_LETTER_ID_HEADER = "x-lifecycle-dead-letter-id"      # unique: message ids may repeat
+ORIGINAL_USER_HEADER = "x-original-user-id"
 # Seconds to wait for the broker to confirm a dead letter. A node that lost its
 # cluster's majority would never confirm one: the connection is then given up (the
 # original stays unacked and is redelivered, to this consumer or another).
@@ -111,11 +118,16 @@ class BatchQueue:
                 # Safe: every earlier delivery on this channel is settled before this.
                 self._channel.basic_ack(last, multiple=True)
 
-    def dead_letter(self, message: amqp.Message, reason: str) -> None:
-        """Copy ``message`` to the dead-letter queue with ``reason`` and wait for the
-        broker's confirm; the caller acks the original afterwards."""
+    def dead_letter(self, message: amqp.Message, reason: str, cause: str = "unreadable") -> None:
+        """Copy ``message`` to the dead-letter queue with ``reason`` (and ``cause``, its
+        word) and wait for the broker's confirm; the caller acks the original afterwards."""
         headers = dict(message.properties.get("application_headers") or {})
         headers[REASON_HEADER] = reason[:1000]
+        headers[CAUSE_HEADER] = cause
+        headers[DEAD_LETTERED_AT_HEADER] = timeutil.isoformat(timeutil.utcnow())
+        headers[DEAD_LETTER_ID_HEADER] = str(uuid.uuid4())
+        if message.properties.get("user_id"):
+            headers[ORIGINAL_USER_HEADER] = message.properties["user_id"]
         headers["x-original-routing-key"] = message.delivery_info.get("routing_key", "")
         headers["x-original-exchange"] = message.delivery_info.get("exchange", "")
         copy = amqp.Message(message.body, delivery_mode=2, application_headers=headers,

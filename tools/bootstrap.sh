@@ -12,7 +12,7 @@ STAMP="$VENV/.bootstrap-stamp"
 LOG_DIR=/var/log/lifecycle-bootstrap
 
 PACKAGES=(
-    python3 python3-venv python3-dev gcc pkg-config libvirt-dev
+    python3 python3-venv python3-dev gcc pkg-config libvirt-dev libsystemd-dev
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86
     rabbitmq-server postgresql mariadb-server procps iproute2
 )

@@ -64,7 +64,7 @@ def make_conf(argv):
 
 def main(argv: list[str] | None = None) -> int:
     return common.run_main("lifecycle-manage", make_conf,
-                           sys.argv[1:] if argv is None else argv, _run)
+                           sys.argv[1:] if argv is None else argv, _run, tool=True)
 
 
 # (command, action) -> the function that runs it: on the broker (conf), or on the

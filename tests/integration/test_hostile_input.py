@@ -59,8 +59,9 @@ class RecordingQueue:
     def ack(self, messages):
         self.acked.extend(messages)
 
-    def dead_letter(self, message, reason):
+    def dead_letter(self, message, reason, cause):
         assert isinstance(reason, str) and reason, "a dead letter without a reason"
+        assert cause in {c.value for c in admission.Cause}, cause
         self.dead[id(message)] = reason
 
     def keepalive(self):

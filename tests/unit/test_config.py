@@ -30,7 +30,8 @@ AGENT_BAD = {
     "negative delay": ("[agent]\nstopped_event_delay = -1\n", "stopped_event_delay"),
     "reconnect not a number": ("[libvirt]\nreconnect_interval_max = soon\n",
                                "reconnect_interval_max"),
-    "debug not a bool": ("[DEFAULT]\ndebug = maybe\n", "debug"),
+    "log rotation not a choice": ("[DEFAULT]\nlog_rotation_type = weekly\n",
+                                  "log_rotation_type"),
     "empty host": ("[DEFAULT]\nhost =\n", "host"),
     "host with a space": ("[DEFAULT]\nhost = compute 1\n", r"\[DEFAULT\] host 'compute 1' may hold"),
     "host too long": (f"[DEFAULT]\nhost = {'h' * 256}\n", "host .* is longer than 255"),
@@ -182,7 +183,15 @@ def test_entry_points_list_every_registered_option(namespace, register):
             registered[name] = set(conf[name])
         else:
             registered["DEFAULT"].add(name)
-    assert entry_point_opts()[namespace] == registered
+    ours, logging = entry_point_opts()[namespace], entry_point_opts()["oslo.log"]
+    logging = {group or "DEFAULT": {n.replace("-", "_") for n in names}  # CLI names: dashes
+               for group, names in logging.items()}
+    for group, names in registered.items():  # each listed by us or, for logging, oslo.log
+        assert names - ours.get(group, set()) <= logging.get(group, set()), group
+    for group, names in ours.items():  # and we list nothing that is not registered
+        assert names <= registered.get(group, set()), group
+    assert {"debug", "log_file", "log_dir", "log_config_append", "use_journal",
+            "use_json"} <= registered["DEFAULT"]
 
 
 @pytest.mark.parametrize(("namespace", "expected"), [
@@ -209,3 +218,45 @@ def test_a_bad_transport_url_stops_both_services_naming_the_option(tmp_path, cap
         assert main(["--config-file", str(conf)]) == 2
         err = capsys.readouterr().err
         assert "transport_url" in err and "pw@" not in err
+
+
+# -- oslo.log's options ----------------------------------------------------------------
+
+def test_a_bad_command_line_logging_option_is_named_and_stops_the_service(config_file, capsys):
+    """oslo.log's options that are also command-line options (--debug, --use-json) are
+    checked by oslo.config, which names them; the service then stops like for any other."""
+    from lifecycle_common.config import run_main
+    ran = []
+    status = run_main("lifecycle-agent", agent_config.load,
+                      ["--config-file", config_file("[DEFAULT]\nuse_json = maybe\n")], ran.append)
+    err = capsys.readouterr().err
+    assert status == 2 and not ran
+    assert "--use_json: Invalid Boolean value: maybe" in err
+    assert "lifecycle-agent: configuration error" in err
+
+
+def test_log_file_and_json_format_are_honoured(config_file, tmp_path, capsys):
+    """--log-file and use_json work as on every OpenStack service."""
+    import json
+    import logging
+    from lifecycle_common.config import run_main
+    log_file = tmp_path / "agent.log"
+
+    def body(conf):
+        logging.getLogger("lifecycle_publisher.test").info("hello %s", "operator")
+        logging.getLogger("lifecycle_publisher.test").debug("details")
+        return 0
+    try:
+        status = run_main("lifecycle-agent", agent_config.load,
+                          ["--config-file", config_file("[DEFAULT]\nuse_json = true\n"),
+                           "--log-file", str(log_file), "--debug"], body)
+    finally:
+        for handler in list(logging.getLogger().handlers):  # leave the root logger as found
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    assert status == 0
+    records = [json.loads(line) for line in log_file.read_text().splitlines()]
+    messages = {r["message"]: r for r in records}
+    assert messages["hello operator"]["levelname"] == "INFO"
+    assert messages["hello operator"]["name"] == "lifecycle_publisher.test"
+    assert "details" in messages  # --debug
