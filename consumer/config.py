@@ -64,11 +64,25 @@ CONSUMER_OPTS = [
                       "of the consumer's (NTP)."),
 ]
 
+METRICS_OPTS = common.metrics_opts(default_port=9179)
+
+HEALTH_OPTS = [
+    cfg.FloatOpt("broker_failing_after", default=30.0, min=0,
+                 help="Seconds without a broker connection (health degraded) before the "
+                      "consumer's health is failing: /healthz answers 503 and systemd's "
+                      "watchdog is no longer fed."),
+    cfg.FloatOpt("database_failing_after", default=30.0, min=0,
+                 help="Seconds the database may be unreachable (health degraded; batches "
+                      "are held) before the consumer's health is failing."),
+]
+
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
     common.register_common_opts(conf)
     conf.register_opts(DATABASE_OPTS, group="database")
     conf.register_opts(CONSUMER_OPTS, group="consumer")
+    conf.register_opts(METRICS_OPTS, group="metrics")
+    conf.register_opts(HEALTH_OPTS, group="health")
 
 
 def list_opts():
@@ -76,6 +90,8 @@ def list_opts():
         ("DEFAULT", common.DEFAULT_OPTS),
         ("database", DATABASE_OPTS),
         ("consumer", CONSUMER_OPTS),
+        ("metrics", METRICS_OPTS),
+        ("health", HEALTH_OPTS),
         ("oslo_messaging_notifications", common.NOTIFICATION_OPTS),
         ("oslo_messaging_rabbit", common.RABBIT_OPTS),
     ]

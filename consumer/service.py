@@ -22,10 +22,10 @@ import time
 
 import amqp
 
-from lifecycle_common import timeutil, wire
+from lifecycle_common import health, metrics_http, systemd, timeutil, wire
 from lifecycle_common.retry import backoff
 from lifecycle_common.wire.payloads import HostHeartbeatPayload
-from consumer import admission
+from consumer import admission, observability
 from consumer.amqp_queue import BatchQueue
 from consumer.errors import BatchRejected, BrokerUnavailable, DatabaseUnavailable
 from consumer.store import Store
@@ -52,7 +52,8 @@ class Stats:
 class ConsumerService:
     def __init__(self, queue: BatchQueue, store: Store, host_down_after: float,
                  retry_max: float, journal_retention: float = 7 * 86400,
-                 policy: admission.Policy = admission.Policy()):
+                 policy: admission.Policy = admission.Policy(),
+                 broker_failing_after: float = 30.0, database_failing_after: float = 30.0):
         self.queue = queue
         self.store = store
         self.policy = policy
@@ -66,6 +67,27 @@ class ConsumerService:
         self.dead_letters: Counter[admission.Cause] = Counter()  # by cause
         self._summarised = Stats()
         self._next_summary = time.monotonic() + _SUMMARY_INTERVAL
+        # For the operator: metrics, health, systemd.
+        self.applied_by_type: Counter[str] = Counter()
+        self.host_counts: dict[str, int] = {"up": 0, "down": 0}
+        self.broker = health.Outage(down_since=time.monotonic())
+        self.database = health.Outage(down_since=None)  # checked at start
+        self.broker_sessions = 0
+        self._failing_after = (broker_failing_after, database_failing_after)
+        self.metrics = observability.ConsumerMetrics()
+        self.metrics.watch(self)
+        self._endpoint: metrics_http.MetricsServer | None = None
+        self._watchdog = systemd.Watchdog(systemd.Notifier(), self.health,
+                                          ready=lambda: self.broker.down_since is None)
+
+    def health(self) -> health.Report:
+        return observability.consumer_health(self, *self._failing_after)
+
+    def serve_metrics(self, bind_host: str, bind_port: int) -> None:
+        """Listen for /metrics and /healthz (now: a port in use raises BindError);
+        served while ``run`` runs."""
+        self._endpoint = metrics_http.MetricsServer(bind_host, bind_port,
+                                                    self.metrics.registry, self.health)
 
     def stop(self) -> None:
         self._stop.set()
@@ -75,20 +97,34 @@ class ConsumerService:
             LOG.warning("[consumer] publisher_identity = any: any broker user can speak "
                         "for any host; set it to host_user to accept host H's messages "
                         "only from H's own broker user")
+        if self._endpoint is not None:
+            self._endpoint.start()
+        self._watchdog.start()
+        try:
+            self._run()
+        finally:
+            self._watchdog.stop()
+            if self._endpoint is not None:
+                self._endpoint.stop()
+        LOG.info("consumer stopped: %s", self.stats)
+
+    def _run(self) -> None:
         attempt = 0
         while not self._stop.is_set():
             try:
                 self.queue.connect()
+                self.broker_sessions += 1
+                self.broker.up()
                 attempt = 0
                 self._consume()
             except BrokerUnavailable as exc:
+                self.broker.down(time.monotonic())
                 delay = backoff(attempt, self._retry_max)
                 attempt += 1
                 LOG.warning("broker unavailable (%s); retrying in %.1fs", exc, delay)
                 self._stop.wait(delay)
             finally:
                 self.queue.close()
-        LOG.info("consumer stopped: %s", self.stats)
 
     def _consume(self) -> None:
         while not self._stop.is_set():
@@ -111,6 +147,7 @@ class ConsumerService:
                     LOG.info("pruned %d journal rows older than %.0fs", pruned,
                              self._journal_retention)
             except DatabaseUnavailable as exc:
+                self.database.down(time.monotonic())
                 LOG.warning("journal pruning skipped: database unavailable (%s)", exc)
 
     def _check_liveness(self) -> None:
@@ -122,7 +159,10 @@ class ConsumerService:
             for name in self.store.mark_silent_hosts_down(self._host_down_after):
                 LOG.warning("host %s marked down: no heartbeat for %.0fs",
                             name, self._host_down_after)
+            self.host_counts = self.store.count_hosts()
+            self.database.up()
         except DatabaseUnavailable as exc:
+            self.database.down(time.monotonic())
             LOG.warning("host liveness check skipped: database unavailable (%s)", exc)
 
     def handle_batch(self, batch: list[amqp.Message]) -> None:
@@ -132,6 +172,7 @@ class ConsumerService:
         notes: list[tuple[amqp.Message, wire.Notification]] = []
         refused: list[tuple[amqp.Message, admission.Refused]] = []
         now = time.time()
+        self.metrics.batch_taken(len(batch))
         for message in batch:
             verdict = admission.admit(message.body, message.properties.get("user_id"),
                                       now, self.policy)
@@ -144,7 +185,7 @@ class ConsumerService:
         if notes and not self._apply(notes, refused):
             return  # stopping while the database is away: leave the batch unacked
         for message, verdict in refused:
-            self.queue.dead_letter(message, verdict.reason)
+            self.queue.dead_letter(message, verdict.reason, verdict.cause.value)
             self.stats.dead_lettered += 1
             self.dead_letters[verdict.cause] += 1
         self.queue.ack(batch)
@@ -158,9 +199,14 @@ class ConsumerService:
         attempt = 0
         while True:
             try:
-                self._record(self.store.apply_batch([n for _, n in notes]), notes)
+                started = time.monotonic()
+                result = self.store.apply_batch([n for _, n in notes])
+                self.database.up()
+                self.metrics.batch_applied(started, result.applied)
+                self._record(result, notes)
                 return True
             except DatabaseUnavailable as exc:
+                self.database.down(time.monotonic())
                 delay = backoff(attempt, self._retry_max)
                 attempt += 1
                 LOG.warning("database unavailable (%s); batch of %d held, retrying in %.1fs",
@@ -196,6 +242,9 @@ class ConsumerService:
         s.ignored += result.outcomes["ignored"]
         s.duplicates += result.duplicates
         s.heartbeats += result.heartbeats
+        by_type = self.applied_by_type
+        for event_type, _ in result.applied:
+            by_type[event_type] += 1
         if LOG.isEnabledFor(logging.DEBUG):
             for _, note in notes:
                 p = note.payload

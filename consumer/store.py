@@ -46,6 +46,9 @@ class BatchResult:
     duplicates: int = 0
     heartbeats: int = 0
     applied_at: datetime.datetime | None = None
+    # (event_type, occurred_at in seconds since the epoch) of each message applied:
+    # for counting by type and timing callback -> commit.
+    applied: list[tuple[str, float]] = dataclasses.field(default_factory=list)
 
 
 class Store:
@@ -107,6 +110,16 @@ class Store:
             raise DatabaseUnavailable(str(exc.orig)) from exc
         return len(keys)
 
+    def count_hosts(self) -> dict[str, int]:
+        """How many hosts are up and how many down."""
+        try:
+            with self.engine.connect() as conn:
+                counts = dict(conn.execute(
+                    sa.select(hosts.c.status, sa.func.count()).group_by(hosts.c.status)).all())
+        except sa_exc.DBAPIError as exc:
+            raise DatabaseUnavailable(str(exc.orig)) from exc
+        return {"up": counts.get("up", 0), "down": counts.get("down", 0)}
+
     def mark_silent_hosts_down(self, down_after: float) -> list[str]:
         """Mark ``down`` every host whose last heartbeat is older than ``down_after``."""
         now = timeutil.utcnow()
@@ -150,6 +163,8 @@ def _apply(conn: sa.Connection, notes: list[Notification], now: datetime.datetim
         occurred_at = timeutil.parse(p.occurred_at)
         outcome, uuid = _fold(current, note, occurred_at)
         result.outcomes[outcome] += 1
+        if outcome is Outcome.APPLIED:
+            result.applied.append((note.event_type, occurred_at.timestamp()))
         journal_rows.append({
             "host": p.host, "epoch": p.epoch, "seq": p.seq, "event_type": note.event_type,
             "instance_uuid": uuid, "outcome": outcome.value,

@@ -26,9 +26,9 @@ from typing import Callable, Optional
 
 from oslo_config import cfg
 
-from lifecycle_common import broker, wire
+from lifecycle_common import broker, health, metrics_http, systemd, wire
 from lifecycle_common.threads import named_thread
-from lifecycle_publisher import event_source, notifications
+from lifecycle_publisher import event_source, notifications, observability
 from lifecycle_publisher.domain_event import Sequencer
 from lifecycle_publisher.errors import LibvirtUnavailable
 from lifecycle_publisher.event_source import EventSource
@@ -61,6 +61,8 @@ class Agent:
         self._lost_reason: str | None = None
         self._stopping = False
         self.failure: Optional[str] = None  # why a worker thread died
+        self.libvirt = health.Outage(down_since=time.monotonic())
+        self.libvirt_sessions = 0  # connections opened since start
         self.source = EventSource(conf.libvirt.connection_uri, self.sequencer, self._queue.put,
                                   on_lost=self._libvirt_lost)
         self.writer = OutboxWriter(self._queue, self.outbox, self.host, self.epoch, self._wake,
@@ -78,6 +80,25 @@ class Agent:
             self._supervised(self.publisher.run, "publisher"),
             self._supervised(self.checkpointer.run, "outbox-ckpt"),
         ]
+        # Bound now, so that a port in use stops the agent before it starts anything.
+        self.metrics_server = None
+        if conf.metrics.bind_port:
+            self.metrics_server = metrics_http.MetricsServer(
+                conf.metrics.bind_host, conf.metrics.bind_port,
+                observability.registry(self), self.health)
+        # Ready once libvirt is connected: from then on every event is kept in the
+        # outbox, whether the broker is there or not.
+        self.watchdog = systemd.Watchdog(systemd.Notifier(), self.health,
+                                         ready=lambda: self.libvirt.down_since is None)
+
+    def health(self) -> health.Report:
+        return observability.agent_health(self)
+
+    def thread_states(self) -> dict[str, bool]:
+        """Whether each worker thread (and libvirt's event loop) is alive."""
+        states = {thread.name: thread.is_alive() for thread in self._threads}
+        states["libvirt-events"] = event_source.event_loop_failure() is None
+        return states
 
     @property
     def status(self) -> str:
@@ -121,6 +142,9 @@ class Agent:
                  self.host, self.epoch, self.sequencer.last + 1, self.outbox.pending())
         for thread in self._threads:
             thread.start()
+        if self.metrics_server is not None:
+            self.metrics_server.start()
+        self.watchdog.start()
         try:
             self._connect_libvirt(reason="start")
             interval = self.conf.agent.inventory_interval
@@ -139,6 +163,7 @@ class Agent:
                     LOG.warning("host %s: libvirt connection to %s lost (%s); reconnecting",
                                 self.host, self.source.uri, self._lost_reason or "not alive")
                     self._lost_reason = None
+                    self.libvirt.down(time.monotonic())
                     self._connect_libvirt(reason="reconnect")
                 elif next_inventory is not None and time.monotonic() >= next_inventory:
                     self._publish_inventory("periodic")
@@ -157,6 +182,7 @@ class Agent:
 
     def _libvirt_lost(self, reason: str) -> None:
         # Called on libvirt's event loop thread: flag only.
+        self.libvirt.down(time.monotonic())
         self._lost_reason = reason
         self._attention.set()
 
@@ -165,9 +191,12 @@ class Agent:
         while not self._stop.is_set() and self.failure is None:
             try:
                 self.source.connect()
+                self.libvirt_sessions += 1
+                self.libvirt.up()
                 self._publish_inventory(reason)
                 return
             except LibvirtUnavailable as exc:
+                self.libvirt.down(time.monotonic())
                 self.source.close()
                 delay = backoff(attempt, self.conf.libvirt.reconnect_interval_max)
                 attempt += 1
@@ -185,6 +214,7 @@ class Agent:
     def _shutdown(self) -> None:
         LOG.info("agent for host %s stopping", self.host)
         self._stopping = True
+        self.watchdog.stop()
         self.source.close()
         if not self._threads[0].is_alive() and not self._queue.empty():
             LOG.error("host %s: %d events were not written to the outbox (the writer "
@@ -202,3 +232,5 @@ class Agent:
         LOG.info("agent for host %s stopped: last seq %d, %d events left in the outbox",
                  self.host, self.sequencer.last, self.outbox.pending())
         self.outbox.close()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from lifecycle_common import config as common
-from lifecycle_common import memory
+from lifecycle_common import memory, metrics_http
 from lifecycle_publisher import config
 
 
@@ -18,7 +18,11 @@ def _run(conf) -> int:
     from lifecycle_publisher.agent import Agent  # imports libvirt: after option checks
 
     memory.limit_malloc_arenas()  # before the agent starts its threads
-    return common.serve(Agent(conf))
+    try:
+        agent = Agent(conf)
+    except metrics_http.BindError as exc:
+        return common.bind_error("lifecycle-agent", conf, exc)
+    return common.serve(agent)
 
 
 if __name__ == "__main__":

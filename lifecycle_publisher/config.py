@@ -69,12 +69,32 @@ AGENT_OPTS = [
                       "before exiting; what is left stays in the outbox for the next start."),
 ]
 
+METRICS_OPTS = common.metrics_opts(default_port=9178)
+
+HEALTH_OPTS = [
+    cfg.FloatOpt("libvirt_failing_after", default=30.0, min=0,
+                 help="Seconds the libvirt connection may be lost (health degraded) "
+                      "before the agent's health is failing: /healthz answers 503 and "
+                      "systemd's watchdog is no longer fed."),
+    cfg.FloatOpt("broker_failing_after", default=120.0, min=0,
+                 help="Seconds without a broker connection (health degraded; events wait "
+                      "in the outbox) before the agent's health is failing."),
+    cfg.FloatOpt("outbox_age_degraded_after", default=10.0, min=0,
+                 help="Seconds the oldest outbox row may wait to be confirmed before the "
+                      "agent's health is degraded."),
+    cfg.FloatOpt("outbox_age_failing_after", default=300.0, min=0,
+                 help="Seconds the oldest outbox row may wait to be confirmed before the "
+                      "agent's health is failing."),
+]
+
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
     common.register_common_opts(conf)
     conf.register_opts(AGENT_DEFAULT_OPTS)
     conf.register_opts(LIBVIRT_OPTS, group="libvirt")
     conf.register_opts(AGENT_OPTS, group="agent")
+    conf.register_opts(METRICS_OPTS, group="metrics")
+    conf.register_opts(HEALTH_OPTS, group="health")
 
 
 def list_opts():
@@ -82,6 +102,8 @@ def list_opts():
         ("DEFAULT", common.DEFAULT_OPTS + AGENT_DEFAULT_OPTS),
         ("libvirt", LIBVIRT_OPTS),
         ("agent", AGENT_OPTS),
+        ("metrics", METRICS_OPTS),
+        ("health", HEALTH_OPTS),
         ("oslo_messaging_notifications", common.NOTIFICATION_OPTS),
         ("oslo_messaging_rabbit", common.RABBIT_OPTS),
     ]
@@ -96,10 +118,12 @@ def load(argv: list[str] | None) -> cfg.ConfigOpts:
 def in_code(defaults: dict, **groups: dict) -> cfg.ConfigOpts:
     """A configuration built in code, reading no files: ``[DEFAULT]`` values from
     ``defaults``, the others per group (``libvirt={...}``, ``agent={...}``). For running
-    the agent embedded: the tests and the benchmarks do."""
+    the agent embedded: the tests and the benchmarks do. The metrics endpoint is off
+    unless ``metrics={"bind_port": ...}`` says otherwise (agents share the process)."""
     conf = cfg.ConfigOpts()
     register_opts(conf)
     conf(args=[], default_config_files=[], default_config_dirs=[])
+    conf.set_override("bind_port", 0, group="metrics")
     for name, value in defaults.items():
         conf.set_override(name, value)
     for group, values in groups.items():

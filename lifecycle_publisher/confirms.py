@@ -62,6 +62,8 @@ class ConfirmLedger:
         self._done: list[int] = []                   # rows confirmed on every key
         self._unroutable_rounds = 0                  # back-off steps while nothing routes
         self.confirmed = 0                           # rows confirmed since start
+        self.nacks = 0                               # messages the broker refused
+        self.returns = 0                             # messages returned as unroutable
         self.unroutable: set[str] = set()            # keys whose last return said so
         self.connection_lost()
 
@@ -154,6 +156,7 @@ class ConfirmLedger:
         self._last_settled = now
         refused = [Delivery(row, key) for row, key in self._settle(tag, multiple)
                    if row is not None]
+        self.nacks += len(refused)
         for d in refused:
             self._returned.discard((d.row_id, d.routing_key))
             self._schedule(d.row_id, d.routing_key, now, 0)
@@ -163,6 +166,7 @@ class ConfirmLedger:
         """The broker could not route ``row_id`` on ``routing_key`` (its ack follows).
         Returns whether this is news (the key was routable until now): worth a log line."""
         self._returned.add((row_id, routing_key))
+        self.returns += 1
         return routing_key not in self.unroutable
 
     def connection_lost(self) -> None:

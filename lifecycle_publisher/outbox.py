@@ -180,6 +180,18 @@ class Outbox:
         (count,) = self._db().execute("SELECT COUNT(*) FROM outbox").fetchone()
         return count
 
+    def depth(self) -> tuple[int, float | None]:
+        """How many rows wait and when the oldest was written (None: none waits), read
+        on a connection of its own, closed after: for a scrape or a health check, from
+        threads that come and go (the read sees the last commit; it never blocks one)."""
+        db = sqlite3.connect(self.path, timeout=1.0)
+        try:
+            (count,) = db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+            oldest = db.execute("SELECT created_at FROM outbox ORDER BY id LIMIT 1").fetchone()
+        finally:
+            db.close()
+        return count, (oldest[0] if oldest else None)
+
 
 class Checkpointer:
     """Checkpoints the outbox every ``interval`` seconds on a thread of its own, so

@@ -83,6 +83,8 @@ class OutboxWriter:
         self._delay = StoppedDelay(stopped_delay)
         self._previous: collections.OrderedDict[str, Transition] = collections.OrderedDict()
         self.written = 0
+        self.transitions: collections.Counter[str] = collections.Counter()  # events written
+        self.inventories = 0
 
     def run(self) -> None:
         try:
@@ -130,6 +132,7 @@ class OutboxWriter:
         self._outbox.append(rows)
         self.written += len(rows)
         self._wake.set()
+        self._count(rows)
         debug = LOG.isEnabledFor(logging.DEBUG)  # this loop runs for every event
         for item in items:
             if isinstance(item, DomainEvent):
@@ -139,6 +142,13 @@ class OutboxWriter:
             else:
                 LOG.info("host %s seq %d: %s inventory of %d domains written to the outbox",
                          self._host, item.seq, item.reason, len(item.domains))
+
+    def _count(self, rows: list[tuple[int, str, bytes]]) -> None:
+        """Count what was written: events by transition ('instance.<transition>')."""
+        counts = collections.Counter(event_type for _, event_type, _ in rows)
+        self.inventories += counts.pop(notifications.INVENTORY, 0)
+        for event_type, count in counts.items():
+            self.transitions[event_type.partition(".")[2]] += count
 
     def _remember(self, uuid: str, transition: Transition) -> None:
         """Each domain's last transition here (translation needs it); bounded."""

@@ -26,7 +26,7 @@ import amqp
 import kombu
 import kombu.exceptions
 
-from lifecycle_common import amqp_frames, broker
+from lifecycle_common import amqp_frames, broker, health
 from lifecycle_common.amqp_frames import PublishFramer
 from lifecycle_common.retry import backoff
 from lifecycle_publisher.confirms import ConfirmLedger
@@ -68,7 +68,9 @@ class Publisher:
         self._stop = threading.Event()
         self.connected = threading.Event()
         self.connected_once = False
-        self.heartbeats_sent = 0  # since start (not confirmed: they are not kept), for benchmarks
+        self.heartbeats_sent = 0  # since start (not confirmed: they are not kept)
+        self.sessions = 0         # connections made since start (reconnects: one less)
+        self.broker = health.Outage(down_since=time.monotonic())  # for the health check
         self._drain_deadline: Optional[float] = None
         self._reset_session()
 
@@ -156,10 +158,14 @@ class Publisher:
             LOG.info("connected to %s as %s, publishing on exchange %s; %d events in the "
                      "outbox", where, user_id, self._exchange, self._outbox.pending())
             self.connected_once = True
+            self.sessions += 1
+            self.broker.up()
             self.connected.set()
             self._loop(conn, framer, where)
         finally:
             self.connected.clear()
+            if not self._stop.is_set():
+                self.broker.down(time.monotonic())
             broker.release(conn)
 
     def _loop(self, conn: kombu.Connection, framer: PublishFramer, where: str) -> None:

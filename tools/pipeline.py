@@ -1,8 +1,9 @@
 """Run the whole pipeline as real processes: a consumer, one or more agents, and
 ``lifecycle-manage`` to read the database. Used by the demo and the system tests.
 
-Every process gets its own config file under ``workdir`` and its own log file; stop()
-ends them with SIGTERM (SIGKILL after a deadline) so that nothing is left behind.
+Every process gets its own config file under ``workdir``, its own log file and its own
+port for /metrics and /healthz (``metrics_url``); stop() ends them with SIGTERM (SIGKILL
+after a deadline) so that nothing is left behind.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from typing import Callable
 
 BIN = os.path.dirname(sys.executable)
@@ -46,6 +50,7 @@ class Pipeline:
         self.database = database or f"sqlite:///{self.workdir}/lifecycle.sqlite"
         self.heartbeat_interval = heartbeat_interval
         self.host_down_after = host_down_after
+        self.ports: dict[str, int] = {}  # config file name -> its metrics port
         self.consumer_conf = self.write_consumer_conf("consumer.conf", consumer_options or {})
         self._procs: dict[str, subprocess.Popen] = {}
         self._engine = None
@@ -55,12 +60,26 @@ class Pipeline:
         ``options`` ({group: {name: value}}) over them."""
         groups = {"DEFAULT": {"control_exchange": self.exchange},
                   "database": {"connection": self.database},
-                  "consumer": {"queue_name": self.queue, "host_down_after": self.host_down_after}}
+                  "consumer": {"queue_name": self.queue, "host_down_after": self.host_down_after},
+                  "metrics": {"bind_port": self._port(name)}}
         for group, values in options.items():
             groups.setdefault(group, {}).update(values)
         text = "".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
                        for group, values in groups.items())
         return self._write(name, text)
+
+    def _port(self, conf_name: str) -> int:
+        """A free port on 127.0.0.1 for the metrics of the process run on ``conf_name``."""
+        if conf_name not in self.ports:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                self.ports[conf_name] = sock.getsockname()[1]
+        return self.ports[conf_name]
+
+    def metrics_url(self, name: str, path: str = "/metrics") -> str:
+        """Where the process ``name`` ("consumer", "agent-<host>") serves ``path``."""
+        conf = "consumer.conf" if name == "consumer" else f"{name}.conf"
+        return f"http://127.0.0.1:{self.ports[conf]}{path}"
 
     def _write(self, name: str, text: str) -> str:
         path = os.path.join(self.workdir, name)
@@ -68,8 +87,13 @@ class Pipeline:
             f.write(text.lstrip())
         return path
 
-    def agent_conf(self, host: str, uri: str, **agent_opts) -> str:
+    def agent_conf(self, host: str, uri: str, groups: dict | None = None, **agent_opts) -> str:
+        """An agent's configuration: ``agent_opts`` in [agent], ``groups`` ({group:
+        {name: value}}) for the others."""
         extra = "".join(f"{k} = {v}\n" for k, v in agent_opts.items())
+        more = "".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
+                       for group, values in (groups or {}).items() if group != "metrics")
+        port = (groups or {}).get("metrics", {}).get("bind_port", self._port(f"agent-{host}.conf"))
         return self._write(f"agent-{host}.conf", f"""
 [DEFAULT]
 host = {host}
@@ -79,13 +103,16 @@ state_path = {self.workdir}/agent-{host}
 connection_uri = {uri}
 [agent]
 heartbeat_interval = {self.heartbeat_interval}
-{extra}""")
+{extra}[metrics]
+bind_port = {port}
+{more}""")
 
     # -- processes ----------------------------------------------------------------
-    def _start(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def _start(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
         log = open(os.path.join(self.workdir, f"{name}.log"), "ab")
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                env=None if env is None else {**os.environ, **env})
         log.close()
         self._procs[name] = proc
         return proc
@@ -94,13 +121,15 @@ heartbeat_interval = {self.heartbeat_interval}
         self.manage("db", "sync")
 
     def start_consumer(self, name: str = "consumer", timeout: float = 30.0,
-                       conf: str | None = None) -> subprocess.Popen:
-        """Start a consumer (on ``conf``, by default the pipeline's consumer.conf) and
-        wait until its queue exists, so that nothing an agent publishes from then on is
-        unroutable."""
+                       conf: str | None = None, env: dict | None = None,
+                       wait: bool = True) -> subprocess.Popen:
+        """Start a consumer (on ``conf``, by default the pipeline's consumer.conf; with
+        ``env`` added to the environment) and, with ``wait``, wait until its queue
+        exists, so that nothing an agent publishes from then on is unroutable."""
         proc = self._start(name, [command("lifecycle-consumer"), "--config-file",
-                                  conf or self.consumer_conf])
-        self.wait_for(self._queue_exists, timeout, f"queue {self.queue} to be declared")
+                                  conf or self.consumer_conf], env)
+        if wait:
+            self.wait_for(self._queue_exists, timeout, f"queue {self.queue} to be declared")
         return proc
 
     def _queue_exists(self) -> bool:
@@ -118,12 +147,14 @@ heartbeat_interval = {self.heartbeat_interval}
             broker.release(conn)
 
     def start_agent(self, host: str, uri: str, wait: bool = True, timeout: float = 30.0,
+                    groups: dict | None = None, env: dict | None = None,
                     **agent_opts) -> subprocess.Popen:
         """Start an agent; with ``wait`` (a consumer must be running), return once its
         start inventory is in the database, so that every later change is an event."""
-        conf = self.agent_conf(host, uri, **agent_opts)
+        conf = self.agent_conf(host, uri, groups, **agent_opts)
         since = self._last_seq(host)
-        proc = self._start(f"agent-{host}", [command("lifecycle-agent"), "--config-file", conf])
+        proc = self._start(f"agent-{host}", [command("lifecycle-agent"), "--config-file", conf],
+                           env)
         if wait:
             self.wait_for(lambda: self._last_seq(host) > since, timeout,
                           f"agent {host}'s start inventory")
@@ -154,6 +185,17 @@ heartbeat_interval = {self.heartbeat_interval}
         for name in reversed(list(self._procs)):  # agents before the consumer
             self.stop_process(name)
 
+    def delete_broker_objects(self, url: str = "amqp://guest:guest@127.0.0.1:5672//") -> None:
+        """Delete the pipeline's queues and exchanges from the broker (tests and tools
+        that use a name of their own once leave nothing behind)."""
+        import kombu
+        with kombu.Connection(url, connect_timeout=5) as conn:
+            channel = conn.channel()
+            for queue in (self.queue, f"{self.queue}.dlq"):
+                channel.queue_delete(queue)
+            for exchange in (self.exchange, f"{self.queue}.dlx"):
+                channel.exchange_delete(exchange)
+
     def running(self, name: str) -> bool:
         proc = self._procs.get(name)
         return proc is not None and proc.poll() is None
@@ -161,6 +203,31 @@ heartbeat_interval = {self.heartbeat_interval}
     def log(self, name: str) -> str:
         with open(os.path.join(self.workdir, f"{name}.log"), errors="replace") as f:
             return f.read()
+
+    # -- what the processes serve over HTTP ------------------------------------------
+    def scrape(self, name: str) -> dict[str, float]:
+        """The process's /metrics, each sample keyed as Prometheus writes it:
+        ``'lifecycle_agent_events_total{transition="paused"}'``."""
+        from prometheus_client.parser import text_string_to_metric_families
+        with urllib.request.urlopen(self.metrics_url(name), timeout=5) as answer:
+            text = answer.read().decode()
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        return samples
+
+    def health(self, name: str) -> tuple[int, dict]:
+        """The process's /healthz: the HTTP status and the JSON; (0, {"status":
+        "unreachable"}) while nothing answers (the process is starting, or gone)."""
+        try:
+            with urllib.request.urlopen(self.metrics_url(name, "/healthz"), timeout=5) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+        except urllib.error.URLError as exc:
+            return 0, {"status": "unreachable", "error": str(exc.reason)}
 
     # -- lifecycle-manage ---------------------------------------------------------
     def manage(self, *args: str) -> str:

@@ -7,7 +7,7 @@ import sys
 from sqlalchemy import exc as sa_exc
 
 from lifecycle_common import config as common
-from lifecycle_common import broker
+from lifecycle_common import broker, metrics_http
 from lifecycle_common.wire import schemas
 from consumer import config
 from consumer.amqp_queue import BatchQueue
@@ -44,7 +44,14 @@ def _run(conf) -> int:
     service = ConsumerService(
         BatchQueue(connector, topology, conf.consumer.batch_size, conf.consumer.batch_linger),
         Store(engine), conf.consumer.host_down_after, conf.consumer.retry_interval_max,
-        conf.consumer.journal_retention, config.admission_policy(conf))
+        conf.consumer.journal_retention, config.admission_policy(conf),
+        broker_failing_after=conf.health.broker_failing_after,
+        database_failing_after=conf.health.database_failing_after)
+    if conf.metrics.bind_port:
+        try:
+            service.serve_metrics(conf.metrics.bind_host, conf.metrics.bind_port)
+        except metrics_http.BindError as exc:
+            return common.bind_error("lifecycle-consumer", conf, exc)
     return common.serve(service)
 
 

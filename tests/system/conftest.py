@@ -68,14 +68,5 @@ def pipeline(tmp_path, libvirtd):
     pipe.db_sync()
     yield pipe
     pipe.stop()
-    _delete_broker_objects(pipe)
+    pipe.delete_broker_objects()
 
-
-def _delete_broker_objects(pipe: Pipeline) -> None:
-    import kombu
-    with kombu.Connection("amqp://guest:guest@127.0.0.1:5672//", connect_timeout=5) as conn:
-        channel = conn.channel()
-        for queue in (pipe.queue, f"{pipe.queue}.dlq"):
-            channel.queue_delete(queue)
-        for exchange in (pipe.exchange, f"{pipe.queue}.dlx"):
-            channel.exchange_delete(exchange)

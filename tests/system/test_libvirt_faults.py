@@ -9,19 +9,12 @@ import pytest
 
 from consumer.db import engine as db_engine
 from consumer.db.tables import instances
-from tests.conftest import wait_for
+from tests.support import libvirtd as libvirtd_control
 from tools.pipeline import domain_xml, virsh
 
 pytestmark = pytest.mark.system
 
 URI = "test+unix:///default"
-
-
-def restart_libvirtd() -> None:
-    subprocess.run(["pkill", "-x", "libvirtd"], check=False)
-    wait_for(lambda: subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True).returncode,
-             timeout=30, interval=0.05, message="libvirtd to exit")
-    subprocess.run(["libvirtd", "-d"], check=True)
 
 
 def host_row(pipeline):
@@ -40,7 +33,7 @@ def test_agent_recovers_when_libvirtd_restarts(pipeline, libvirtd, figure):
 
     # The test hypervisor lives in libvirtd: a restart forgets the domain defined above,
     # and only the agent's reconnection inventory can tell the database.
-    restart_libvirtd()
+    libvirtd_control.restart()
     back = time.monotonic()
     pipeline.wait_for(lambda: subprocess.run(["virsh", "-c", URI, "version"],
                                              capture_output=True).returncode == 0,
@@ -71,7 +64,7 @@ def test_heartbeat_says_when_libvirt_is_unreachable(pipeline, libvirtd):
             30, "a heartbeat saying libvirt is disconnected")[0]
         assert host["status"] == "up"  # the agent itself is alive and says so
     finally:
-        restart_libvirtd()
+        libvirtd_control.restart()
     pipeline.wait_for(lambda: [h for h in pipeline.hosts() if h["libvirt_connected"]],
                       60, "the agent to reconnect")
 

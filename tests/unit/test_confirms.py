@@ -205,3 +205,12 @@ def test_a_lost_connection_starts_the_wait_over():
     send_row(book, 1)
     assert book.stalled(50.0, 10.0) is False
     assert book.stalled(61.0, 10.0) is True
+
+
+def test_nacks_and_returns_are_counted_for_the_metrics():
+    book = ledger([A])
+    tags = [book.sent(row, A) for row in (1, 2, 3)]
+    book.nacked(tags[1], True, now=0.0)  # rows 1 and 2
+    book.returned(3, A)
+    book.acked(tags[2], False, now=0.0)
+    assert (book.nacks, book.returns, book.confirmed) == (2, 1, 0)

@@ -353,3 +353,22 @@ def test_a_checkpoint_catches_up_with_writes_that_never_pause(path, monkeypatch)
     outbox.checkpoint()
     outbox.append([(commits[0] + 2, "instance.started", b"x" * 900)])
     assert _wal_frames(path) <= 10  # started over: only the last commit's frames
+
+
+# -- what a scrape or a health check reads ---------------------------------------------
+
+def test_depth_counts_the_rows_and_dates_the_oldest_from_another_thread(path):
+    outbox = Outbox(path)
+    assert outbox.depth() == (0, None)
+    before = time.time()
+    outbox.append(rows(1, 2))
+    outbox.append(rows(3))
+    seen = []
+    reader = threading.Thread(target=lambda: seen.append(outbox.depth()))
+    reader.start()
+    reader.join()
+    [(count, oldest)] = seen
+    assert count == 3 and before <= oldest <= time.time()
+    first = outbox.fetch_after(0, 2)
+    outbox.delete([r.id for r in first])
+    assert outbox.depth()[0] == 1

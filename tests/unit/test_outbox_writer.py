@@ -78,3 +78,19 @@ def test_held_stop_is_written_at_shutdown(tmp_path):
     thread.join(10)
     assert not thread.is_alive()
     assert [n.event_type for n in written(outbox)] == ["instance.stopped"]
+
+
+def test_what_is_written_is_counted_by_transition(tmp_path):
+    from lifecycle_publisher.domain_event import Inventory
+    q = queue.SimpleQueue()
+    writer = OutboxWriter(q, Outbox(str(tmp_path / "outbox.sqlite")), "h1", 7, threading.Event())
+    thread = threading.Thread(target=writer.run)
+    thread.start()
+    q.put(Inventory(seq=1, occurred_at=time.time(), reason="start", domains=()))
+    q.put(ev(2, Event.STARTED, StartedDetail.BOOTED))
+    q.put(ev(3, Event.STOPPED, StoppedDetail.SHUTDOWN))
+    q.put(ev(4, Event.STARTED, StartedDetail.BOOTED))
+    q.put(STOP)
+    thread.join(10)
+    assert writer.inventories == 1
+    assert dict(writer.transitions) == {"started": 2, "stopped": 1}

@@ -1,0 +1,138 @@
+"""What the consumer tells an operator: its Prometheus metrics and its health.
+
+Counters are read from the service's own statistics when Prometheus scrapes; the two
+histograms (batch sizes, and the time from libvirt's callback on the compute host to
+the commit here) are observed once per batch and once per applied message. Names follow
+Prometheus' conventions (``lifecycle_consumer_`` prefix, base units, ``_total``
+counters); no label carries an instance or a host.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from lifecycle_common import health
+from lifecycle_common.metric_families import counter, gauge, health_status
+from consumer import admission
+
+if TYPE_CHECKING:
+    from consumer.service import ConsumerService
+
+PREFIX = "lifecycle_consumer_"
+
+# Seconds, from 1 ms (a quiet pipeline on one machine) to a minute (a backlog).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                   5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                  2.5, 5.0)
+
+
+class ConsumerMetrics:
+    """The histograms a service observes, in a registry of its own (several services
+    may share a process: the tests and benchmarks run them so)."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.latency = Histogram(
+            PREFIX + "event_latency_seconds",
+            "Time from the libvirt callback on the compute host (the event's occurred_at) "
+            "to the commit of the transaction that applied it; across hosts it includes "
+            "their clocks' offsets.", buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch_size = Histogram(
+            PREFIX + "batch_messages", "Messages per batch taken from the queue.",
+            buckets=BATCH_BUCKETS, registry=self.registry)
+        self.commit = Histogram(
+            PREFIX + "batch_commit_seconds",
+            "Time to apply a batch and commit it (a batch held while the database is "
+            "away is not counted).", buckets=COMMIT_BUCKETS, registry=self.registry)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+
+    def watch(self, service: "ConsumerService") -> None:
+        self.registry.register(ServiceCollector(service))
+
+    def batch_applied(self, started: float, applied: list[tuple[str, float]]) -> None:
+        """One batch committed at this moment, ``started`` (monotonic) when it began."""
+        committed = time.time()
+        self.commit.observe(time.monotonic() - started)
+        observe = self.latency.observe
+        for _, occurred_at in applied:
+            observe(max(0.0, committed - occurred_at))
+
+    def batch_taken(self, size: int) -> None:
+        self.batch_size.observe(size)
+
+
+class ServiceCollector(Collector):
+    def __init__(self, service: "ConsumerService"):
+        self._service = service
+
+    def collect(self) -> Iterator:
+        service = self._service
+        stats = service.stats
+
+        applied = CounterMetricFamily(
+            PREFIX + "events_applied_total",
+            "Events and inventories that changed the database, by event type.",
+            labels=["event_type"])
+        for event_type, count in sorted(dict(service.applied_by_type).items()):
+            applied.add_metric([event_type], count)
+        yield applied
+        yield counter(PREFIX + "duplicate_events_total",
+                       "Messages applied before (redeliveries, replays): changed nothing.",
+                       stats.duplicates)
+        yield counter(PREFIX + "stale_events_total",
+                       "Events older than what the database holds: changed nothing.",
+                       stats.stale)
+        yield counter(PREFIX + "ignored_events_total",
+                       "Events that carry nothing to apply (libvirt events deliberately "
+                       "ignored).", stats.ignored)
+        yield counter(PREFIX + "heartbeats_total", "Heartbeats applied.", stats.heartbeats)
+        yield counter(PREFIX + "foreign_messages_total",
+                       "Notifications of other services on the topic, left alone.",
+                       stats.foreign)
+
+        dead = CounterMetricFamily(
+            PREFIX + "dead_letters_total",
+            "Messages dead-lettered, by reason: unreadable, publisher (may not speak for "
+            "its host), clock (beyond the consumer's clock), database (refused), apply.",
+            labels=["reason"])
+        counts = dict(service.dead_letters)
+        for cause in admission.Cause:
+            dead.add_metric([cause.value], counts.get(cause, 0))
+        yield dead
+
+        hosts = GaugeMetricFamily(PREFIX + "hosts",
+                                  "Hosts in the database by status (read at most every 5 s).",
+                                  labels=["status"])
+        for status, count in sorted(service.host_counts.items()):
+            hosts.add_metric([status], count)
+        yield hosts
+
+        yield counter(PREFIX + "broker_reconnects_total", "Broker connections opened after the first.",
+                       max(0, service.broker_sessions - 1))
+        yield gauge(PREFIX + "broker_connected", "1 while the consumer holds a broker connection.",
+                     int(service.broker.down_since is None))
+        yield gauge(PREFIX + "database_up", "1 while the database answered the last statement.",
+                     int(service.database.down_since is None))
+
+        report = service.health()
+        yield health_status(PREFIX + "health_status", "consumer", report)
+
+
+
+def consumer_health(service: "ConsumerService", broker_failing_after: float,
+                    database_failing_after: float) -> health.Report:
+    now = time.monotonic()
+    return health.report([
+        health.connection("broker", "the broker", service.broker.down_since, now,
+                          broker_failing_after),
+        health.connection("database", "the database", service.database.down_since, now,
+                          database_failing_after),
+    ])
