@@ -79,9 +79,9 @@ class MetricsServer:
             body = {"status": "failing",
                     "checks": {"health": {"status": "failing",
                                           "detail": f"{type(exc).__name__}: {exc}"}}}
-            return 503, "application/json", json.dumps(body).encode()
+            return 503, "application/json", json.dumps(body).encode() + b"\n"
         code = 503 if report.failing else 200
-        return code, "application/json", json.dumps(report.as_dict(), indent=1).encode()
+        return code, "application/json", json.dumps(report.as_dict(), indent=1).encode() + b"\n"
 
 
 def _handler_class(server: MetricsServer):
