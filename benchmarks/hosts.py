@@ -54,20 +54,23 @@ def node_xml(host: str, domains: int) -> str:
 
 
 def agent_conf(host: str, uri: str, state_path: str, exchange: str, transport_url: str,
-               rabbit_opts: dict | None = None, **agent_opts) -> cfg.ConfigOpts:
+               rabbit_opts: dict | None = None, metrics_port: int = 0,
+               **agent_opts) -> cfg.ConfigOpts:
+    """``metrics_port``: where this agent serves /metrics (0: nowhere)."""
     from lifecycle_publisher import config as agent_config
     return agent_config.in_code(
         {"host": host, "transport_url": transport_url, "control_exchange": exchange,
          "state_path": state_path},
         libvirt={"connection_uri": uri}, agent=agent_opts,
-        oslo_messaging_rabbit=rabbit_opts or {})
+        oslo_messaging_rabbit=rabbit_opts or {}, metrics={"bind_port": metrics_port})
 
 
 class SimulatedHost:
     """One agent on its own test hypervisor, and the domains the load changes."""
 
     def __init__(self, name: str, workdir: str, domains: int, exchange: str,
-                 transport_url: str, agent_opts: dict, rabbit_opts: dict | None = None):
+                 transport_url: str, agent_opts: dict, rabbit_opts: dict | None = None,
+                 metrics_port: int = 0):
         from lifecycle_publisher.agent import Agent
         self.name = name
         state_path = os.path.join(workdir, name)
@@ -76,7 +79,7 @@ class SimulatedHost:
         with open(node, "w") as f:
             f.write(node_xml(name, domains))
         self.agent = Agent(agent_conf(name, f"test://{node}", state_path, exchange,
-                                      transport_url, rabbit_opts, **agent_opts))
+                                      transport_url, rabbit_opts, metrics_port, **agent_opts))
         self.thread = threading.Thread(target=self.agent.run, name=f"agent-{name}")
         self.domains: list = []
         self.position: list[int] = []  # each domain's next step in CYCLE

@@ -9,6 +9,7 @@ import datetime
 import os
 import shutil
 import signal
+import socket
 import statistics
 import sys
 import time
@@ -44,7 +45,8 @@ def main() -> int:
     parser.add_argument("--workdir", default=os.path.join(os.getcwd(), "state", "demo"))
     args = parser.parse_args()
     shutil.rmtree(args.workdir, ignore_errors=True)
-    pipeline = Pipeline(args.workdir, exchange="lifecycle-demo", queue="lifecycle-demo")
+    pipeline = Pipeline(args.workdir, exchange="lifecycle-demo", queue="lifecycle-demo",
+                        consumer_options={"metrics": {"bind_port": _port_or_free(9179)}})
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)  # also when started with SIGINT ignored
     try:
@@ -62,12 +64,14 @@ def _interrupt(*_):
 
 def _run(pipeline: Pipeline) -> int:
     _purge_queue(pipeline)
-    _remove_demo_domains()
+    remove_demo_domains()
     print(f"state and logs in {pipeline.workdir}")
     pipeline.db_sync()
     pipeline.start_consumer()
-    pipeline.start_agent(HOST, URI)
+    pipeline.start_agent(HOST, URI, groups={"metrics": {"bind_port": _port_or_free(9178)}})
     print(f"consumer and agent ({URI}) started; waiting for the agent's start inventory")
+    print(f"metrics and health: {pipeline.metrics_url('agent-' + HOST)} (agent), "
+          f"{pipeline.metrics_url('consumer')} (consumer); /healthz beside each")
     pipeline.wait_for_instance("test", timeout=30, direct=True, power_state="running")
     _show(pipeline)
     latencies = []
@@ -87,7 +91,24 @@ def _run(pipeline: Pipeline) -> int:
           f"median {statistics.median(latencies):.1f} ms, max {max(latencies):.1f} ms")
     print("\nhosts:")
     print(pipeline.manage("host", "list"))
+    for name in (f"agent-{HOST}", "consumer"):
+        code, health = pipeline.health(name)
+        print(f"\n{pipeline.metrics_url(name)} (health {health['status']}, HTTP {code}), "
+              "the counters that moved:")
+        for sample, value in pipeline.scrape(name).items():
+            if sample.startswith("lifecycle_") and value and "_bucket" not in sample:
+                print(f"  {sample} {value:g}")
     return 0
+
+
+def _port_or_free(port: int) -> int:
+    """The service's default metrics port if nothing else holds it, else a free one."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _expand(arg: str, workdir: str) -> str:
@@ -124,7 +145,7 @@ def _purge_queue(pipeline: Pipeline) -> None:
         broker.release(conn)
 
 
-def _remove_demo_domains() -> None:
+def remove_demo_domains() -> None:
     for name in DOMAINS:
         virsh(URI, "destroy", name, check=False)
         virsh(URI, "undefine", name, check=False)
@@ -132,7 +153,7 @@ def _remove_demo_domains() -> None:
 
 def _cleanup(pipeline: Pipeline) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the clean-up
-    _remove_demo_domains()
+    remove_demo_domains()
     pipeline.stop()
     print("demo stopped: agent and consumer exited")
 

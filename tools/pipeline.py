@@ -53,6 +53,7 @@ class Pipeline:
         self.ports: dict[str, int] = {}  # config file name -> its metrics port
         self.consumer_conf = self.write_consumer_conf("consumer.conf", consumer_options or {})
         self._procs: dict[str, subprocess.Popen] = {}
+        self._conf_of: dict[str, str] = {}  # process name -> its config file's name
         self._engine = None
 
     def write_consumer_conf(self, name: str, options: dict) -> str:
@@ -64,6 +65,7 @@ class Pipeline:
                   "metrics": {"bind_port": self._port(name)}}
         for group, values in options.items():
             groups.setdefault(group, {}).update(values)
+        self.ports[name] = int(groups["metrics"]["bind_port"])
         text = "".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
                        for group, values in groups.items())
         return self._write(name, text)
@@ -78,8 +80,7 @@ class Pipeline:
 
     def metrics_url(self, name: str, path: str = "/metrics") -> str:
         """Where the process ``name`` ("consumer", "agent-<host>") serves ``path``."""
-        conf = "consumer.conf" if name == "consumer" else f"{name}.conf"
-        return f"http://127.0.0.1:{self.ports[conf]}{path}"
+        return f"http://127.0.0.1:{self.ports[self._conf_of[name]]}{path}"
 
     def _write(self, name: str, text: str) -> str:
         path = os.path.join(self.workdir, name)
@@ -93,7 +94,8 @@ class Pipeline:
         extra = "".join(f"{k} = {v}\n" for k, v in agent_opts.items())
         more = "".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
                        for group, values in (groups or {}).items() if group != "metrics")
-        port = (groups or {}).get("metrics", {}).get("bind_port", self._port(f"agent-{host}.conf"))
+        port = (groups or {}).get("metrics", {}).get("bind_port") or self._port(f"agent-{host}.conf")
+        self.ports[f"agent-{host}.conf"] = int(port)
         return self._write(f"agent-{host}.conf", f"""
 [DEFAULT]
 host = {host}
@@ -126,8 +128,9 @@ bind_port = {port}
         """Start a consumer (on ``conf``, by default the pipeline's consumer.conf; with
         ``env`` added to the environment) and, with ``wait``, wait until its queue
         exists, so that nothing an agent publishes from then on is unroutable."""
-        proc = self._start(name, [command("lifecycle-consumer"), "--config-file",
-                                  conf or self.consumer_conf], env)
+        conf = conf or self.consumer_conf
+        self._conf_of[name] = os.path.basename(conf)
+        proc = self._start(name, [command("lifecycle-consumer"), "--config-file", conf], env)
         if wait:
             self.wait_for(self._queue_exists, timeout, f"queue {self.queue} to be declared")
         return proc
@@ -152,6 +155,7 @@ bind_port = {port}
         """Start an agent; with ``wait`` (a consumer must be running), return once its
         start inventory is in the database, so that every later change is an event."""
         conf = self.agent_conf(host, uri, groups, **agent_opts)
+        self._conf_of[f"agent-{host}"] = os.path.basename(conf)
         since = self._last_seq(host)
         proc = self._start(f"agent-{host}", [command("lifecycle-agent"), "--config-file", conf],
                            env)

@@ -161,7 +161,6 @@ def test_consumer_is_failing_without_its_broker_and_not_ready(pipeline, notify_s
     conf = pipeline.write_consumer_conf("consumer-nobroker.conf", {
         "DEFAULT": {"transport_url": f"rabbit://guest:guest@127.0.0.1:{port}/"},
         "health": {"broker_failing_after": 2}, "consumer": {"retry_interval_max": 0.5}})
-    pipeline.ports["consumer.conf"] = pipeline.ports["consumer-nobroker.conf"]
     pipeline.start_consumer(conf=conf, env=notify_socket.env(1.0), wait=False)
     code, body = pipeline.wait_for(lambda: (h := pipeline.health("consumer"))[0] == 503 and h,
                                    15, "consumer health failing")

@@ -1,0 +1,85 @@
+"""The Grafana dashboard in etc/grafana: every query names only metrics the services
+export, under the names Prometheus scrapes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+
+from consumer.service import ConsumerService
+
+DASHBOARD = os.path.join(os.path.dirname(__file__), "..", "..", "etc", "grafana",
+                         "lifecycle-dashboard.json")
+
+# PromQL words that are not metric names.
+PROMQL_WORDS = {
+    "sum", "max", "min", "avg", "count", "rate", "increase", "irate", "histogram_quantile",
+    "by", "without", "on", "ignoring", "group_left", "group_right", "or", "and", "unless",
+    "vector", "topk", "bottomk", "clamp_min", "delta", "abs", "time",
+}
+SUFFIXES = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"],
+            "gauge": [""], "info": ["_info"], "unknown": [""]}
+
+
+def exported_names(registry) -> set[str]:
+    """The sample names a scrape of ``registry`` can show, whether or not a sample has
+    been recorded yet (a labelled counter shows none before its first event)."""
+    names = set()
+    for family in registry.collect():
+        names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, [""]))
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
+def metric_names(expr: str) -> set[str]:
+    expr = re.sub(r'"[^"]*"', "", expr)           # strings (label values)
+    expr = re.sub(r"\{[^}]*\}", "", expr)          # label matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)         # ranges
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    tokens = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", expr))
+    return {t for t in tokens if t not in PROMQL_WORDS and not re.fullmatch(r"\d+[smhd]?", t)}
+
+
+def queries() -> list[tuple[str, str]]:
+    with open(DASHBOARD) as f:
+        dashboard = json.load(f)
+    return [(panel["title"], target["expr"]) for panel in dashboard["panels"]
+            for target in panel["targets"]]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    pytest.importorskip("libvirt")
+    from lifecycle_publisher import config as agent_config
+    from lifecycle_publisher import observability
+    from lifecycle_publisher.agent import Agent
+    state = tmp_path_factory.mktemp("agent")
+    agent = Agent(agent_config.in_code({"host": "dash-host", "state_path": str(state)},
+                                       libvirt={"connection_uri": "test:///default"}))
+    service = ConsumerService(queue=None, store=None, host_down_after=30, retry_max=1)
+    return exported_names(observability.registry(agent)) | exported_names(service.metrics.registry)
+
+
+def test_the_dashboard_has_the_panels_the_operator_needs():
+    titles = " / ".join(title for title, _ in queries()).lower()
+    for needed in ("latency", "transition", "outbox depth per host", "hosts up and down",
+                   "dead letters"):
+        assert needed in titles
+
+
+@pytest.mark.parametrize(("title", "expr"), queries())
+def test_every_query_names_exported_metrics(exported, title, expr):
+    names = metric_names(expr)
+    assert names, f"{title}: no metric in {expr!r}"
+    assert names <= exported, f"{title}: {sorted(names - exported)} not exported"
+
+
+def test_the_name_finder_finds_names_and_only_names():
+    assert metric_names('histogram_quantile(0.99, sum by (le) (rate(a_bucket{job="x"}[5m])))') \
+        == {"a_bucket"}
+    assert metric_names("max by (host) (b * on (instance, job) group_left (host) c_info)") \
+        == {"b", "c_info"}
+    assert metric_names("count(d == 0) or vector(0)") == {"d"}
