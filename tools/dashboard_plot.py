@@ -12,7 +12,8 @@ service each second.
 
     python -m tools.dashboard_plot [--seconds 150] [--output docs/dashboard.png]
 
-Needs Debian's ``prometheus`` and ``pip install matplotlib`` (both for this picture only).
+Needs Debian's ``prometheus`` and matplotlib (``pip install -e '.[plot]'``), both for
+this picture only.
 """
 
 from __future__ import annotations
