@@ -32,11 +32,9 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def server_bind(self) -> None:
-        if ":" in self.server_address[0]:
-            self.address_family = socket.AF_INET6
-            self.socket = socket.socket(self.address_family, self.socket_type)
-        super().server_bind()
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
 
 
 class MetricsServer:
@@ -46,7 +44,8 @@ class MetricsServer:
         self._health = health
         handler = _handler_class(self)
         try:
-            self._server = _Server((bind_host, bind_port), handler, bind_and_activate=True)
+            server_class = _Server6 if ":" in bind_host else _Server
+            self._server = server_class((bind_host, bind_port), handler)
         except OSError as exc:
             raise BindError(f"cannot listen on {bind_host}:{bind_port}: {exc.strerror or exc}") from exc
         self._thread = named_thread(self._server.serve_forever, "metrics-http", daemon=True)

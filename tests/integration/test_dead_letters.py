@@ -16,8 +16,8 @@ from consumer.amqp_queue import CAUSE_HEADER, DEAD_LETTER_ID_HEADER, REASON_HEAD
 from consumer.cli import confirm
 from consumer.cmd import manage
 from consumer.topology import Topology, declare
-from tests.integration.test_consumer_service import (
-    HOST, ROUTING_KEY, RunningService, body, journal_seqs)
+from tests.integration.test_consumer_service import (  # noqa: F401 - topology_queue: a fixture
+    HOST, ROUTING_KEY, RunningService, body, journal_seqs, topology_queue)
 
 pytestmark = pytest.mark.integration
 
@@ -25,11 +25,8 @@ STRICT = admission.Policy(identity=admission.PublisherIdentity.HOST_USER)
 
 
 @pytest.fixture
-def queue(amqp_isolation):
-    name = amqp_isolation.queue_name("consumer")
-    declare(amqp_isolation.channel,
-            Topology(exchange=amqp_isolation.exchange, queue=name, routing_key=ROUTING_KEY))
-    return name
+def queue(topology_queue):  # noqa: F811 - the fixture imported above
+    return topology_queue
 
 
 @pytest.fixture

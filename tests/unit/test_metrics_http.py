@@ -91,3 +91,15 @@ def test_a_port_in_use_is_a_bind_error():
 
 def test_port_zero_turns_the_endpoint_off():
     assert metrics_http.start("127.0.0.1", 0, CollectorRegistry(), lambda: health.report([])) is None
+
+
+def test_an_ipv6_address_is_served():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    server = metrics_http.MetricsServer("::1", 0, CollectorRegistry(), lambda: health.report([]))
+    server.start()
+    try:
+        code, _, body = get(f"http://[::1]:{server.port}/healthz")
+    finally:
+        server.stop()
+    assert (code, json.loads(body)["status"]) == (200, "ok")
