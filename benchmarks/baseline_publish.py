@@ -1,10 +1,14 @@
 """Baseline for publish: oslo_messaging.Notifier.info per event, run as a subprocess
 (oslo.messaging imports eventlet, which stays out of the benchmark's processes).
 
-The same kind of load as ours: a private libvirt test hypervisor whose domains change
-state as fast as libvirt emits; the callback only queues the event (as nova's does), a
-sender thread builds the same payload the agent would and calls ``Notifier.info``,
-which returns once the broker confirmed the message. Prints one JSON line.
+The callback only queues the event (as nova's does); a sender thread builds the same
+payload the agent would and calls ``Notifier.info``, which returns once the broker
+confirmed the message. Two shapes, as the agent's:
+- with ``uri`` (production): subscribed to that daemon, it prints ``{"ready": true}``
+  and the benchmark's load processes change the domains; it sends ``events`` events;
+- without (in-process): a private test hypervisor of its own whose domains it changes
+  itself as fast as libvirt emits.
+Prints one JSON line with its result.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ def main() -> int:
     from lifecycle_publisher.event_source import start_event_loop
 
     host = "publish-baseline"
-    node = os.path.join(args["workdir"], "baseline-publish-node.xml")
-    with open(node, "w") as f:
-        f.write(node_xml(host, args["domains"]))
+    node = None
+    if not args.get("uri"):
+        node = os.path.join(args["workdir"], "baseline-publish-node.xml")
+        with open(node, "w") as f:
+            f.write(node_xml(host, args["domains"]))
 
     conf = cfg.ConfigOpts()
     conf(args=[], default_config_files=[], default_config_dirs=[])
@@ -42,7 +48,7 @@ def main() -> int:
                                        driver="messagingv2", topics=[args["topic"]])
 
     start_event_loop()
-    conn = libvirt.open(f"test://{node}")
+    conn = libvirt.open(args.get("uri") or f"test://{node}")
     handed: queue.SimpleQueue = queue.SimpleQueue()
     sequencer = Sequencer(1)
 
@@ -59,8 +65,10 @@ def main() -> int:
     sent = 0
     done = threading.Event()
 
+    t_last = None
+
     def sender():
-        nonlocal sent
+        nonlocal sent, t_last
         while sent < total and time.monotonic() < deadline:
             try:
                 event = handed.get(timeout=1.0)
@@ -69,9 +77,18 @@ def main() -> int:
             note = notifications.instance_notification(host, 1, event)
             notifier.info({}, note.event_type, note.to_message()["payload"])
             sent += 1
+            t_last = time.time()
         done.set()
 
     thread = threading.Thread(target=sender)
+    if args.get("uri"):  # the benchmark's loaders drive the daemon's domains
+        print(json.dumps({"ready": True}), flush=True)
+        thread.start()
+        thread.join()
+        transport.cleanup()
+        print(json.dumps({"events": total, "sent": sent, "t_last": t_last,
+                          "warmup_messages": 1}))
+        return 0
     domains = sorted(conn.listAllDomains(), key=lambda d: d.name())
     t0 = time.time()
     thread.start()

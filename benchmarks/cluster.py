@@ -50,6 +50,7 @@ from tests.support.rabbit_cluster import RabbitCluster
 from tests.support.rabbit_node import beam_pids
 from tools.pipeline import Pipeline
 
+SHAPE = harness.IN_PROCESS  # the agents share one process with their hypervisors
 NAME = "cluster"
 QUEUE = "lifecycle-consumer"
 EXCHANGE = "openstack"

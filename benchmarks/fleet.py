@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from benchmarks import harness
 from benchmarks.harness import BenchError, CpuMeter, HostsProcess, Row, Run, ScenarioResult
 
+SHAPE = harness.IN_PROCESS  # the agents share one process with their hypervisors
 NAME = "fleet"
 
 

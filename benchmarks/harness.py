@@ -42,27 +42,45 @@ class BenchError(Exception):
 
 # -- results -------------------------------------------------------------------------
 
+# How a figure was measured: the agent as a process on libvirtd with the load from
+# other processes (as on a compute host), everything in one process (the agent's own
+# cost), or computed from a model (the periodic poll).
+PRODUCTION, IN_PROCESS, MODEL = "production", "in-process", "model"
+
+
 @dataclasses.dataclass
 class Row:
-    """One line of the table: a figure, its target, ours, the baseline's and the ratio."""
+    """One figure: ours beside the physical limit measured in the same run (if any) and
+    the stock way (the baseline), their ratios and the target. The JSON keeps these
+    fields, so that runs compare over time (``--compare``)."""
 
     scenario: str
-    figure: str
+    name: str
     unit: str
     ours: Optional[float]
-    target: Optional[float] = None
+    target: Optional[float] = None        # absolute; or set from target_of_limit
     higher_is_better: bool = True
     baseline: Optional[float] = None
     baseline_label: str = ""
-    ratio: Optional[float] = None  # how many times better ours is than the baseline
+    limit: Optional[float] = None         # the most any implementation could do here
+    limit_label: str = ""
+    target_of_limit: Optional[float] = None  # the target as a share of the limit (0.9)
+    ratio_to_limit: Optional[float] = None   # ours / limit (a share: 1 is the limit)
+    ratio_to_baseline: Optional[float] = None  # how many times better than the baseline
     met: Optional[bool] = None
     note: str = ""
+    shape: str = ""  # PRODUCTION, IN_PROCESS or MODEL; empty: the scenario's SHAPE
 
     def __post_init__(self):
+        if self.target_of_limit is not None and self.limit:
+            self.target = self.target_of_limit * self.limit
+        if self.ratio_to_limit is None and self.limit and self.ours is not None:
+            self.ratio_to_limit = (self.ours / self.limit) if self.higher_is_better else (self.limit / self.ours)
         if self.met is None and self.target is not None and self.ours is not None:
             self.met = (self.ours >= self.target) if self.higher_is_better else (self.ours <= self.target)
-        if self.ratio is None and self.baseline and self.ours:
-            self.ratio = (self.ours / self.baseline) if self.higher_is_better else (self.baseline / self.ours)
+        if self.ratio_to_baseline is None and self.baseline and self.ours:
+            self.ratio_to_baseline = ((self.ours / self.baseline) if self.higher_is_better
+                                      else (self.baseline / self.ours))
 
 
 @dataclasses.dataclass
@@ -83,14 +101,18 @@ class Profile:
     soak_seconds: float
     publish_domains: int = 2000
     publish_steps: int = 8               # 2 full cycles: 16,000 events
+    publish_loaders: int = 3             # load processes on the agent's libvirtd
     baseline_publish_events: int = 8000
     hosts: int = 20
     domains_per_host: int = 500          # 20 x 500 = 10,000 instances
     apply_steps: int = 4                 # 40,000 events in the queue
     baseline_apply_events: int = 6000
     apply_consumers: int = 2             # the second measure: competing consumers
+    consumer_batch_size: int = 500       # [consumer] batch_size (default), for the limit's acks
     latency_rate: float = 1000.0
     latency_seconds: float = 20.0
+    latency_hosts: int = 20              # agent processes, each on a libvirtd of its own
+    latency_loaders: int = 2             # load processes pacing the latency_rate between them
     soak_rate: float = 1000.0
     fleet_hosts: int = 200               # fleet: 200 x 50 = 10,000 instances
     fleet_domains: int = 50
@@ -452,6 +474,46 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def seconds(delta: datetime.timedelta) -> float:
     return delta.total_seconds()
+
+
+class ModuleProcess:
+    """``python -m benchmarks.<module> JSON`` in a process of its own that prints JSON
+    lines on stdout (``{"ready": true}`` once it is set, its result last); its stderr
+    goes to the run's log of that label."""
+
+    def __init__(self, run: Run, module: str, args: dict, label: str):
+        self.label = label
+        self.log_path = os.path.join(run.workdir, f"{label}.log")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", f"benchmarks.{module}", json.dumps(args)],
+                stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=REPO,
+                start_new_session=True)
+        run.on_cleanup(self.kill)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def line(self, timeout: float) -> dict:
+        """The next JSON line it prints."""
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        text = self.proc.stdout.readline() if ready else b""
+        if not text:
+            state = "exited" if self.proc.poll() is not None else f"silent for {timeout:.0f}s"
+            raise BenchError(f"{self.label} {state} (see {self.log_path})")
+        return json.loads(text)
+
+    def wait(self, timeout: float = 30.0) -> None:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def run_baseline(run: Run, module: str, args: dict, timeout: float) -> dict:

@@ -16,6 +16,7 @@ import statistics
 from benchmarks import harness
 from benchmarks.harness import HostsProcess, Row, Run, ScenarioResult
 
+SHAPE = harness.IN_PROCESS  # the agents share one process with their hypervisors
 NAME = "memory"
 FLAT_MB = 5.0
 

@@ -14,6 +14,7 @@ import time
 from benchmarks import harness
 from benchmarks.harness import Row, Run, ScenarioResult
 
+SHAPE = harness.IN_PROCESS  # the agents share one process with their hypervisors
 NAME = "storm"
 
 

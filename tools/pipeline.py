@@ -156,7 +156,7 @@ bind_port = {port}
         start inventory is in the database, so that every later change is an event."""
         conf = self.agent_conf(host, uri, groups, **agent_opts)
         self._conf_of[f"agent-{host}"] = os.path.basename(conf)
-        since = self._last_seq(host)
+        since = self._last_seq(host) if wait else 0
         proc = self._start(f"agent-{host}", [command("lifecycle-agent"), "--config-file", conf],
                            env)
         if wait:
