@@ -67,6 +67,13 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
                         limit=limit["rate"], limit_label="consume & ack, no database",
                         baseline=base["rate"],
                         baseline_label="oslo listener, 1 event/transaction"))
+    for part, label in (("consumers", "the consumer"), ("postgres", "PostgreSQL"),
+                        ("broker", "RabbitMQ")):
+        if part in one["cpu_us_per_event"]:
+            rows.append(Row(NAME, f"CPU per event: {label} (one consumer)", "us",
+                            one["cpu_us_per_event"][part], higher_is_better=False,
+                            limit=limit["cpu_us_per_event"].get(part),
+                            limit_label="consume & ack, no database"))
     ok = one["ok"] and many["ok"]
     rows.append(Row(NAME, "nothing lost (journaled & acked = published)", "", 1.0 if ok else 0.0,
                     met=ok, note=" + ".join(f"{ph['journaled']}/{ph['events']}" for ph in (one, many))
@@ -76,6 +83,15 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
     return ScenarioResult(NAME, rows, details)
 
 
+def _cpu_sources(consumer_pids: list[int]) -> dict:
+    sources = {"consumers": harness.CpuMeter.of_pids(consumer_pids),
+               "postgres": harness.postgres_cpu_seconds}
+    broker_pid = harness.machine_broker_pid()
+    if broker_pid is not None:
+        sources["broker"] = harness.CpuMeter.of_pids([broker_pid])
+    return sources
+
+
 def _raw_consume(run: Run, queue: str, events: int) -> dict:
     """Drain ``queue`` (the first phase's copy) with no database; then delete it, so
     that the second phase's fill does not reach it."""
@@ -83,16 +99,20 @@ def _raw_consume(run: Run, queue: str, events: int) -> dict:
     if queued != events:
         raise BenchError(f"apply: {queued} messages in the limit's queue, expected {events}")
     p = run.profile
-    got = harness.ModuleProcess(run, "raw_consume", {
+    raw = harness.ModuleProcess(run, "raw_consume", {
         "rabbitmq_url": harness.RABBITMQ_URL, "queue": queue, "expected": events,
         "prefetch": 2 * p.consumer_batch_size, "ack_every": p.consumer_batch_size,
-        "timeout": 300}, f"{NAME}-limit").line(320)
+        "timeout": 300}, f"{NAME}-limit")
+    meter = harness.CpuMeter(_cpu_sources([raw.pid])).start()
+    got = raw.line(320)
+    cpu = {part: round(used / events * 1e6, 1) for part, used in meter.stop().items()}
     with harness.broker() as channel:
         channel.queue_delete(queue)
     if got["events"] != events:
         raise BenchError(f"apply: the raw consumer got {got['events']} of {events}")
     seconds = got["t_last"] - got["t_first"]
-    return {"events": events, "seconds": seconds, "rate": events / seconds}
+    return {"events": events, "seconds": seconds, "rate": events / seconds,
+            "cpu_us_per_event": cpu}
 
 
 def _phase(run: Run, sampler: harness.RssSampler, hosts: HostsProcess, engine, topology,
@@ -117,10 +137,12 @@ def _phase(run: Run, sampler: harness.RssSampler, hosts: HostsProcess, engine, t
         sampler.watch(f"consumer-apply-{consumers}.{i}", proc.pid)
     harness.wait_for(lambda: harness.queue_counts(topology.queue)[1] > 0, 30,
                      "the consumer to consume", interval=0.002)
+    meter = harness.CpuMeter(_cpu_sources([proc.pid for proc in procs])).start()
     t0 = time.time()
     harness.wait_for(lambda: harness.caught_up(engine, fill["expected_seq"]), 300,
                      "every event committed", interval=0.01)
     t1 = time.time()
+    cpu = {part: round(used / events * 1e6, 1) for part, used in meter.stop().items()}
     harness.wait_for(lambda: harness.queue_counts(topology.queue)[0] == 0, 30,
                      "the queue to be empty")
     pipeline.stop()
@@ -131,4 +153,5 @@ def _phase(run: Run, sampler: harness.RssSampler, hosts: HostsProcess, engine, t
     ok = left == 0 and journaled == events and states == {fill["expected_state"]: instances}
     return {"consumers": consumers, "events": events, "seconds": t1 - t0,
             "rate": events / (t1 - t0), "fill_seconds": fill["t_confirmed"] - fill["t_start"],
-            "journaled": journaled, "instance_states": states, "left": left, "ok": ok}
+            "journaled": journaled, "instance_states": states, "left": left, "ok": ok,
+            "cpu_us_per_event": cpu}

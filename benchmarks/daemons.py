@@ -42,9 +42,14 @@ class Daemon:
         self.runtime = os.path.join(self.dir, "run")
         self.socket = os.path.join(self.runtime, "libvirt", "libvirt-sock")
         self.uri = f"test+unix:///default?socket={self.socket}"
-        self.proc: subprocess.Popen | None = None
-        self.pid: int | None = None
+        self.proc: subprocess.Popen | None = None  # runuser, libvirtd's parent
         self._holder = None
+
+    @property
+    def pid(self) -> int:
+        """libvirtd's own process id (from its pid file)."""
+        with open(os.path.join(self.runtime, "libvirt", "libvirtd.pid")) as f:
+            return int(f.read().strip())
 
     def start(self) -> "Daemon":
         user = pwd.getpwnam(USER)

@@ -589,6 +589,15 @@ def postgres_cpu_seconds() -> float:
         _cpu_seconds(pid) for pid in pids if pid != postmaster)
 
 
+def machine_cpu_seconds() -> float:
+    """CPU seconds every core of the machine spent busy (not idle, not waiting on I/O)
+    since boot, from /proc/stat: over an interval, busy / interval is the cores used."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / _TICK
+
+
 class CpuMeter:
     """CPU seconds used by labelled processes (or groups) between ``start`` and
     ``stop``; ``sources`` maps a label to a function returning CPU seconds so far."""

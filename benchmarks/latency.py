@@ -9,11 +9,14 @@ Each event's latency is the journal's ``applied_at`` minus the payload's
 ``occurred_at``: ``occurred_at`` is stamped in the agent's libvirt callback,
 ``applied_at`` by consumer/store.py inside the applying transaction (the commit itself,
 a few hundred microseconds on a local PostgreSQL, is not included). The baseline is the
-periodic poll (baseline_poll).
+periodic poll (baseline_poll). A spy queue on the same exchange times each event's
+arrival at the broker's side (benchmarks.spy_queue), splitting the latency into the
+agent's and broker's share and the consumer's.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 from benchmarks import baseline_poll, daemons, harness
@@ -31,12 +34,30 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
     hosts = daemons.start_daemons(run, names, p.domains_per_host)
     pipeline, consumer = harness.start_consumer(run, NAME, topology, url)
     sampler.watch(f"consumer-{NAME}", consumer.pid)
+    agents = []
     for daemon in hosts:
         proc = pipeline.start_agent(daemon.host, daemon.uri, wait=False, inventory_interval=0)
         sampler.watch(f"agent-{daemon.host}", proc.pid)
+        agents.append(proc.pid)
     harness.wait_for(lambda: harness.caught_up(engine, {n: 1 for n in names}), 180,
                      "every agent's start inventory in the database")
 
+    total = int(p.latency_rate * p.latency_seconds)
+    spy = ModuleProcess(run, "spy_queue", {
+        "rabbitmq_url": harness.RABBITMQ_URL, "exchange": topology.exchange,
+        "routing_key": harness.ROUTING_KEY, "expected": total,
+        "timeout": p.latency_seconds + 120}, f"{NAME}-spy")
+    spy.line(30)
+    sources = {"machine (all cores)": harness.machine_cpu_seconds,
+               "agents": harness.CpuMeter.of_pids(agents),
+               "libvirtds": harness.CpuMeter.of_pids([d.pid for d in hosts]),
+               "consumer": harness.CpuMeter.of_pids([consumer.pid]),
+               "postgres": harness.postgres_cpu_seconds,
+               "spy": harness.CpuMeter.of_pids([spy.pid])}
+    broker_pid = harness.machine_broker_pid()
+    if broker_pid is not None:
+        sources["broker"] = harness.CpuMeter.of_pids([broker_pid])
+    meter = harness.CpuMeter(sources)
     start_at = time.time() + 3.0
     loaders = []
     for i in range(p.latency_loaders):
@@ -46,13 +67,19 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
                         for d in mine],
             "rate": p.latency_rate / p.latency_loaders, "seconds": p.latency_seconds,
             "start_at": start_at}, f"{NAME}-load-{i}"))
+    time.sleep(max(0.0, start_at - time.time()))
+    meter.start()
     results = [proc.line(p.latency_seconds + 120) for proc in loaders]
+    used = meter.stop()
+    used["loaders"] = sum(r["cpu_s"] for r in results)
+    cores = {part: round(seconds / meter.wall, 2) for part, seconds in used.items()}
     events = sum(r["events"] for r in results)
     t_start = min(r["t_start"] for r in results)
     t_end = max(r["t_end"] for r in results)
     behind = max(r["max_behind_s"] for r in results)
     harness.wait_for(lambda: harness.journal_count(engine, PREFIX) >= len(names) + events, 60,
                      "every event committed", interval=0.1)
+    split = spy.line(60)
     for daemon in hosts:
         pipeline.stop_process(f"agent-{daemon.host}")
     lat = [harness.seconds(applied - occurred) * 1000
@@ -71,6 +98,13 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
             higher_is_better=False, baseline=poll["p99"], baseline_label=label),
         Row(NAME, f"max callback -> committed ({shape})", "ms", worst, higher_is_better=False,
             baseline=poll["max"], baseline_label=label),
+        Row(NAME, "of which callback -> in the broker, p50 (a spy queue's copy)", "ms",
+            split["p50_ms"], higher_is_better=False),
+        Row(NAME, "of which callback -> in the broker, p99 (a spy queue's copy)", "ms",
+            split["p99_ms"], higher_is_better=False),
+        Row(NAME, "cores busy on the machine during the steady load", "cores",
+            cores["machine (all cores)"], higher_is_better=False,
+            limit=float(os.cpu_count() or 1), limit_label="cores here"),
         Row(NAME, "steady rate achieved / nothing lost", "events/s", rate,
             met=ok and rate >= 0.98 * p.latency_rate,
             note=f"{len(lat)}/{events} journaled"),
@@ -79,5 +113,6 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
                "rate": rate, "seconds": t_end - t_start, "pacer_max_behind_s": behind,
                "p50_ms": p50, "p90_ms": harness.percentile(lat, 0.9), "p99_ms": p99,
                "p999_ms": harness.percentile(lat, 0.999), "max_ms": worst,
-               "mean_ms": sum(lat) / len(lat) if lat else None, "baseline_model": poll}
+               "mean_ms": sum(lat) / len(lat) if lat else None, "baseline_model": poll,
+               "to_the_broker": split, "cores_used": cores}
     return ScenarioResult(NAME, rows, details)

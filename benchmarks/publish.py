@@ -33,7 +33,7 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
     p = run.profile
     topology = run.topology(NAME)  # a bound queue, so that every message is routable
     [daemon] = daemons.start_daemons(run, [HOST], p.publish_domains)
-    sampler.watch("libvirtd-publish", daemon.proc.pid)
+    sampler.watch("libvirtd-publish", daemon.pid)
     events = p.publish_steps * p.publish_domains
 
     limit = _bare_callback(run, daemon, events)
@@ -50,6 +50,15 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
         Row(NAME, "load: events/s the loaders drove with the agent attached", "events/s",
             ours["load_rate"], limit=limit["load_rate"], limit_label="with the bare callback"),
     ]
+    for part, label in (("subscriber", "the agent"), ("libvirtd", "libvirtd"),
+                        ("loaders", "the load processes"), ("broker", "RabbitMQ")):
+        if part in ours["cpu_us_per_event"]:
+            rows.append(Row(NAME, f"CPU per event: {label}, while the agent runs", "us",
+                            ours["cpu_us_per_event"][part], higher_is_better=False,
+                            limit=limit["cpu_us_per_event"].get(part),
+                            limit_label="with the bare callback",
+                            baseline=stock["cpu_us_per_event"].get(part),
+                            baseline_label="with Notifier.info"))
     details = {"events": events, "loaders": p.publish_loaders, "domains": p.publish_domains,
                "limit": limit, "ours": ours, "notifier": stock}
     return ScenarioResult(NAME, rows, details)
@@ -72,6 +81,22 @@ def _loaders(run: Run, daemon: daemons.Daemon, label: str) -> tuple[list[ModuleP
     return procs, start_at
 
 
+def _cpu(daemon: daemons.Daemon, subscriber_pid: int) -> harness.CpuMeter:
+    """CPU seconds of the daemon, the subscriber (agent, bare callback or Notifier) and
+    the broker while the load runs; the loaders report their own."""
+    sources = {"libvirtd": harness.CpuMeter.of_pids([daemon.pid]),
+               "subscriber": harness.CpuMeter.of_pids([subscriber_pid])}
+    broker_pid = harness.machine_broker_pid()
+    if broker_pid is not None:
+        sources["broker"] = harness.CpuMeter.of_pids([broker_pid])
+    return harness.CpuMeter(sources).start()
+
+
+def _us_per_event(meter: harness.CpuMeter, load: dict, events: int) -> dict:
+    used = dict(meter.stop(), loaders=load["cpu_s"])
+    return {part: round(seconds / events * 1e6, 1) for part, seconds in used.items()}
+
+
 def _load_results(loaders: list[ModuleProcess], timeout: float) -> dict:
     results = [proc.line(timeout) for proc in loaders]
     for proc in loaders:
@@ -80,7 +105,7 @@ def _load_results(loaders: list[ModuleProcess], timeout: float) -> dict:
     t_end = max(r["t_end"] for r in results)
     events = sum(r["events"] for r in results)
     return {"events": events, "t_start": t_start, "t_end": t_end,
-            "rate": events / (t_end - t_start),
+            "rate": events / (t_end - t_start), "cpu_s": sum(r["cpu_s"] for r in results),
             "late_start_s": max(r["t_start"] for r in results) - t_start}
 
 
@@ -88,15 +113,17 @@ def _bare_callback(run: Run, daemon: daemons.Daemon, events: int) -> dict:
     bare = ModuleProcess(run, "bare_callback", {"uri": daemon.uri, "expected": events,
                                                 "timeout": 300}, f"{NAME}-bare")
     bare.line(60)  # subscribed
+    meter = _cpu(daemon, bare.pid)
     loaders, _ = _loaders(run, daemon, f"{NAME}-bare")
     load = _load_results(loaders, 300)
     got = bare.line(320)
+    cpu = _us_per_event(meter, load, events)
     bare.wait()
     if got["events"] != events:
         raise BenchError(f"publish: the bare callback saw {got['events']} of {events} events")
     return {"events": got["events"], "seconds": got["t_last"] - load["t_start"],
             "rate": events / (got["t_last"] - load["t_start"]), "load_rate": load["rate"],
-            "load": load}
+            "cpu_us_per_event": cpu, "load": load}
 
 
 def _agent(run: Run, sampler: harness.RssSampler, daemon: daemons.Daemon, topology,
@@ -112,6 +139,7 @@ def _agent(run: Run, sampler: harness.RssSampler, daemon: daemons.Daemon, topolo
     before = _scrape(pipeline, agent)
     queued_before, _ = harness.queue_counts(topology.queue)
 
+    meter = _cpu(daemon, proc.pid)
     loaders, _ = _loaders(run, daemon, f"{NAME}-agent")
     # Poll the broker, not the agent, while it works: a scrape would take its CPU.
     harness.wait_for(lambda: harness.queue_counts(topology.queue)[0] >= queued_before + events,
@@ -121,11 +149,14 @@ def _agent(run: Run, sampler: harness.RssSampler, daemon: daemons.Daemon, topolo
         lambda: (m := _scrape(pipeline, agent))["lifecycle_agent_confirms_total"] >= target and m,
         60, "every event confirmed", interval=0.005)
     t_done = time.time()
+    cpu_meter_stopped = meter.stop()
     # Confirmed rows leave the outbox in batches (publisher.DELETE_INTERVAL).
     emptied = harness.wait_for(
         lambda: (m := _scrape(pipeline, agent))["lifecycle_agent_outbox_rows"] == 0 and m,
         30, "the agent's outbox to empty", interval=0.05)
     load = _load_results(loaders, 60)
+    cpu = {part: round(seconds / events * 1e6, 1)
+           for part, seconds in dict(cpu_meter_stopped, loaders=load["cpu_s"]).items()}
     queued = harness.queue_counts(topology.queue)[0] - queued_before
     written = _events_written(after) - _events_written(before)
     confirmed = after["lifecycle_agent_confirms_total"] - before["lifecycle_agent_confirms_total"]
@@ -135,7 +166,7 @@ def _agent(run: Run, sampler: harness.RssSampler, daemon: daemons.Daemon, topolo
             "rate": events / (t_done - load["t_start"]), "load_rate": load["rate"],
             "written": written, "confirmed": confirmed, "queued": queued,
             "outbox_rows": emptied["lifecycle_agent_outbox_rows"], "exit_status": status,
-            "ok": ok, "load": load}
+            "ok": ok, "cpu_us_per_event": cpu, "load": load}
 
 
 def _scrape(pipeline: Pipeline, name: str) -> dict[str, float]:
@@ -156,12 +187,14 @@ def _notifier(run: Run, daemon: daemons.Daemon, events: int) -> dict:
         "uri": daemon.uri, "events": events, "exchange": exchange, "topic": exchange,
         "transport_url": harness.TRANSPORT_URL, "time_limit": 240.0}, f"{NAME}-notifier")
     base.line(120)  # subscribed, the exchange and queue exist
+    meter = _cpu(daemon, base.pid)
     loaders, _ = _loaders(run, daemon, f"{NAME}-notifier")
     load = _load_results(loaders, 300)
     got = base.line(300)
+    cpu = _us_per_event(meter, load, events)
     base.wait()
     seconds = got["t_last"] - load["t_start"]
     queued, _ = harness.queue_counts(f"{exchange}.info")
     return {"events": events, "sent": got["sent"], "seconds": seconds,
             "rate": got["sent"] / seconds, "queued": queued - got["warmup_messages"],
-            "load_rate": load["rate"]}
+            "load_rate": load["rate"], "cpu_us_per_event": cpu}
