@@ -9,13 +9,15 @@ Each event's latency is the journal's ``applied_at`` minus the payload's
 ``occurred_at``: ``occurred_at`` is stamped in the agent's libvirt callback,
 ``applied_at`` by consumer/store.py inside the applying transaction (the commit itself,
 a few hundred microseconds on a local PostgreSQL, is not included). The baseline is the
-periodic poll (baseline_poll). A spy queue on the same exchange times each event's
-arrival at the broker's side (benchmarks.spy_queue), splitting the latency into the
-agent's and broker's share and the consumer's.
+periodic poll (baseline_poll). A second, shorter pass adds a spy queue on the same
+exchange that times each event's arrival at the broker's side (benchmarks.spy_queue),
+splitting the latency into the agent's and broker's share and the consumer's; its own
+CPU would weigh on the measure, so the measure is the first pass, without it.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import time
 
@@ -41,22 +43,74 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
         agents.append(proc.pid)
     harness.wait_for(lambda: harness.caught_up(engine, {n: 1 for n in names}), 180,
                      "every agent's start inventory in the database")
-
-    total = int(p.latency_rate * p.latency_seconds)
-    spy = ModuleProcess(run, "spy_queue", {
-        "rabbitmq_url": harness.RABBITMQ_URL, "exchange": topology.exchange,
-        "routing_key": harness.ROUTING_KEY, "expected": total,
-        "timeout": p.latency_seconds + 120}, f"{NAME}-spy")
-    spy.line(30)
     sources = {"machine (all cores)": harness.machine_cpu_seconds,
                "agents": harness.CpuMeter.of_pids(agents),
                "libvirtds": harness.CpuMeter.of_pids([d.pid for d in hosts]),
                "consumer": harness.CpuMeter.of_pids([consumer.pid]),
-               "postgres": harness.postgres_cpu_seconds,
-               "spy": harness.CpuMeter.of_pids([spy.pid])}
+               "postgres": harness.postgres_cpu_seconds}
     broker_pid = harness.machine_broker_pid()
     if broker_pid is not None:
         sources["broker"] = harness.CpuMeter.of_pids([broker_pid])
+
+    # The measure, then a shorter pass with a spy queue that splits the latency at the
+    # broker (the spy's own CPU then counts on this machine: not in the measure).
+    measured = _steady(run, engine, hosts, sources, p.latency_seconds, spy_topology=None)
+    split = _steady(run, engine, hosts, sources, p.latency_seconds / 2, spy_topology=topology)
+    for daemon in hosts:
+        pipeline.stop_process(f"agent-{daemon.host}")
+    lat = measured["latencies_ms"]
+    ok = len(lat) == measured["events"]
+    p50, p99, worst = (harness.percentile(lat, 0.5), harness.percentile(lat, 0.99), max(lat))
+    poll = baseline_poll.percentiles_ms()
+    label = "600 s poll (model)"
+    shape = f"{len(names)} agent processes on {len(names)} libvirtds"
+    spied = split["spy"]
+    rows = [
+        Row(NAME, f"p50 callback -> committed ({shape})", "ms", p50, target=5,
+            higher_is_better=False, baseline=poll["p50"], baseline_label=label),
+        Row(NAME, f"p99 callback -> committed ({shape})", "ms", p99, target=25,
+            higher_is_better=False, baseline=poll["p99"], baseline_label=label),
+        Row(NAME, f"max callback -> committed ({shape})", "ms", worst, higher_is_better=False,
+            baseline=poll["max"], baseline_label=label),
+        Row(NAME, "cores busy on the machine during the steady load", "cores",
+            measured["cores"]["machine (all cores)"], higher_is_better=False,
+            limit=float(os.cpu_count() or 1), limit_label="cores here"),
+        Row(NAME, "steady rate achieved / nothing lost", "events/s", measured["rate"],
+            met=ok and measured["rate"] >= 0.98 * p.latency_rate,
+            note=f"{len(lat)}/{measured['events']} journaled"),
+        Row(NAME, "profile pass, with a spy queue: p50 callback -> committed", "ms",
+            harness.percentile(split["latencies_ms"], 0.5), higher_is_better=False),
+        Row(NAME, "profile pass: p50 callback -> in the broker (the spy's copy)", "ms",
+            spied["p50_ms"], higher_is_better=False),
+        Row(NAME, "profile pass: p99 callback -> in the broker (the spy's copy)", "ms",
+            spied["p99_ms"], higher_is_better=False),
+    ]
+    details = {"hosts": len(names), "loaders": p.latency_loaders, "events": measured["events"],
+               "rate": measured["rate"], "seconds": measured["seconds"],
+               "pacer_max_behind_s": measured["max_behind_s"],
+               "p50_ms": p50, "p90_ms": harness.percentile(lat, 0.9), "p99_ms": p99,
+               "p999_ms": harness.percentile(lat, 0.999), "max_ms": worst,
+               "mean_ms": sum(lat) / len(lat) if lat else None, "baseline_model": poll,
+               "cores_used": measured["cores"],
+               "profile_pass": {k: v for k, v in split.items() if k != "latencies_ms"}}
+    return ScenarioResult(NAME, rows, details)
+
+
+def _steady(run: Run, engine, hosts: list, sources: dict, seconds: float,
+            spy_topology) -> dict:
+    """``latency_rate`` events/s for ``seconds`` from the load processes; every event
+    committed, the latencies of this pass, the cores each part used, and with
+    ``spy_topology`` the spy queue's split."""
+    p = run.profile
+    before = harness.journal_count(engine, PREFIX)
+    spy = None
+    if spy_topology is not None:
+        spy = ModuleProcess(run, "spy_queue", {
+            "rabbitmq_url": harness.RABBITMQ_URL, "exchange": spy_topology.exchange,
+            "routing_key": harness.ROUTING_KEY, "expected": int(p.latency_rate * seconds),
+            "timeout": seconds + 120}, f"{NAME}-spy")
+        spy.line(30)
+        sources = dict(sources, spy=harness.CpuMeter.of_pids([spy.pid]))
     meter = harness.CpuMeter(sources)
     start_at = time.time() + 3.0
     loaders = []
@@ -65,54 +119,24 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
         loaders.append(ModuleProcess(run, "libvirt_load", {
             "targets": [{"uri": d.uri, "host": d.host, "first": 0, "count": p.domains_per_host}
                         for d in mine],
-            "rate": p.latency_rate / p.latency_loaders, "seconds": p.latency_seconds,
+            "rate": p.latency_rate / p.latency_loaders, "seconds": seconds,
             "start_at": start_at}, f"{NAME}-load-{i}"))
     time.sleep(max(0.0, start_at - time.time()))
     meter.start()
-    results = [proc.line(p.latency_seconds + 120) for proc in loaders]
+    results = [proc.line(seconds + 120) for proc in loaders]
     used = meter.stop()
     used["loaders"] = sum(r["cpu_s"] for r in results)
-    cores = {part: round(seconds / meter.wall, 2) for part, seconds in used.items()}
     events = sum(r["events"] for r in results)
     t_start = min(r["t_start"] for r in results)
     t_end = max(r["t_end"] for r in results)
-    behind = max(r["max_behind_s"] for r in results)
-    harness.wait_for(lambda: harness.journal_count(engine, PREFIX) >= len(names) + events, 60,
+    harness.wait_for(lambda: harness.journal_count(engine, PREFIX) >= before + events, 60,
                      "every event committed", interval=0.1)
-    split = spy.line(60)
-    for daemon in hosts:
-        pipeline.stop_process(f"agent-{daemon.host}")
+    since = datetime.datetime.fromtimestamp(t_start - 1.0, datetime.timezone.utc).replace(tzinfo=None)
     lat = [harness.seconds(applied - occurred) * 1000
            for event_type, occurred, applied in harness.journal_rows(engine, PREFIX)
-           if event_type.startswith("instance.")]
-    rate = events / (t_end - t_start)
-    ok = len(lat) == events
-    p50, p99, worst = (harness.percentile(lat, 0.5), harness.percentile(lat, 0.99), max(lat))
-    poll = baseline_poll.percentiles_ms()
-    label = "600 s poll (model)"
-    shape = f"{len(names)} agent processes on {len(names)} libvirtds"
-    rows = [
-        Row(NAME, f"p50 callback -> committed ({shape})", "ms", p50, target=5,
-            higher_is_better=False, baseline=poll["p50"], baseline_label=label),
-        Row(NAME, f"p99 callback -> committed ({shape})", "ms", p99, target=25,
-            higher_is_better=False, baseline=poll["p99"], baseline_label=label),
-        Row(NAME, f"max callback -> committed ({shape})", "ms", worst, higher_is_better=False,
-            baseline=poll["max"], baseline_label=label),
-        Row(NAME, "of which callback -> in the broker, p50 (a spy queue's copy)", "ms",
-            split["p50_ms"], higher_is_better=False),
-        Row(NAME, "of which callback -> in the broker, p99 (a spy queue's copy)", "ms",
-            split["p99_ms"], higher_is_better=False),
-        Row(NAME, "cores busy on the machine during the steady load", "cores",
-            cores["machine (all cores)"], higher_is_better=False,
-            limit=float(os.cpu_count() or 1), limit_label="cores here"),
-        Row(NAME, "steady rate achieved / nothing lost", "events/s", rate,
-            met=ok and rate >= 0.98 * p.latency_rate,
-            note=f"{len(lat)}/{events} journaled"),
-    ]
-    details = {"hosts": len(names), "loaders": p.latency_loaders, "events": events,
-               "rate": rate, "seconds": t_end - t_start, "pacer_max_behind_s": behind,
-               "p50_ms": p50, "p90_ms": harness.percentile(lat, 0.9), "p99_ms": p99,
-               "p999_ms": harness.percentile(lat, 0.999), "max_ms": worst,
-               "mean_ms": sum(lat) / len(lat) if lat else None, "baseline_model": poll,
-               "to_the_broker": split, "cores_used": cores}
-    return ScenarioResult(NAME, rows, details)
+           if event_type.startswith("instance.") and occurred >= since]
+    return {"events": events, "seconds": t_end - t_start, "rate": events / (t_end - t_start),
+            "max_behind_s": max(r["max_behind_s"] for r in results),
+            "cores": {part: round(used_s / meter.wall, 2) for part, used_s in used.items()},
+            "latencies_ms": lat, "journaled": len(lat),
+            "spy": spy.line(60) if spy is not None else None}
