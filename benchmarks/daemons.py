@@ -19,6 +19,7 @@ import pwd
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 
 from benchmarks.harness import BenchError, wait_for
@@ -38,7 +39,10 @@ class Daemon:
 
     def __init__(self, workdir: str, host: str):
         self.host = host
-        self.dir = os.path.join(workdir, f"libvirtd-{host}")
+        self.log_path = os.path.join(workdir, f"libvirtd-{host}.log")
+        # Its directories where nobody can reach them (a work directory under a
+        # root-only parent would not do), with a short socket path (108 bytes at most).
+        self.dir = tempfile.mkdtemp(prefix=f"lifecycle-libvirtd-{host}-")
         self.runtime = os.path.join(self.dir, "run")
         self.socket = os.path.join(self.runtime, "libvirt", "libvirt-sock")
         self.uri = f"test+unix:///default?socket={self.socket}"
@@ -62,7 +66,7 @@ class Daemon:
                "HOME": os.path.join(self.dir, "home"), "XDG_RUNTIME_DIR": self.runtime,
                "XDG_CONFIG_HOME": os.path.join(self.dir, "config"),
                "XDG_CACHE_HOME": os.path.join(self.dir, "cache")}
-        log = open(os.path.join(self.dir, "libvirtd.log"), "ab")
+        log = open(self.log_path, "ab")
         # In the foreground (no -d): this process is its parent and reaps it.
         self.proc = subprocess.Popen(["runuser", "-u", USER, "--", "libvirtd"], env=env,
                                      stdout=log, stderr=subprocess.STDOUT,
@@ -72,7 +76,7 @@ class Daemon:
                  f"libvirtd of {self.host} to listen")
         if self.proc.poll() is not None:
             raise BenchError(f"libvirtd of {self.host} exited with {self.proc.returncode} "
-                             f"(see {self.dir}/libvirtd.log)")
+                             f"(see {self.log_path})")
         return self
 
     def hold(self, domains: int) -> None:
@@ -109,15 +113,38 @@ class Daemon:
             except Exception:  # noqa: BLE001 - the daemon may be gone already
                 pass
             self._holder = None
+        try:
+            pid = self.pid
+        except (OSError, ValueError):
+            pid = None
         if self.proc is not None and self.proc.poll() is None:
-            # runuser passes SIGTERM on to libvirtd and waits for it.
+            # runuser passes SIGTERM on to libvirtd.
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        shutil.rmtree(self.runtime, ignore_errors=True)  # its sockets
+        if pid is not None and not _gone(pid, timeout=30):
+            os.kill(pid, signal.SIGKILL)
+            _gone(pid, timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` ended (or is a zombie waiting to be reaped) within
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
 
 
 def start_daemons(run, hosts: list[str], domains: int) -> list[Daemon]:

@@ -56,5 +56,5 @@ def test_a_daemon_of_its_own_carries_every_event_of_the_load_to_a_callback(tmp_p
         assert len(states.stdout.split()) == 6
     finally:
         run.cleanup()
-    assert not os.path.exists(f"/proc/{pid}")
-    assert not os.path.exists(daemon.runtime)
+    assert daemons._gone(pid, timeout=0)
+    assert not os.path.exists(daemon.dir)
