@@ -163,6 +163,12 @@ class FaultRun:
     # -- faults -----------------------------------------------------------------------------
     def fault(self, name: str, seconds: float) -> FaultResult:
         apply, heal = self._faults()[name]
+        # Each fault starts on a whole cluster. The last one's heal only reconnected the
+        # network or restarted a node: a node that pause_minority paused resumes in its
+        # own time, and a fault begun before then (kill -9 of another node, say) would
+        # leave a minority and stall the pipeline, which is then not this fault's doing.
+        self.cluster.wait_for_cluster(nodes=self.cluster.indices, timeout=120,
+                                      restart_hung=True)
         self.start_load()
         time.sleep(1.0)  # the load runs before the fault, as it does in production
         before = self.hosts.call("stats")["last_seq"]
