@@ -109,16 +109,24 @@ def _load_results(loaders: list[ModuleProcess], timeout: float) -> dict:
             "late_start_s": max(r["t_start"] for r in results) - t_start}
 
 
+def _under_load(run: Run, daemon: daemons.Daemon, subscriber: ModuleProcess,
+                events: int) -> tuple[dict, dict, dict]:
+    """The load, once ``subscriber`` (a process that says ready, then its result) is
+    subscribed: its result, the loaders' and the CPU per event of each part."""
+    subscriber.line(120)  # subscribed
+    meter = _cpu(daemon, subscriber.pid)
+    loaders, _ = _loaders(run, daemon, subscriber.label)
+    load = _load_results(loaders, 300)
+    got = subscriber.line(320)
+    cpu = _us_per_event(meter, load, events)
+    subscriber.wait()
+    return got, load, cpu
+
+
 def _bare_callback(run: Run, daemon: daemons.Daemon, events: int) -> dict:
     bare = ModuleProcess(run, "bare_callback", {"uri": daemon.uri, "expected": events,
                                                 "timeout": 300}, f"{NAME}-bare")
-    bare.line(60)  # subscribed
-    meter = _cpu(daemon, bare.pid)
-    loaders, _ = _loaders(run, daemon, f"{NAME}-bare")
-    load = _load_results(loaders, 300)
-    got = bare.line(320)
-    cpu = _us_per_event(meter, load, events)
-    bare.wait()
+    got, load, cpu = _under_load(run, daemon, bare, events)
     if got["events"] != events:
         raise BenchError(f"publish: the bare callback saw {got['events']} of {events} events")
     return {"events": got["events"], "seconds": got["t_last"] - load["t_start"],
@@ -186,13 +194,7 @@ def _notifier(run: Run, daemon: daemons.Daemon, events: int) -> dict:
     base = ModuleProcess(run, "baseline_publish", {
         "uri": daemon.uri, "events": events, "exchange": exchange, "topic": exchange,
         "transport_url": harness.TRANSPORT_URL, "time_limit": 240.0}, f"{NAME}-notifier")
-    base.line(120)  # subscribed, the exchange and queue exist
-    meter = _cpu(daemon, base.pid)
-    loaders, _ = _loaders(run, daemon, f"{NAME}-notifier")
-    load = _load_results(loaders, 300)
-    got = base.line(300)
-    cpu = _us_per_event(meter, load, events)
-    base.wait()
+    got, load, cpu = _under_load(run, daemon, base, events)  # ready: its exchange exists
     seconds = got["t_last"] - load["t_start"]
     queued, _ = harness.queue_counts(f"{exchange}.info")
     return {"events": events, "sent": got["sent"], "seconds": seconds,
