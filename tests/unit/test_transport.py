@@ -2,7 +2,7 @@
 
 import pytest
 
-from lifecycle_common.transport import Broker, TransportURLError, parse
+from lifecycle_common.transport import Broker, TransportURLError, parse, redact
 
 # url -> (brokers, vhost)
 VALID = {
@@ -86,3 +86,96 @@ def test_error_messages_never_show_passwords():
         parse("rabbit://user:s3cret@host1:5672,user:0ther@host2:99999/")
     assert "s3cret" not in str(err.value) and "0ther" not in str(err.value)
     assert "user:***@host1" in str(err.value)
+
+
+# Hostile URLs -> what redact() shows. Every password is built of pieces that start
+# with "PW" and are split only by the characters a password may hold unescaped, so a
+# leak of any piece of it shows "PW" in the output.
+REDACTED = {
+    # an unescaped '@' in a password: credentials end at the broker's last '@'
+    "rabbit://user:PWa@PWb@host:5672/": "rabbit://user:***@host:5672/",
+    "rabbit://u:PWa@PWb@h1,u2:PWc@PWd@h2/vh": "rabbit://u:***@h1,u2:***@h2/vh",
+    "rabbit://u:PWa@@PWb@h/": "rabbit://u:***@h/",
+    # characters that end urlsplit's netloc ('/', '?', '#') or split brokers (',')
+    "rabbit://u:PWa/PWb@h:5672/vh": "rabbit://u:***@h:5672/vh",
+    "rabbit://u:PWa?PWb@h/vh?ssl=1": "rabbit://u:***@h/vh?ssl=1",
+    "rabbit://u:PWa#PWb@h/vh": "rabbit://u:***@h/vh",
+    "rabbit://u:PWa,PWb@h/vh": "rabbit://u:***@h/vh",
+    "rabbit://u:PWa,PWb@h1,u2:PWc,PWd@h2:5673/vh": "rabbit://u:***@h1,u2:***@h2:5673/vh",
+    "rabbit://u:PWa/PWb?PWc#PWd,PWe@PWf@h/vh?ssl=1#x": "rabbit://u:***@h/vh?ssl=1#x",
+    "rabbit://u:12,PW34@h/": "rabbit://u:***@h/",
+    "rabbit://u:PWa:PWb@h/vh": "rabbit://u:***@h/vh",
+    "rabbit://u:PWa[PWb@h/": "rabbit://u:***@h/",
+    "rabbit://u:PWa[PWb]@h/": "rabbit://u:***@h/",
+    "rabbit://u:PWa]@[::1]/": "rabbit://u:***@[::1]/",
+    "rabbit://u:PWa\\PWb PWc@h/": "rabbit://u:***@h/",
+    "rabbit://u:PWa\u2101PWb@h/": "rabbit://u:***@h/",
+    # IPv6 hosts, several brokers, brokers without credentials, query strings
+    "rabbit://u:PWa@[::1]:5672/?ssl=1": "rabbit://u:***@[::1]:5672/?ssl=1",
+    "rabbit://u:PWa@[2001:db8::5]:5671,v:PWb@[fe80::1]/x":
+        "rabbit://u:***@[2001:db8::5]:5671,v:***@[fe80::1]/x",
+    "rabbit://u:PWa@h1:5672,h2:5673/vh?ssl=1": "rabbit://u:***@h1:5672,h2:5673/vh?ssl=1",
+    "rabbit://u:PWa@h1,u2@h2,u3:PWb@h3/": "rabbit://u:***@h1,u2@h2,u3:***@h3/",
+    "rabbit://h1,u:PWa@h2/": "rabbit://h1,u:***@h2/",
+    "amqp://u:PWa%3APWb@h:5671/v%2Fh?ssl=1&login_method=PLAIN":
+        "amqp://u:***@h:5671/v%2Fh?ssl=1&login_method=PLAIN",
+    # percent-escapes, empty password, user without password, no credentials
+    "rabbit://user%40corp:PWa%2FPWb%40@broker/%2Fprod": "rabbit://user%40corp:***@broker/%2Fprod",
+    "rabbit://u:@h/": "rabbit://u:***@h/",
+    "rabbit://u@h/": "rabbit://u@h/",
+    "rabbit://h1:5672,h2/vh?ssl=1": "rabbit://h1:5672,h2/vh?ssl=1",
+    "rabbit://": "rabbit://",
+    "": "",
+    # no scheme (or a broken one): the whole text is read as brokers
+    "u:PWa@h": "u:***@h",
+    "u:PWa://PWb@h": "u:***@h",
+    "rabbit:/u:PWa@h/": "rabbit:***@h/",
+    " rabbit://u:PWa@h/": " rabbit://u:***@h/",
+    # ambiguous: hiding more rather than less
+    "rabbit://u:PWa@h/v@x": "rabbit://u:***@x",
+    "rabbit://h1:5672,u:PWa@h2/": "rabbit://h1:***@h2/",
+    "rabbit://u:PWa@h1,h2:5673,u3:PWb@h3/": "rabbit://u:***@h1,h2:***@h3/",
+    # the one shape read as two brokers, as parse() reads it: '@' then ',' in a password
+    "rabbit://u:PWa@x,y@h/": "rabbit://u:***@x,y@h/",
+}
+
+
+@pytest.mark.parametrize("url", list(REDACTED))
+def test_redact_hides_every_password_and_keeps_the_rest(url):
+    assert redact(url) == REDACTED[url]
+    assert "PW" not in redact(url)
+
+
+@pytest.mark.parametrize("url", list(REDACTED))
+def test_parse_errors_never_show_a_password(url):
+    """parse() either reads the URL or says why with nothing of a password in it."""
+    try:
+        parse(url)
+    except TransportURLError as exc:
+        assert "PW" not in str(exc)
+
+
+@pytest.mark.parametrize("url", [
+    "rabbit://u:PWa/PWb@h/vh", "rabbit://u:PWa?PWb@h/vh", "rabbit://u:PWa#PWb@h/vh",
+    "rabbit://u:PWa,PWb@h/vh"])
+def test_a_password_cut_by_urlsplit_or_a_comma_is_a_bad_port_not_shown(url):
+    # urlsplit ends the netloc at the first '/', '?' or '#', and brokers split at ','.
+    # What is left before the cut reads as host "u" and port "PWa": an error, and the
+    # port it names would be the start of the password.
+    with pytest.raises(TransportURLError, match="bad port [(]not shown") as caught:
+        parse(url)
+    assert "PW" not in str(caught.value) and "u:***@h" in str(caught.value)
+
+
+@pytest.mark.parametrize(("url", "detail"), [
+    ("rabbit://u:PWa[PWb]@h/", "does not appear to be an IPv4 or IPv6 address"),
+    ("rabbit://u:PWa\u2101PWb@h/", "invalid characters under NFKC normalization")])
+def test_urlsplit_errors_are_shown_without_the_text_they_quote(url, detail):
+    with pytest.raises(TransportURLError, match=detail) as caught:
+        parse(url)
+    assert "PW" not in str(caught.value)
+
+
+def test_a_password_with_an_at_sign_parses_whole():
+    assert parse("rabbit://u:PWa@PWb@h1,u2:c@d@h2:5673/vh") == (
+        [Broker("h1", 5672, "u", "PWa@PWb"), Broker("h2", 5673, "u2", "c@d")], "vh")
