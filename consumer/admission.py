@@ -14,12 +14,12 @@ the user the publisher logged in as, and the agent sets it on every message; so 
 ``host_user`` a message about host H is accepted only from H's own broker user
 (``publisher_user_template`` formatted with H) or a listed trusted publisher.
 
-The clock rule: an agent's epoch is the time it started, in seconds (or its previous
-epoch plus one, whichever is greater), and it stamps events with its clock. A message
-whose epoch or ``occurred_at`` lies more than ``max_clock_skew`` ahead of the
-consumer's clock is refused: applied, it would make every later real event of that
-host (or instance, or heartbeat) look older, and silence it until the agent's own
-clock caught up. Within the skew, only a publisher allowed to speak for the host can
+No clock is believed here: an epoch is a counter of the agent's starts and
+``occurred_at`` is the host's own account of when libvirt saw the event, shown to
+operators and used for latency; neither decides anything (DESIGN.md, "Time: whose
+clock decides"). So a message is never refused for what a host's clock says: a host
+whose clock is hours ahead is applied like any other (the store records and reports
+its offset). With ``host_user``, only a publisher allowed to speak for the host can
 set its epoch.
 """
 
@@ -30,8 +30,7 @@ import enum
 import functools
 from typing import Optional, Union
 
-from lifecycle_common import timeutil, wire
-from lifecycle_common.wire.payloads import HostHeartbeatPayload
+from lifecycle_common import wire
 
 AGENT_PUBLISHER_PREFIX = "lifecycle-agent:"
 
@@ -46,7 +45,6 @@ class Policy:
     identity: PublisherIdentity = PublisherIdentity.ANY
     user_template: str = "{host}"
     trusted: frozenset[str] = frozenset()
-    max_clock_skew: float = 300.0
 
     @functools.lru_cache(maxsize=65536)
     def user_for(self, host: str) -> str:
@@ -67,7 +65,7 @@ class Cause(str, enum.Enum):
     """Why a message was dead-lettered, in a word (for counting; the reason says more)."""
     UNREADABLE = "unreadable"  # not a notification this version can read
     PUBLISHER = "publisher"    # its publisher may not speak for its host
-    CLOCK = "clock"            # its epoch or moment lies beyond the consumer's clock
+    CLOCK = "clock"            # no longer given (clocks decide nothing): dead letters of old
     DATABASE = "database"      # the database refused it
     APPLY = "apply"            # applying it raised
 
@@ -82,8 +80,8 @@ Verdict = Union[Admitted, Foreign, Refused]
 
 
 def admit(body: bytes | str, user_id: Optional[str], now: float, policy: Policy) -> Verdict:
-    """What becomes of one message; ``user_id`` is its AMQP property (None when unset),
-    ``now`` the consumer's clock (``time.time()``)."""
+    """What becomes of one message; ``user_id`` is its AMQP property (None when unset).
+    ``now``, the consumer's clock, decides nothing any more (kept for callers)."""
     try:
         note = wire.decode(body)
     except wire.WireError as exc:
@@ -95,9 +93,6 @@ def admit(body: bytes | str, user_id: Optional[str], now: float, policy: Policy)
         reason = identity_refusal(note, user_id, policy)
         if reason:
             return Refused(reason, Cause.PUBLISHER)
-        reason = clock_refusal(note, now, policy)
-        if reason:
-            return Refused(reason, Cause.CLOCK)
     except Exception as exc:  # noqa: BLE001 - e.g. a template that fails for this host
         return Refused(f"cannot be checked: {type(exc).__name__}: {exc}", Cause.UNREADABLE)
     return Admitted(note)
@@ -115,22 +110,6 @@ def identity_refusal(note: wire.Notification, user_id: Optional[str],
     who = "a message without user_id" if not user_id else f"user {user_id!r}"
     return (f"{who} may not speak for host {host!r}: publisher_identity = host_user "
             f"accepts only user {expected!r} or a trusted publisher")
-
-
-def clock_refusal(note: wire.Notification, now: float, policy: Policy) -> Optional[str]:
-    """Why the notification's epoch or moment cannot be believed."""
-    p = note.payload
-    limit = now + policy.max_clock_skew
-    if p.epoch > limit:
-        return (f"host {p.host!r}: epoch {p.epoch} is {p.epoch - now:.0f}s ahead of the "
-                f"consumer's clock (max_clock_skew {policy.max_clock_skew:.0f}s)")
-    occurred = timeutil.parse(p.occurred_at).timestamp()
-    if occurred > limit:
-        seq = p.last_seq if isinstance(p, HostHeartbeatPayload) else p.seq
-        return (f"host {p.host!r} seq {seq}: occurred_at {p.occurred_at} is "
-                f"{occurred - now:.0f}s ahead of the consumer's clock "
-                f"(max_clock_skew {policy.max_clock_skew:.0f}s)")
-    return None
 
 
 def _foreign_publisher(body: bytes | str) -> Optional[str]:

@@ -1,14 +1,20 @@
 """How a notification changes an instance row. Pure: no I/O, table-tested.
 
-The rules make applying idempotent and order-independent, so redeliveries and
-competing consumers cannot move an instance backwards:
+The rules make applying idempotent and, for each host, order-independent, so
+redeliveries and competing consumers cannot move an instance backwards. No clock is
+compared: each host's own ``(epoch, seq)`` orders what that host says, and the
+consumer's order of arrival decides between hosts.
 - from the host that wrote the row, an event applies only if its ``(epoch, seq)`` is
   greater than the row's (a duplicate or an older event changes nothing);
-- from another host, only news that the guest now runs there (a start, a resume, an
-  inventory listing it running) applies, and only if it occurred after the row's last
-  event or the owner announced that the guest is leaving (a migration): the new host
-  becomes the owner. Anything else from a host that no longer owns the instance (the
-  source's own migration events, its late stop or undefine) is stale;
+- from another host, news that the guest now runs there (a start, a resume, an
+  inventory listing it running) applies, and that host becomes the owner: the newest
+  such word to arrive wins (a migration's destination, an evacuation's new host).
+  Anything else from a host that does not own the instance (the source's own
+  migration events, its late stop or undefine) is stale, unless the instance is
+  deleted, when any word from elsewhere brings it back. A word from another host that
+  is not newer than the last that host said about the instance (``last_word``, from
+  the journal) is stale: a late redelivery of a host's old start cannot take back an
+  instance that has moved on;
 - an inventory is the truth for its host: each listed instance is set as an event with
   the inventory's ``(epoch, seq)`` would be, and an instance of that host missing from
   it, last changed before the inventory, is marked deleted.
@@ -59,25 +65,24 @@ class Observation:
     runs_here: bool = False      # says the guest runs on obs.host: may move the owner
 
 
-# The owner's last event said the guest is leaving: another host may take it at once.
-DEPARTURES = frozenset({"instance.migrating", "instance.migrated"})
-
-
-def is_newer(row: Optional[InstanceRow], obs: Observation) -> bool:
+def is_newer(row: Optional[InstanceRow], obs: Observation,
+             last_word: Optional[tuple[int, int]] = None) -> bool:
+    """Whether ``obs`` changes ``row``; ``last_word`` is the ``(epoch, seq)`` of the
+    newest word ``obs.host`` said about this instance before (None: none known)."""
     if row is None:
         return True
     if row.host == obs.host:
         return (obs.epoch, obs.seq) > (row.epoch, row.seq)
-    if obs.runs_here and row.last_event_type in DEPARTURES:
-        return True
-    if row.deleted:
-        return obs.occurred_at > row.event_occurred_at
-    return obs.runs_here and obs.occurred_at > row.event_occurred_at
+    if last_word is not None and (obs.epoch, obs.seq) <= last_word:
+        return False
+    return obs.runs_here or row.deleted
 
 
-def apply(row: Optional[InstanceRow], obs: Observation) -> tuple[Optional[InstanceRow], Outcome]:
-    """The row after ``obs`` and whether it changed anything."""
-    if not is_newer(row, obs):
+def apply(row: Optional[InstanceRow], obs: Observation,
+          last_word: Optional[tuple[int, int]] = None) -> tuple[Optional[InstanceRow], Outcome]:
+    """The row after ``obs`` and whether it changed anything (``last_word``: see
+    ``is_newer``)."""
+    if not is_newer(row, obs, last_word):
         return row, Outcome.STALE
     if obs.power_state is not None:
         power_state = obs.power_state

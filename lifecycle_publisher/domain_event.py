@@ -37,6 +37,7 @@ class Inventory:
     occurred_at: float
     reason: str  # start, reconnect, periodic
     domains: tuple[DomainSnapshot, ...]
+    new_state: bool = False  # the first inventory of a state that had no epoch
 
 
 class Sequencer:

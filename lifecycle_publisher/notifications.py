@@ -58,7 +58,7 @@ def inventory_notification(host: str, epoch: int, inventory: Inventory) -> Notif
         for d in inventory.domains)
     payload = payloads.HostInventoryPayload(
         host=host, epoch=epoch, seq=inventory.seq, occurred_at=occurred,
-        reason=inventory.reason, instances=entries)
+        reason=inventory.reason, instances=entries, new_state=inventory.new_state)
     return Notification(event_type=INVENTORY, payload=payload,
                         publisher_id=publisher_id(host), timestamp=_oslo_timestamp(occurred))
 

@@ -8,6 +8,7 @@ after a deadline) so that nothing is left behind.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -156,16 +157,23 @@ bind_port = {port}
         start inventory is in the database, so that every later change is an event."""
         conf = self.agent_conf(host, uri, groups, **agent_opts)
         self._conf_of[f"agent-{host}"] = os.path.basename(conf)
-        since = self._last_seq(host) if wait else 0
+        started = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
         proc = self._start(f"agent-{host}", [command("lifecycle-agent"), "--config-file", conf],
                            env)
         if wait:
-            self.wait_for(lambda: self._last_seq(host) > since, timeout,
+            self.wait_for(lambda: self._inventory_since(host, started), timeout,
                           f"agent {host}'s start inventory")
         return proc
 
-    def _last_seq(self, host: str) -> int:
-        return max([h["last_seq"] for h in self.hosts(direct=True) if h["name"] == host] or [0])
+    def _inventory_since(self, host: str, moment: datetime.datetime) -> bool:
+        """Whether an inventory of ``host`` was applied at or after ``moment`` (naive
+        UTC, as the journal stores it)."""
+        import sqlalchemy as sa
+        from consumer.db.tables import journal
+        with self._db().connect() as conn:
+            return conn.execute(sa.select(journal.c.seq).where(
+                journal.c.host == host, journal.c.event_type == "host.inventory",
+                journal.c.applied_at >= moment).limit(1)).first() is not None
 
     def stop_process(self, name: str, sig: int | None = signal.SIGTERM,
                      timeout: float = 20.0) -> int:

@@ -1,4 +1,5 @@
-"""``instance list``, ``host list`` and ``queue status``: the state as it stands."""
+"""``instance list``, ``host list`` and ``queue status``: the state as it stands; and
+``host rename``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import amqp
 
 from lifecycle_common import broker
 from consumer.cli import tables
+from consumer.db import host_rename as host_rename_
 from consumer.db import queries
 from consumer.topology import Topology
 
@@ -18,7 +20,7 @@ INSTANCE_COLUMNS = ["uuid", "name", "host", "host_status", "power_state", "delet
 INSTANCE_FIELDS = ["uuid", "name", "host", "host_status", "power_state", "deleted",
                    "last_event_type", "epoch", "seq", "event_occurred_at", "applied_at"]
 HOST_COLUMNS = ["name", "status", "agent_status", "libvirt_connected", "last_heartbeat_at",
-                "epoch", "last_seq"]
+                "clock_offset", "epoch", "last_seq"]
 
 
 def _print(rows: list[dict], columns: list[str], fmt: str, right=()) -> None:
@@ -37,7 +39,22 @@ def instance_list(conf, engine) -> int:
 
 def host_list(conf, engine) -> int:
     _print(queries.list_hosts(engine), HOST_COLUMNS, conf.command.format,
-           right=["epoch", "last_seq"])
+           right=["clock_offset", "epoch", "last_seq"])
+    return 0
+
+
+def host_rename(conf, engine) -> int:
+    old, new = conf.command.old_name, conf.command.new_name
+    try:
+        renamed = host_rename_.rename(engine, old, new)
+    except host_rename_.UnknownHost:
+        print(f"lifecycle-manage: no host {old!r} in the database", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"lifecycle-manage: {exc}", file=sys.stderr)
+        return 1
+    print(f"host {old} renamed {new}: {renamed.instances} instances moved"
+          + (f" (the row of {new} kept, {old}'s removed)" if renamed.merged else ""))
     return 0
 
 

@@ -84,4 +84,5 @@ def list_hosts(engine: sa.Engine) -> list[dict]:
             "libvirt_connected": bool(r.libvirt_connected),
             "last_heartbeat_at": _iso(r.last_heartbeat_at), "epoch": r.epoch,
             "last_seq": r.last_seq, "updated_at": _iso(r.updated_at),
+            "clock_offset": None if r.clock_offset is None else round(r.clock_offset, 3),
         } for r in conn.execute(sa.select(hosts).order_by(hosts.c.name))]

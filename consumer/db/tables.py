@@ -29,6 +29,9 @@ hosts = sa.Table(
     sa.Column("epoch", sa.BigInteger, nullable=False),
     sa.Column("last_seq", sa.BigInteger, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
+    # Seconds the host's clock is ahead of ours (negative: behind), from its last
+    # heartbeat: the moment it says, less when it arrived. Shown, never decided on.
+    sa.Column("clock_offset", sa.Double, nullable=True),
     **MYSQL_TABLE,
 )
 

@@ -57,7 +57,9 @@ class HostInventoryPayload:
     """Every domain a host has, read at one moment: the truth for that host."""
 
     NAME: typing.ClassVar[str] = "HostInventoryPayload"
-    VERSION: typing.ClassVar[str] = "1.0"
+    # 1.0: the listing. 1.1: new_state, true on the start inventory of a state that
+    # had no epoch (the host starts over: its epoch is its newest, whatever its value).
+    VERSION: typing.ClassVar[str] = "1.1"
 
     host: str
     epoch: int
@@ -65,6 +67,7 @@ class HostInventoryPayload:
     occurred_at: str
     reason: str
     instances: tuple[InventoryEntry, ...]
+    new_state: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

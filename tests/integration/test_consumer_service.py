@@ -280,10 +280,10 @@ def test_any_exception_while_applying_dead_letters_only_that_message(
     cursed = str(uuid.uuid4())
     fold = store_module._fold
 
-    def fold_or_raise(current, note, occurred_at):
+    def fold_or_raise(current, note, *args):
         if getattr(note.payload, "uuid", None) == cursed:
             raise KeyError("a defect")
-        return fold(current, note, occurred_at)
+        return fold(current, note, *args)
     monkeypatch.setattr(store_module, "_fold", fold_or_raise)
     vms = [str(uuid.uuid4()) for _ in range(9)] + [cursed]
     for seq, vm in enumerate(vms, 1):

@@ -221,19 +221,48 @@ def test_undefined_event_marks_deleted(store, db_engine):
     assert (row.deleted, row.power_state) == (True, "shutdown")
 
 
+def _seconds_ago(moment: datetime.datetime) -> float:
+    return (timeutil.utcnow().replace(tzinfo=None) - moment).total_seconds()
+
+
 def test_heartbeats_set_the_host_up(store, db_engine):
+    """A heartbeat keeps its host up from when it arrives here (the consumer's clock),
+    whatever moment the host's clock wrote in it; the difference is the host's clock
+    offset, kept for the operator."""
     beat_at = datetime.datetime(2026, 11, 25, 8, 54, 44, 654321, tzinfo=timeutil.UTC)
+    before = timeutil.utcnow()
     result = store.apply_batch(wire_roundtrip([heartbeat(41, at=beat_at)]))
     assert result.heartbeats == 1
     row = host_row(db_engine)
     assert (row.status, row.agent_status, row.epoch, row.last_seq) == ("up", "running", EPOCH, 41)
-    assert row.last_heartbeat_at == beat_at.replace(tzinfo=None)
+    assert 0 <= _seconds_ago(row.last_heartbeat_at) < 30  # arrival, not beat_at
+    assert row.clock_offset == pytest.approx((beat_at - before).total_seconds(), abs=30)
+    assert result.clock_offsets[HOST] == pytest.approx(row.clock_offset)
     assert journal_keys(db_engine) == []  # heartbeats are not journaled
 
-    later = beat_at + datetime.timedelta(seconds=1)
-    store.apply_batch(wire_roundtrip([heartbeat(45, at=later, epoch=EPOCH + 1)]))
+    earlier = beat_at - datetime.timedelta(hours=1)  # the host's clock stepped back
+    store.apply_batch(wire_roundtrip([heartbeat(45, at=earlier, epoch=EPOCH + 1)]))
     row = host_row(db_engine)
-    assert (row.epoch, row.last_seq, row.last_heartbeat_at) == (EPOCH + 1, 45, later.replace(tzinfo=None))
+    assert (row.epoch, row.last_seq) == (EPOCH + 1, 45)
+    assert 0 <= _seconds_ago(row.last_heartbeat_at) < 30
+
+
+@pytest.mark.parametrize("offset", [-40.0, +200.0, +7200.0])
+def test_a_host_whose_clock_is_off_stays_up_while_it_beats(store, db_engine, offset):
+    beat_at = timeutil.utcnow() + datetime.timedelta(seconds=offset)
+    store.apply_batch(wire_roundtrip([heartbeat(1, at=beat_at)]))
+    assert store.mark_silent_hosts_down(30) == []
+    row = host_row(db_engine)
+    assert row.status == "up"
+    assert row.clock_offset == pytest.approx(offset, abs=5)
+
+
+def test_a_heartbeat_of_an_earlier_epoch_changes_nothing(store, db_engine):
+    """A redelivered 'stopping' of the run before a restart does not mark it down."""
+    store.apply_batch(wire_roundtrip([heartbeat(5, epoch=EPOCH + 1)]))
+    store.apply_batch(wire_roundtrip([heartbeat(4, "stopping", epoch=EPOCH)]))
+    row = host_row(db_engine)
+    assert (row.status, row.agent_status, row.epoch, row.last_seq) == ("up", "running", EPOCH + 1, 5)
 
 
 def test_events_advance_the_hosts_last_seq(store, db_engine):
@@ -263,9 +292,13 @@ def test_a_degraded_heartbeat_keeps_the_host_up_and_says_so(store, db_engine):
 def test_mark_silent_hosts_down(store, db_engine):
     now = timeutil.utcnow()
     store.apply_batch(wire_roundtrip([
-        heartbeat(1, host=HOST, at=now - datetime.timedelta(seconds=120)),
+        heartbeat(1, host=HOST, at=now - datetime.timedelta(seconds=120)),  # a lagging clock
         heartbeat(1, host=OTHER, at=now),
     ]))
+    assert store.mark_silent_hosts_down(60) == []  # both beat just now, by our clock
+    with db_engine.begin() as conn:  # HOST's last heartbeat arrived two minutes ago
+        conn.execute(hosts.update().where(hosts.c.name == HOST).values(
+            last_heartbeat_at=(now - datetime.timedelta(seconds=120)).replace(tzinfo=None)))
     assert store.mark_silent_hosts_down(60) == [HOST]
     assert host_row(db_engine, HOST).status == "down"
     assert host_row(db_engine, OTHER).status == "up"
@@ -349,7 +382,10 @@ def test_manage_queries_follow_the_json_contract(store, db_engine):
 
     (host,) = queries.list_hosts(db_engine)
     assert (host["name"], host["status"], host["epoch"], host["last_seq"]) == (HOST, "up", EPOCH, 3)
-    assert host["last_heartbeat_at"] == "2026-11-25T08:54:44.000005+00:00"
+    assert ISO_UTC_MICROS.match(host["last_heartbeat_at"]), host["last_heartbeat_at"]
+    assert abs((timeutil.utcnow() - timeutil.parse(host["last_heartbeat_at"])).total_seconds()) < 60
+    assert host["clock_offset"] == pytest.approx(
+        (beat_at - timeutil.parse(host["last_heartbeat_at"])).total_seconds(), abs=0.01)
     assert isinstance(host["epoch"], int) and isinstance(host["last_seq"], int)
 
 
@@ -366,3 +402,97 @@ def test_journal_is_pruned_after_its_retention_and_order_still_holds(store, db_e
     result = store.apply_batch(wire_roundtrip([event("started", 1, u)]))
     assert result.outcomes["stale"] == 1
     assert instance_row(db_engine, u).power_state == "paused"
+
+
+# -- time: no clock decides; a host that starts over; moves between hosts --------------
+
+def new_state_inventory(seq: int, domains, host: str = HOST, epoch: int = EPOCH):
+    return notifications.inventory_notification(host, epoch, Inventory(
+        seq=seq, occurred_at=T0 + seq, reason="start", new_state=True,
+        domains=tuple(DomainSnapshot(u, n, int(s), 1) for u, n, s in domains)))
+
+
+def test_a_host_that_starts_over_below_its_old_epoch_is_applied(store, db_engine):
+    """An earlier state of the host started with a clock two hours ahead, so its epochs
+    ran ahead; that state is lost and the host starts over with the right clock, at a
+    lower epoch: its new-state inventory makes its new epoch the newest, and its events
+    apply from then on. Without it they would all be stale for two hours."""
+    vm, gone = new_uuid(), new_uuid()
+    ahead = EPOCH + 7200
+    store.apply_batch(wire_roundtrip([
+        event("started", 10, vm, epoch=ahead), event("started", 11, gone, epoch=ahead),
+        event("undefined", 12, gone, epoch=ahead)]))
+    store.apply_batch(wire_roundtrip([
+        new_state_inventory(1, [(vm, "vm", DomainState.RUNNING)], epoch=EPOCH),
+        event("paused", 2, vm, epoch=EPOCH)]))
+    row = instance_row(db_engine, vm)
+    assert (row.power_state, row.epoch, row.seq) == ("paused", EPOCH, 2)
+    assert (host_row(db_engine).epoch, host_row(db_engine).last_seq) == (EPOCH, 2)
+    assert instance_row(db_engine, gone).epoch == EPOCH  # the deleted row yields too
+    store.apply_batch(wire_roundtrip([event("stopped", 3, vm, epoch=EPOCH)]))
+    assert instance_row(db_engine, vm).power_state == "shutdown"
+
+
+def test_what_a_host_said_before_it_started_over_comes_first_in_a_batch(store, db_engine):
+    vm = new_uuid()
+    store.apply_batch(wire_roundtrip([
+        event("started", 10, vm, epoch=EPOCH + 7200),  # the old state's, arriving late
+        new_state_inventory(1, [(vm, "vm", DomainState.PAUSED)], epoch=EPOCH),
+        event("resumed", 2, vm, epoch=EPOCH)]))
+    row = instance_row(db_engine, vm)
+    assert (row.power_state, row.epoch, row.seq) == ("running", EPOCH, 2)
+
+
+def test_between_hosts_the_newest_arrival_wins_whatever_the_clocks(store, db_engine):
+    """compute-2's clock is two hours behind: its start of the migrated guest still takes
+    it over, and compute-1's late migration events are stale."""
+    vm = new_uuid()
+    store.apply_batch(wire_roundtrip([event("started", 5, vm, host=HOST)]))
+    store.apply_batch(wire_roundtrip([
+        event("resumed", 3, vm, host=OTHER, at=T0 - 7200)]))
+    row = instance_row(db_engine, vm)
+    assert (row.host, row.power_state) == (OTHER, "running")
+    store.apply_batch(wire_roundtrip([event("stopped", 6, vm, host=HOST, at=T0 + 7200)]))
+    assert (instance_row(db_engine, vm).host, instance_row(db_engine, vm).power_state) == (
+        OTHER, "running")
+
+
+def test_within_a_batch_hosts_are_taken_in_arrival_order(store, db_engine):
+    vm = new_uuid()
+    # OTHER sorts after HOST by name; arrival says HOST's start came last.
+    store.apply_batch(wire_roundtrip([
+        event("started", 1, vm, host=OTHER), event("started", 1, vm, host=HOST)]))
+    assert instance_row(db_engine, vm).host == HOST
+
+
+def test_a_late_copy_of_an_old_start_cannot_take_back_a_moved_instance(store, db_engine):
+    vm = new_uuid()
+    store.apply_batch(wire_roundtrip([event("started", 5, vm, host=HOST)]))
+    store.apply_batch(wire_roundtrip([event("resumed", 3, vm, host=OTHER)]))
+    store.apply_batch(wire_roundtrip([event("stopped", 6, vm, host=HOST)]))  # journaled, stale
+    # A copy of compute-1's seq 4 start, never applied before (not a duplicate): older
+    # than what compute-1 said since, so it is stale.
+    store.apply_batch(wire_roundtrip([event("started", 4, vm, host=HOST)]))
+    row = instance_row(db_engine, vm)
+    assert (row.host, row.power_state) == (OTHER, "running")
+    # A newer start on compute-1 (the guest really came back) takes it.
+    store.apply_batch(wire_roundtrip([event("started", 7, vm, host=HOST)]))
+    assert instance_row(db_engine, vm).host == HOST
+
+
+def test_renaming_a_host_moves_its_instances_and_row(store, db_engine):
+    from consumer.db import host_rename
+    vm = new_uuid()
+    store.apply_batch(wire_roundtrip([event("started", 1, vm, host=HOST), heartbeat(1)]))
+    renamed = host_rename.rename(db_engine, HOST, "compute-1.example.org")
+    assert (renamed.instances, renamed.merged) == (1, False)
+    assert instance_row(db_engine, vm).host == "compute-1.example.org"
+    assert host_row(db_engine, HOST) is None
+    assert host_row(db_engine, "compute-1.example.org").epoch == EPOCH
+    # The renamed host's new state (a lower epoch even) takes over its instances.
+    store.apply_batch(wire_roundtrip([
+        new_state_inventory(1, [(vm, "vm", DomainState.PAUSED)], host="compute-1.example.org",
+                            epoch=EPOCH - 5)]))
+    assert instance_row(db_engine, vm).power_state == "paused"
+    with pytest.raises(host_rename.UnknownHost):
+        host_rename.rename(db_engine, HOST, "x")

@@ -125,34 +125,37 @@ def test_an_empty_name_keeps_the_known_one():
     assert after.name == "vm-1"
 
 
-# -- another host: only news that the guest runs there, by occurred_at ---------------
+# -- another host: news that the guest runs there, by arrival; never by clocks ------
 
-@pytest.mark.parametrize(("event_type", "power_state", "runs_here", "occurred", "expected"), [
-    ("instance.started", "running", True, 5, Outcome.APPLIED),   # later: the guest moved
-    ("instance.resumed", "running", True, 5, Outcome.APPLIED),
-    ("instance.started", "running", True, -5, Outcome.STALE),    # earlier: old news
-    ("instance.started", "running", True, 0, Outcome.STALE),     # same moment: not after
-    ("instance.stopped", "shutdown", False, 5, Outcome.STALE),   # not the owner: stale
-    ("instance.undefined", None, False, 5, Outcome.STALE),
-    ("instance.migrated", None, False, 5, Outcome.STALE),
+@pytest.mark.parametrize(("event_type", "power_state", "runs_here", "expected"), [
+    ("instance.started", "running", True, Outcome.APPLIED),   # the guest moved there
+    ("instance.resumed", "running", True, Outcome.APPLIED),
+    ("instance.stopped", "shutdown", False, Outcome.STALE),   # not the owner: stale
+    ("instance.undefined", None, False, Outcome.STALE),
+    ("instance.migrated", None, False, Outcome.STALE),
+    ("instance.arriving", None, False, Outcome.STALE),
 ])
-def test_another_host(event_type, power_state, runs_here, occurred, expected):
+@pytest.mark.parametrize("occurred", [-7200, -5, 0, 5, 7200])
+def test_another_host_whatever_the_clocks(event_type, power_state, runs_here, occurred,
+                                          expected):
+    """A host's clock two hours behind or ahead of the owner's changes nothing."""
     current = row(host="host-a", epoch=100, seq=10, event_occurred_at=at(0))
-    # the other host's (epoch, seq) is far greater: it must not matter
-    after, outcome = apply(current, obs(host="host-b", epoch=900, seq=9000,
-                                        event_type=event_type, power_state=power_state,
-                                        deleted=event_type == "instance.undefined",
-                                        runs_here=runs_here, occurred_at=at(occurred)))
-    assert outcome is expected
-    if expected is Outcome.APPLIED:
-        assert (after.host, after.epoch, after.seq) == ("host-b", 900, 9000)
-        assert after.power_state == "running"
-    else:
-        assert after == current
+    # the other host's (epoch, seq) is far greater, or far smaller: it must not matter
+    for epoch, seq in ((900, 9000), (1, 1)):
+        after, outcome = apply(current, obs(host="host-b", epoch=epoch, seq=seq,
+                                            event_type=event_type, power_state=power_state,
+                                            deleted=event_type == "instance.undefined",
+                                            runs_here=runs_here, occurred_at=at(occurred)))
+        assert outcome is expected
+        if expected is Outcome.APPLIED:
+            assert (after.host, after.epoch, after.seq) == ("host-b", epoch, seq)
+            assert after.power_state == "running"
+        else:
+            assert after == current
 
 
 @pytest.mark.parametrize("departure", ["instance.migrating", "instance.migrated"])
-def test_after_a_departure_the_destination_takes_over_whatever_the_clocks(departure):
+def test_after_a_departure_the_destination_takes_over(departure):
     current = row(last_event_type=departure, event_occurred_at=at(10), power_state="paused")
     after, outcome = apply(current, obs(host="host-b", epoch=5, seq=2, occurred_at=at(9),
                                         event_type="instance.resumed",
@@ -161,21 +164,45 @@ def test_after_a_departure_the_destination_takes_over_whatever_the_clocks(depart
     assert (after.host, after.power_state) == ("host-b", "running")
 
 
-def test_after_a_departure_other_news_from_elsewhere_is_still_stale():
+def test_other_news_from_elsewhere_is_stale():
     current = row(last_event_type="instance.migrating", event_occurred_at=at(0))
     _, outcome = apply(current, obs(host="host-b", occurred_at=at(5), event_type="instance.arriving",
                                     power_state=None, runs_here=False))
     assert outcome is Outcome.STALE
 
 
-@pytest.mark.parametrize(("occurred", "expected"), [(5, Outcome.APPLIED), (-5, Outcome.STALE)])
-def test_a_deleted_instance_is_taken_by_any_later_event_from_another_host(occurred, expected):
+@pytest.mark.parametrize("last_word", [(100, 20), (100, 21), (101, 1)])
+def test_a_hosts_old_word_cannot_take_back_an_instance_that_moved_on(last_word):
+    """host-a said (100, 20) "started" long ago, then "migrated" at ``last_word``; the
+    instance now runs on host-b. A late redelivery of the old start is stale."""
+    on_b = row(host="host-b", epoch=7, seq=3, last_event_type="instance.resumed")
+    old_start = obs(host="host-a", epoch=100, seq=20, event_type="instance.started",
+                    power_state="running", runs_here=True)
+    after, outcome = apply(on_b, old_start, last_word=last_word)
+    assert outcome is Outcome.STALE
+    assert after == on_b
+
+
+def test_a_hosts_newer_word_takes_it_back():
+    """A failed migration: the source resumes the guest after the destination claimed it."""
+    on_b = row(host="host-b", epoch=7, seq=3, last_event_type="instance.resumed")
+    resumed = obs(host="host-a", epoch=100, seq=22, event_type="instance.resumed",
+                  power_state="running", runs_here=True)
+    after, outcome = apply(on_b, resumed, last_word=(100, 21))
+    assert outcome is Outcome.APPLIED
+    assert (after.host, after.epoch, after.seq) == ("host-a", 100, 22)
+
+
+@pytest.mark.parametrize("occurred", [-7200, 5])
+def test_a_deleted_instance_is_taken_by_any_event_from_another_host(occurred):
     current = row(deleted=True, last_event_type="instance.undefined", event_occurred_at=at(0))
     after, outcome = apply(current, obs(host="host-b", occurred_at=at(occurred),
                                         event_type="instance.defined", power_state="shutdown"))
-    assert outcome is expected
-    if expected is Outcome.APPLIED:
-        assert (after.host, after.deleted, after.power_state) == ("host-b", False, "shutdown")
+    assert outcome is Outcome.APPLIED
+    assert (after.host, after.deleted, after.power_state) == ("host-b", False, "shutdown")
+    _, outcome = apply(current, obs(host="host-b", event_type="instance.defined",
+                                    power_state="shutdown"), last_word=(100, 11))
+    assert outcome is Outcome.STALE  # not newer than what host-b said before
 
 
 # -- vanished: an instance of the host that its inventory does not list -------------

@@ -137,7 +137,7 @@ def test_an_integral_float_is_read_as_an_integer():
 def test_a_bad_field_in_an_inventory_entry_is_named_by_its_path():
     message = copy.deepcopy(sample("host.inventory"))
     message["payload"][f"{KEY}.data"]["instances"][1]["power_state"] = "exploded"
-    with pytest.raises(WireError, match=r"host\.inventory: HostInventoryPayload 1\.0: "
+    with pytest.raises(WireError, match=r"host\.inventory: HostInventoryPayload 1\.1: "
                                         r"instances/1/power_state: 'exploded'"):
         decode(wrap(message))
 

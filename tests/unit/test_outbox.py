@@ -8,7 +8,7 @@ import time
 import pytest
 
 from lifecycle_publisher.domain_event import Sequencer
-from lifecycle_publisher.outbox import Checkpointer, Epoch, Outbox, OutboxRow
+from lifecycle_publisher.outbox import Checkpointer, Epoch, HostMismatch, Outbox, OutboxRow
 
 NOW = 1_795_596_800.0
 
@@ -30,7 +30,7 @@ def rows(*seqs: int) -> list[tuple[int, str, bytes]]:
 
 def test_first_epoch_is_the_clock_and_the_sequence_starts_at_one(path):
     outbox = Outbox(path)
-    assert outbox.open_epoch(now=NOW) == Epoch(epoch=int(NOW), next_seq=1)
+    assert outbox.open_epoch(now=NOW) == Epoch(epoch=int(NOW), next_seq=1, fresh=True)
 
 
 @pytest.mark.parametrize("clock_step", [+60.0, 0.0, -3600.0, -NOW])
@@ -45,10 +45,39 @@ def test_epoch_strictly_grows_across_reopenings_whatever_the_clock(path, clock_s
     assert all(later > earlier for earlier, later in zip(epochs, epochs[1:])), epochs
 
 
-def test_epoch_follows_a_clock_that_jumps_forward(path):
+@pytest.mark.parametrize("clock_step", [+7200.0, -7200.0, +1e9])
+def test_after_the_first_start_the_epoch_is_a_counter_whatever_the_clock(path, clock_step):
+    """A start with a clock two hours ahead (or behind) does not move the epoch: the
+    next start with the right clock is the next number, not one pinned in the future."""
     outbox = Outbox(path)
-    first = outbox.open_epoch(now=NOW).epoch
-    assert outbox.open_epoch(now=NOW + 1000).epoch == first + 1000
+    first = outbox.open_epoch(now=NOW)
+    assert first.fresh
+    wrong = outbox.open_epoch(now=NOW + clock_step)
+    right = outbox.open_epoch(now=NOW + 60)
+    assert (wrong.epoch, right.epoch) == (first.epoch + 1, first.epoch + 2)
+    assert not wrong.fresh and not right.fresh
+
+
+def test_a_lost_state_reads_the_clock_again(path):
+    outbox = Outbox(path)
+    outbox.open_epoch(now=NOW)
+    outbox.close()
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
+    again = reopen(path).open_epoch(now=NOW + 3600)
+    assert again == Epoch(epoch=int(NOW + 3600), next_seq=1, fresh=True)
+
+
+def test_the_state_belongs_to_one_host(path):
+    outbox = Outbox(path)
+    outbox.claim("compute-1")
+    outbox.claim("compute-1")  # the same host again: fine
+    outbox.append(rows(1, 2))
+    with pytest.raises(HostMismatch) as raised:
+        outbox.claim("compute-1.example.org")
+    assert (raised.value.recorded, raised.value.given, raised.value.pending) == (
+        "compute-1", "compute-1.example.org", 2)
 
 
 def test_next_seq_continues_after_the_last_assigned_seq(path):

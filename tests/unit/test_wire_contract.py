@@ -20,7 +20,7 @@ from lifecycle_publisher.translation import Transition
 # file of the new version, regenerate the samples, then update this table.
 EXPECTED_FINGERPRINTS = {
     "InstanceLifecyclePayload": ("1.1", "c9bc0d8d841e4ebc3dc285561361eff7"),
-    "HostInventoryPayload": ("1.0", "094bf13499892e46ec7615c48d65690e"),
+    "HostInventoryPayload": ("1.1", "6061e7cf86104f82b5577f2ac800a4f3"),
     "HostHeartbeatPayload": ("1.1", "9bdbd2508698b877d30e1404aa4030a7"),
 }
 
