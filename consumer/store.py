@@ -49,6 +49,9 @@ class BatchResult:
     # (event_type, occurred_at in seconds since the epoch) of each message applied:
     # for counting by type and timing callback -> commit.
     applied: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    # Seconds each host that beat in the batch is ahead of this consumer's clock (the
+    # moment its last heartbeat says, less when it arrived): reported, never decided on.
+    clock_offsets: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 class Store:
@@ -66,6 +69,8 @@ class Store:
                     return _apply(conn, notes, timeutil.utcnow())
             except sa_exc.DBAPIError as exc:
                 failure = failures.classify(exc)
+                if failures.discard_pool(exc):
+                    self._discard_pool(exc)
                 raced = failure is Failure.CONFLICT or isinstance(exc, sa_exc.IntegrityError)
                 if raced and attempt < _CONFLICT_RETRIES:
                     LOG.info("batch of %d conflicted with another consumer (%s); retry %d",
@@ -107,7 +112,9 @@ class Store:
                     conn.execute(journal.delete().where(
                         journal.c.host == host, journal.c.epoch == epoch, journal.c.seq.in_(seqs)))
         except sa_exc.DBAPIError as exc:
-            raise DatabaseUnavailable(str(exc.orig)) from exc
+            raise self._unavailable(exc) from exc
+        except sa_exc.TimeoutError as exc:
+            raise DatabaseUnavailable(str(exc)) from exc
         return len(keys)
 
     def count_hosts(self) -> dict[str, int]:
@@ -117,7 +124,9 @@ class Store:
                 counts = dict(conn.execute(
                     sa.select(hosts.c.status, sa.func.count()).group_by(hosts.c.status)).all())
         except sa_exc.DBAPIError as exc:
-            raise DatabaseUnavailable(str(exc.orig)) from exc
+            raise self._unavailable(exc) from exc
+        except sa_exc.TimeoutError as exc:
+            raise DatabaseUnavailable(str(exc)) from exc
         return {"up": counts.get("up", 0), "down": counts.get("down", 0)}
 
     def mark_silent_hosts_down(self, down_after: float) -> list[str]:
@@ -133,8 +142,25 @@ class Store:
                     conn.execute(hosts.update().where(hosts.c.name.in_(names))
                                  .values(status="down", updated_at=db_engine.naive_utc(now)))
         except sa_exc.DBAPIError as exc:
-            raise DatabaseUnavailable(str(exc.orig)) from exc
+            raise self._unavailable(exc) from exc
+        except sa_exc.TimeoutError as exc:
+            raise DatabaseUnavailable(str(exc)) from exc
         return names
+
+    def _unavailable(self, exc: sa_exc.DBAPIError) -> DatabaseUnavailable:
+        """What ``exc`` means to the maintenance and liveness queries: the database is
+        unavailable; the pool replaced first where ``exc`` says so."""
+        if failures.discard_pool(exc):
+            self._discard_pool(exc)
+        return DatabaseUnavailable(_first_line(exc.orig))
+
+    def _discard_pool(self, exc: sa_exc.DBAPIError) -> None:
+        """Replace every pooled connection: the server said it is read-only (an old
+        primary after a failover) or a connection was lost, and a pre-ping would not
+        tell (a read-only server answers it). New ones go through the URL's host list
+        (target_session_attrs=read-write)."""
+        LOG.warning("replacing the database connections after: %s", _first_line(exc.orig))
+        self.engine.dispose()
 
 
 def _apply(conn: sa.Connection, notes: list[Notification], now: datetime.datetime) -> BatchResult:
@@ -152,16 +178,24 @@ def _apply(conn: sa.Connection, notes: list[Notification], now: datetime.datetim
             sequenced[key] = note
     seen = _journaled(conn, list(sequenced))
     result.duplicates += len(seen)
-    fresh = [sequenced[k] for k in sorted(sequenced) if k not in seen]
+    fresh = [sequenced[k] for k in _in_order([k for k in sequenced if k not in seen],
+                                            sequenced)]
 
+    _start_over_deleted(conn, fresh)
     original = _load_instances(conn, fresh)
     current = dict(original)
+    words = _last_words(conn, fresh, original)
     applied_at = db_engine.naive_utc(now)
     journal_rows = []
+    counted = []  # what sets each host's position (not what came before a new state)
     for note in fresh:
         p = note.payload
+        if isinstance(p, HostInventoryPayload) and p.new_state:
+            _start_over(current, p.host, p.epoch)
+            counted = [q for q in counted if q.host != p.host]
+        counted.append(p)
         occurred_at = timeutil.parse(p.occurred_at)
-        outcome, uuid = _fold(current, note, occurred_at)
+        outcome, uuid = _fold(current, note, occurred_at, words)
         result.outcomes[outcome] += 1
         if outcome is Outcome.APPLIED:
             result.applied.append((note.event_type, occurred_at.timestamp()))
@@ -173,9 +207,96 @@ def _apply(conn: sa.Connection, notes: list[Notification], now: datetime.datetim
     _write_instances(conn, original, current, applied_at)
     # A key another consumer journaled meanwhile is an IntegrityError: tried again.
     bulk.insert(conn, journal, journal_rows)
-    _update_hosts(conn, [n.payload for n in fresh], heartbeats, applied_at)
+    restarted = {p.host for p in counted
+                 if isinstance(p, HostInventoryPayload) and p.new_state}
+    result.clock_offsets = _update_hosts(conn, counted, heartbeats, now, restarted)
     result.heartbeats = len(heartbeats)
     return result
+
+
+def _in_order(keys: list[tuple[str, int, int]], notes: dict) -> list[tuple[str, int, int]]:
+    """The batch's keys in the order they arrived, except that each host's own are in
+    its order: between hosts, arrival decides (no clock is compared); within a host,
+    ``(epoch, seq)``, where a host that starts over with a new state (an inventory
+    with new_state) puts what it said before it first, whatever its epochs."""
+    by_host: dict[str, list] = {}
+    for key in keys:
+        by_host.setdefault(key[0], []).append(key)
+    ordered = {}
+    for host, own in by_host.items():
+        restart = next((i for i, k in enumerate(own) if _is_new_state(notes[k])), None)
+        if restart is None:
+            ordered[host] = iter(sorted(own))
+        else:
+            ordered[host] = iter(sorted(own[:restart]) + sorted(own[restart:]))
+    return [next(ordered[key[0]]) for key in keys]
+
+
+def _is_new_state(note: Notification) -> bool:
+    p = note.payload
+    return isinstance(p, HostInventoryPayload) and p.new_state
+
+
+def _start_over(current: dict[str, InstanceRow], host: str, epoch: int) -> None:
+    """A host starts over with a new state (its state directory was new or lost): its
+    epoch is its newest, whatever its value. Its rows marked with a greater epoch (the
+    counters of an earlier state, started with a clock that was ahead) yield to it."""
+    moved = 0
+    for uuid, row in current.items():
+        if row is not None and row.host == host and row.epoch > epoch:
+            current[uuid] = dataclasses.replace(row, epoch=epoch, seq=0)
+            moved += 1
+    if moved:
+        LOG.warning("host %s starts over with a new state at epoch %d, below the epoch of "
+                    "%d of its instances (an earlier state of it started with a clock "
+                    "ahead): they now yield to its new epoch", host, epoch, moved)
+
+
+def _start_over_deleted(conn, notes: list[Notification]) -> None:
+    """``_start_over`` for the deleted rows of a host starting over, which the batch
+    does not load."""
+    for note in notes:
+        p = note.payload
+        if _is_new_state(note):
+            conn.execute(instances.update().where(
+                instances.c.host == p.host, instances.c.deleted == sa.true(),
+                instances.c.epoch > p.epoch).values(epoch=p.epoch, seq=0))
+
+
+def _last_words(conn, notes: list[Notification], rows: dict[str, InstanceRow]) -> dict:
+    """For each instance a note is about, owned by another host than the note's: the
+    newest ``(epoch, seq)`` the note's host said about it, from the journal."""
+    wanted: set[tuple[str, str]] = set()
+    for note in notes:
+        p = note.payload
+        if isinstance(p, InstanceLifecyclePayload):
+            uuids = (p.uuid,)
+        elif isinstance(p, HostInventoryPayload):
+            uuids = tuple(e.uuid for e in p.instances)
+        else:
+            continue
+        for uuid in uuids:
+            row = rows.get(uuid)
+            if row is not None and row.host != p.host:
+                wanted.add((uuid, p.host))
+    words: dict[tuple[str, str], tuple[int, int]] = {}
+    if not wanted:
+        return words
+    wanted_hosts = sorted({host for _, host in wanted})
+    for chunk in _chunks(sorted({uuid for uuid, _ in wanted})):
+        for uuid, host, epoch, seq in conn.execute(
+                sa.select(journal.c.instance_uuid, journal.c.host, journal.c.epoch,
+                          journal.c.seq)
+                .where(journal.c.instance_uuid.in_(chunk), journal.c.host.in_(wanted_hosts))):
+            if (uuid, host) in wanted:
+                _said(words, uuid, host, epoch, seq)
+    return words
+
+
+def _said(words: dict, uuid: str, host: str, epoch: int, seq: int) -> None:
+    key = (uuid, host)
+    if key not in words or (epoch, seq) > words[key]:
+        words[key] = (epoch, seq)
 
 
 def _first_line(error: BaseException) -> str:
@@ -268,8 +389,9 @@ def _rows(result) -> dict[str, InstanceRow]:
 
 
 def _fold(current: dict[str, InstanceRow], note: Notification,
-          occurred_at: datetime.datetime) -> tuple[Outcome, str | None]:
-    """Apply one notification to the in-memory rows; return its outcome."""
+          occurred_at: datetime.datetime, words: dict) -> tuple[Outcome, str | None]:
+    """Apply one notification to the in-memory rows; return its outcome. ``words``
+    (see ``_last_words``) learns what the note's host said."""
     p = note.payload
     if isinstance(p, InstanceLifecyclePayload):
         if p.transition == "ignored":
@@ -279,7 +401,9 @@ def _fold(current: dict[str, InstanceRow], note: Notification,
             occurred_at=occurred_at, event_type=note.event_type,
             power_state=p.power_state, deleted=p.transition == "undefined",
             runs_here=p.transition in RUNS_HERE)
-        current[p.uuid], outcome = apply_rules.apply(current.get(p.uuid), obs)
+        current[p.uuid], outcome = apply_rules.apply(
+            current.get(p.uuid), obs, words.get((p.uuid, p.host)))
+        _said(words, p.uuid, p.host, p.epoch, p.seq)
         return outcome, p.uuid
     # An inventory: the truth for its host.
     listed = set()
@@ -290,7 +414,9 @@ def _fold(current: dict[str, InstanceRow], note: Notification,
             occurred_at=occurred_at, event_type=note.event_type,
             power_state=entry.power_state, deleted=False,
             runs_here=entry.power_state == PowerState.RUNNING.value)
-        current[entry.uuid], _ = apply_rules.apply(current.get(entry.uuid), obs)
+        current[entry.uuid], _ = apply_rules.apply(
+            current.get(entry.uuid), obs, words.get((entry.uuid, p.host)))
+        _said(words, entry.uuid, p.host, p.epoch, p.seq)
     for uuid, row in list(current.items()):
         if uuid not in listed and row is not None:
             gone = apply_rules.vanished(row, p.host, p.epoch, p.seq, occurred_at)
@@ -318,43 +444,55 @@ def _write_instances(conn, original: dict, current: dict, applied_at: datetime.d
 
 
 def _update_hosts(conn, payloads: list, heartbeats: list[HostHeartbeatPayload],
-                  stamp: datetime.datetime) -> None:
+                  now: datetime.datetime, restarted: set[str]) -> dict[str, float]:
+    """Each host's position (the newest ``(epoch, seq)`` it was heard at) and, from its
+    heartbeats, its liveness: a heartbeat's arrival here, on this consumer's clock, is
+    what keeps a host up (never the moment the host's clock wrote in it). A heartbeat
+    of an older epoch than the host's (a redelivery from before a restart) changes
+    nothing; within an epoch the last to arrive wins. ``restarted``: hosts that started
+    over with a new state in this batch: their position is set, even lower. Returns
+    each beating host's clock offset."""
+    stamp = db_engine.naive_utc(now)
     newest: dict[str, tuple[int, int]] = {}
     for p in payloads:
         newest[p.host] = max(newest.get(p.host, (0, 0)), (p.epoch, p.seq))
     beats: dict[str, HostHeartbeatPayload] = {}
     for hb in heartbeats:
-        newest[hb.host] = max(newest.get(hb.host, (0, 0)), (hb.epoch, hb.last_seq))
-        if hb.host not in beats or (timeutil.parse(hb.occurred_at)
-                                    > timeutil.parse(beats[hb.host].occurred_at)):
-            beats[hb.host] = hb  # the latest moment, whatever offset each is written in
+        position = (hb.epoch, hb.last_seq)
+        if hb.host in restarted and hb.epoch != newest[hb.host][0]:
+            continue  # from before the host started over
+        newest[hb.host] = max(newest.get(hb.host, (0, 0)), position)
+        if hb.host not in beats or hb.epoch >= beats[hb.host].epoch:
+            beats[hb.host] = hb  # the last to arrive of the newest epoch
     if not newest:
-        return
+        return {}
     names = sorted(newest)
     existing = {r["name"]: r for r in conn.execute(_hosts_by_name(), {"names": names}).mappings()}
     inserts, updates = [], []
+    offsets = {}
     for name in names:
         row = existing.get(name)
         epoch, seq = newest[name]
         if row is None:
             values = {"name": name, "status": "up", "agent_status": "running",
                       "libvirt_connected": True, "last_heartbeat_at": None,
-                      "epoch": epoch, "last_seq": seq}
+                      "epoch": epoch, "last_seq": seq, "clock_offset": None}
         else:
             values = dict(row)
-            if (epoch, seq) > (row["epoch"], row["last_seq"]):
+            if name in restarted or (epoch, seq) > (row["epoch"], row["last_seq"]):
                 values.update(epoch=epoch, last_seq=seq)
         values["updated_at"] = stamp
         hb = beats.get(name)
-        if hb is not None:
-            beat_at = db_engine.naive_utc(timeutil.parse(hb.occurred_at))
-            if values["last_heartbeat_at"] is None or beat_at >= values["last_heartbeat_at"]:
-                values.update(last_heartbeat_at=beat_at, agent_status=hb.status,
-                              libvirt_connected=hb.libvirt_connected,
-                              status="down" if hb.status == "stopping" else "up")
+        if hb is not None and hb.epoch >= values["epoch"]:
+            offset = (timeutil.parse(hb.occurred_at) - now).total_seconds()
+            offsets[name] = offset
+            values.update(last_heartbeat_at=stamp, agent_status=hb.status,
+                          libvirt_connected=hb.libvirt_connected, clock_offset=offset,
+                          status="down" if hb.status == "stopping" else "up")
         (inserts if row is None else updates).append(values)
     bulk.insert(conn, hosts, inserts)
     bulk.overwrite(conn, hosts, updates)
+    return offsets
 
 
 @functools.lru_cache(maxsize=None)

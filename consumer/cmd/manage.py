@@ -5,6 +5,7 @@ in ``consumer/cli/``."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from oslo_config import cfg
@@ -37,6 +38,10 @@ def _add_commands(subparsers):
 
     host_sub = _actions(subparsers.add_parser("host", help="hosts"))
     _format(host_sub.add_parser("list", help="list hosts"))
+    rename = host_sub.add_parser(
+        "rename", help="give a host's instances and row a new name (README: Renaming a host)")
+    rename.add_argument("old_name", help="the name the database knows the host by")
+    rename.add_argument("new_name", help="the host's new [DEFAULT] host")
 
     events_sub = _actions(subparsers.add_parser(
         "events", help="events: from the journal, or live from the bus"))
@@ -75,6 +80,7 @@ DATABASE_COMMANDS = {
     ("instance", "list"): listing.instance_list,
     ("instance", "show"): history.instance_show,
     ("host", "list"): listing.host_list,
+    ("host", "rename"): listing.host_rename,
     ("events", "list"): history.events_list,
 }
 
@@ -85,7 +91,10 @@ def _run(conf) -> int:
         return dead_letters.run(conf)
     if key in BROKER_COMMANDS:
         return BROKER_COMMANDS[key](conf)
-    engine = db_engine.create(conf.database.connection)
+    timeouts = config.database_timeouts(conf)
+    if key[0] == "db":  # a migration may rewrite a large table: no statement timeout
+        timeouts = dataclasses.replace(timeouts, statement=0)
+    engine = db_engine.create(conf.database.connection, timeouts)
     try:
         if key[0] == "db":
             return _db(engine, key[1])
