@@ -3,22 +3,30 @@
 Delivery guarantee: a message is acknowledged only after the transaction that applied
 it committed, or after it was dead-lettered with its reason and the broker confirmed
 that; a consumer that dies before then leaves it to be redelivered.
+
+Two connections: one consumes and acks and never publishes, so a broker's resource
+alarm never blocks it; dead letters go out on one of their own
+(``DeadLetterPublisher``). Acks are selective (``settlement.Unacked``): a message
+whose dead letter is not confirmed yet stays unacked while those after it are acked.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import socket
+import select
 import time
 import uuid
+from typing import Callable, Optional
 
 import amqp
 import kombu
 import kombu.exceptions
 
 from lifecycle_common import amqp_frames, broker, timeutil
+from consumer.dead_letter_publisher import DeadLetterPublisher
 from consumer.errors import BrokerUnavailable
+from consumer.settlement import Unacked
 from consumer.topology import Topology, declare
 
 LOG = logging.getLogger(__name__)
@@ -30,23 +38,25 @@ CAUSE_HEADER = "x-lifecycle-cause"
 DEAD_LETTERED_AT_HEADER = "x-lifecycle-dead-lettered-at"  # ISO 8601 UTC
 DEAD_LETTER_ID_HEADER = "x-lifecycle-dead-letter-id"      # unique: message ids may repeat
 ORIGINAL_USER_HEADER = "x-original-user-id"
-# Seconds to wait for the broker to confirm a dead letter. A node that lost its
-# cluster's majority would never confirm one: the connection is then given up (the
-# original stays unacked and is redelivered, to this consumer or another).
-DEAD_LETTER_CONFIRM_TIMEOUT = 30.0
 
 
 class BatchQueue:
-    """One connection: a consuming channel and a confirming channel for dead letters."""
+    """A consuming connection (consume and ack, never publish) and the dead letters'
+    publishing connection (``dead_letters``), of one consumer."""
 
     def __init__(self, connector: broker.Connector, topology: Topology, batch_size: int,
-                 linger: float):
+                 linger: float, retry_max: float = 30.0):
+        """``retry_max``: the longest back-off between attempts to publish a dead letter
+        (refused) or to open the dead letters' connection."""
         self._connector = connector
         self.topology = topology
         self._batch_size = batch_size
         self._linger = linger
         self._conn: kombu.Connection | None = None
         self._buffer: list[amqp.Message] = []
+        self._unacked = Unacked()
+        self.dead_letters = DeadLetterPublisher(connector.settings, topology, retry_max,
+                                                id_header=DEAD_LETTER_ID_HEADER)
 
     def connect(self) -> None:
         try:
@@ -54,26 +64,37 @@ class BatchQueue:
         except broker.BrokerConnectError as exc:
             raise BrokerUnavailable(str(exc)) from exc
         where = broker.describe(self._connector.settings, connected_to)
+        self._buffer.clear()
+        self._unacked.clear()
         try:
             self._channel = conn.channel()
             declare(self._channel, self.topology)
             self._channel.basic_qos(0, self._batch_size * 2, False)
-            self._dl_channel = conn.channel()
-            self._dl_channel.confirm_select()
-            self._channel.basic_consume(self.topology.queue, callback=self._buffer.append)
+            self._channel.basic_consume(self.topology.queue, callback=self._delivered)
         except (OSError, amqp.exceptions.AMQPError, kombu.exceptions.KombuError) as exc:
             broker.release(conn)
             raise BrokerUnavailable(f"{where}: {broker.explain(exc)}") from exc
         self._conn = conn
-        self._buffer.clear()
         LOG.info("consuming %s on %s (exchange %s, key %s)", self.topology.queue,
                  where, self.topology.exchange, self.topology.routing_key)
 
     def close(self) -> None:
+        """Close both connections; what is unacked (dead letters held included)
+        returns to the queue."""
         conn, self._conn = self._conn, None
         if conn is not None:
             broker.release(conn)
         self._buffer.clear()
+        self._unacked.clear()
+        dropped = self.dead_letters.release_held()
+        if dropped:
+            LOG.warning("%d messages to dead-letter return to the queue unacked (their "
+                        "dead letters were not confirmed)", dropped)
+        self.dead_letters.close()
+
+    def _delivered(self, message: amqp.Message) -> None:
+        self._unacked.delivered(message.delivery_info["delivery_tag"])
+        self._buffer.append(message)
 
     def next_batch(self, timeout: float) -> list[amqp.Message]:
         """Up to batch_size messages: waits up to ``timeout`` for the first, then takes
@@ -83,44 +104,71 @@ class BatchQueue:
             transport = self._conn.connection
             deadline = time.monotonic() + timeout
             while not self._buffer:
+                self._settle_dead_letters()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self._conn.heartbeat_check()
                     return []
-                try:
-                    transport.drain_events(timeout=min(remaining, 1.0))
-                except socket.timeout:
+                if not self._wait(transport, min(remaining, 1.0)):
                     self._conn.heartbeat_check()
+                amqp_frames.read_available(transport)
             linger_until = time.monotonic() + self._linger
             while len(self._buffer) < self._batch_size:
                 if amqp_frames.read_available(transport):  # sent already, not awaited
                     continue
                 remaining = linger_until - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    transport.drain_events(timeout=remaining)
-                except socket.timeout:
+                if remaining <= 0 or not self._wait(transport, remaining, linger=True):
                     break
             batch = self._buffer[:self._batch_size]
             del self._buffer[:self._batch_size]
             return batch
 
+    def _wait(self, transport, timeout: float, linger: bool = False) -> bool:
+        """Sleep until the broker sends something on the consuming connection (or,
+        unless lingering, on the dead letters' connection, or a dead letter is due),
+        or ``timeout`` passes; returns whether something arrived."""
+        if amqp_frames.readable(transport):  # (over TLS, bytes already decrypted)
+            return True
+        poller = select.poll()
+        poller.register(transport.sock, select.POLLIN)
+        if not linger:
+            dl_sock = self.dead_letters.socket()
+            if dl_sock is not None:
+                poller.register(dl_sock, select.POLLIN)
+            due = self.dead_letters.next_deadline()
+            if due is not None:
+                timeout = min(timeout, max(0.0, due - time.monotonic()))
+        return bool(poller.poll(max(0, int(timeout * 1000 + 0.999))))
+
     def ack(self, messages: list[amqp.Message]) -> None:
-        """Acknowledge ``messages`` (all delivered on this connection) at once."""
-        if not messages:
+        """Acknowledge ``messages`` (all delivered on this connection): one multiple ack
+        up to the first message still unacked (a dead letter held, say), one ack each
+        after it."""
+        self._ack_tags([m.delivery_info["delivery_tag"] for m in messages])
+
+    def _ack_tags(self, tags: list[int]) -> None:
+        if not tags:
             return
         with _broker_errors():
-            last = max(m.delivery_info["delivery_tag"] for m in messages)
-            if len(messages) == 1:
-                self._channel.basic_ack(last)
-            else:
-                # Safe: every earlier delivery on this channel is settled before this.
-                self._channel.basic_ack(last, multiple=True)
+            for tag, multiple in self._unacked.acks(tags):
+                self._channel.basic_ack(tag, multiple=multiple)
 
-    def dead_letter(self, message: amqp.Message, reason: str, cause: str = "unreadable") -> None:
+    def _settle_dead_letters(self) -> None:
+        """Ack the originals whose dead letter the broker confirmed."""
+        confirmed = self.dead_letters.pump()
+        if confirmed:
+            self._ack_tags([tag for tag, _ in confirmed])
+            for _, on_done in confirmed:
+                if on_done is not None:
+                    on_done()
+
+    def dead_letter(self, message: amqp.Message, reason: str, cause: str = "unreadable",
+                    on_done: Optional[Callable[[], None]] = None) -> None:
         """Copy ``message`` to the dead-letter queue with ``reason`` (and ``cause``, its
-        word) and wait for the broker's confirm; the caller acks the original afterwards."""
+        word) on the dead letters' own connection; the original stays unacked (held)
+        until the broker confirms the copy, then is acked here and ``on_done`` called.
+        While that connection is blocked or away the copy waits, and the caller goes
+        on with other messages; the caller must not ack the original itself."""
         headers = dict(message.properties.get("application_headers") or {})
         headers[REASON_HEADER] = reason[:1000]
         headers[CAUSE_HEADER] = cause
@@ -134,18 +182,41 @@ class BatchQueue:
                             content_type=message.properties.get("content_type"),
                             content_encoding=message.properties.get("content_encoding"),
                             message_id=message.properties.get("message_id"))
+        message_id = message.properties.get("message_id")
+
+        def done() -> None:
+            LOG.error("dead-lettered message %s to %s: %s", message_id,
+                      self.topology.dead_letter_queue, reason)
+            if on_done is not None:
+                on_done()
+        self.dead_letters.hold(message.delivery_info["delivery_tag"], copy,
+                               headers[DEAD_LETTER_ID_HEADER], done)
+        self._settle_dead_letters()  # published now, unless its connection cannot take it
+
+    def finish(self, timeout: float) -> None:
+        """Before a clean stop: wait up to ``timeout`` seconds for the dead letters
+        already published to be confirmed, and ack their originals; not while their
+        connection is blocked (nothing can be confirmed then). What is still held
+        returns to the queue when the connection closes."""
+        deadline = time.monotonic() + timeout
         with _broker_errors():
-            self._dl_channel.basic_publish_confirm(
-                copy, exchange=self.topology.dead_letter_exchange,
-                routing_key=self.topology.queue, mandatory=True,
-                confirm_timeout=DEAD_LETTER_CONFIRM_TIMEOUT)
-        LOG.error("dead-lettered message %s to %s: %s", message.properties.get("message_id"),
-                  self.topology.dead_letter_queue, reason)
+            while True:
+                self._settle_dead_letters()
+                remaining = deadline - time.monotonic()
+                dead_letters = self.dead_letters
+                if (not dead_letters.book.in_flight or dead_letters.blocked.is_blocked
+                        or dead_letters.socket() is None or remaining <= 0):
+                    return
+                poller = select.poll()
+                poller.register(dead_letters.socket(), select.POLLIN)
+                poller.poll(max(1, int(min(remaining, 0.2) * 1000)))
 
     def keepalive(self) -> None:
-        """Service AMQP heartbeats while the caller waits (e.g. for the database)."""
+        """Service AMQP heartbeats and dead letters while the caller waits (e.g. for
+        the database)."""
         with _broker_errors():
             self._conn.heartbeat_check()
+            self._settle_dead_letters()
 
 
 @contextlib.contextmanager

@@ -31,12 +31,18 @@ class Topology:
 def declare(channel, topology: Topology) -> None:
     """Declare everything, durable, idempotently (py-amqp channel)."""
     channel.exchange_declare(topology.exchange, "topic", durable=True, auto_delete=False)
+    declare_dead_letters(channel, topology)
+    channel.queue_declare(topology.queue, durable=True, auto_delete=False,
+                          arguments=topology.queue_arguments())
+    channel.queue_bind(topology.queue, topology.exchange, topology.routing_key)
+
+
+def declare_dead_letters(channel, topology: Topology) -> None:
+    """Declare the dead-letter exchange and queue, durable, idempotently: what the
+    dead-letter connection publishes to, whichever broker it reaches."""
     channel.exchange_declare(topology.dead_letter_exchange, "fanout", durable=True,
                              auto_delete=False)
     dlq_args = {"x-queue-type": "quorum"} if topology.queue_type == "quorum" else {}
     channel.queue_declare(topology.dead_letter_queue, durable=True, auto_delete=False,
                           arguments=dlq_args)
     channel.queue_bind(topology.dead_letter_queue, topology.dead_letter_exchange, "")
-    channel.queue_declare(topology.queue, durable=True, auto_delete=False,
-                          arguments=topology.queue_arguments())
-    channel.queue_bind(topology.queue, topology.exchange, topology.routing_key)

@@ -4,7 +4,9 @@ py-amqp stays the protocol engine: it connects, logs in, opens channels and hand
 every frame it is handed (confirms, returns, deliveries, heartbeats). Two hot paths are
 done here instead, byte-compatible with it: framing the agent's ``basic.publish``
 (``PublishFramer``) and reading what the broker has sent without waiting for more
-(``read_available``).
+(``read_available``); and the agent writes what it framed without waiting either
+(``send_available``), so that a broker that stops reading its socket cannot hold its
+loop.
 
 Writing. py-amqp spends about 50 microseconds of Python on each message it frames
 (generic argument and property serialisation, three frames assembled through a shared
@@ -207,3 +209,34 @@ def _read_available_frame_by_frame(connection: amqp.Connection) -> int:
         read_frame(connection)
         handled += 1
     return handled
+
+
+# -- writing ------------------------------------------------------------------------
+
+def send_available(connection: amqp.Connection, data: bytes) -> int:
+    """Write as much of ``data`` as the socket takes now, without waiting, and return
+    how many bytes that was; the caller keeps the rest and writes it when the socket
+    is writable again (``writable``), before anything else goes on this connection.
+
+    Over TLS a write cannot stop halfway and be resumed with other data, so all of
+    ``data`` is written at once with py-amqp's blocking write, bounded by the
+    connection's write timeout (``broker.WRITE_TIMEOUT``): OSError past it."""
+    transport = connection.transport
+    if type(transport) is not amqp.transport.TCPTransport:
+        transport.write(data)
+        return len(data)
+    try:
+        return transport.sock.send(data, socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return 0
+
+
+def writable(connection: amqp.Connection) -> bool:
+    """Whether the socket has room for a small write now (a heartbeat frame, say) that
+    would not wait for the broker to read."""
+    sock = connection.transport.sock
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    return bool(poller.poll(0))

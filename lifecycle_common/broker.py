@@ -21,20 +21,28 @@ import logging
 import os
 import random
 import ssl
+import time
 import urllib.parse
-from typing import Optional
+from typing import Callable, Optional
 
 import amqp
+import amqp.spec
 import kombu
 import kombu.exceptions
 from oslo_config import cfg
 
-from lifecycle_common import transport
+from lifecycle_common import health, transport
 from lifecycle_common.config import ConfigError
 
 LOG = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 5.0  # seconds to open the TCP connection, the TLS handshake and login
+# Seconds a blocking write to a connection may wait for the broker to take any of it
+# (the socket's SO_SNDTIMEO): py-amqp's own writes (heartbeats, methods, acks) and
+# everything written over TLS. Past it the write fails (OSError) and the connection is
+# given up. Without it a broker that stops reading (a blocked connection, a node
+# without its majority) keeps a write, and its thread, waiting for ever.
+WRITE_TIMEOUT = 30.0
 GROUP = "oslo_messaging_rabbit"
 # A query key oslo.messaging's listeners take that changes nothing here: the exchange
 # and the queues are always durable.
@@ -210,10 +218,21 @@ def certificate_common_name(path: str) -> str:
 
 class Connector:
     """Opens connections for one service, in failover order: round-robin starts from
-    the broker after the one last connected to, shuffle draws a new order each time."""
+    the broker after the one last connected to, shuffle draws a new order each time.
 
-    def __init__(self, settings: BrokerSettings):
+    Each connection it opens reports RabbitMQ's ``connection.blocked`` and
+    ``connection.unblocked`` to ``blocked`` (one ``BlockedState`` for every connection
+    this Connector opens: a service holds one at a time per Connector), and fails a
+    blocking write that waits more than ``write_timeout`` seconds for the broker to take
+    any of it."""
+
+    def __init__(self, settings: BrokerSettings, write_timeout: float = WRITE_TIMEOUT,
+                 role: str = "connection"):
+        """``role``: what the connection is for, as logs name it ("publishing
+        connection", "dead-letter connection")."""
         self.settings = settings
+        self.write_timeout = write_timeout
+        self.blocked = BlockedState(role=role)
         self._next = 0
 
     def connect(self) -> tuple[kombu.Connection, transport.Broker]:
@@ -221,7 +240,7 @@ class Connector:
         which broker it is. BrokerConnectError says why each one failed."""
         failures = []
         for broker in self._order():
-            conn = _connection(self.settings, broker)
+            conn = _connection(self.settings, broker, self.write_timeout)
             try:
                 conn.connect()
             except Exception as exc:  # noqa: BLE001 - mapped to one error, the cause kept
@@ -229,6 +248,7 @@ class Connector:
                 failures.append(f"{describe(self.settings, broker)}: {explain(exc)}")
                 continue
             self._next = self.settings.brokers.index(broker) + 1
+            self.blocked.watch(conn, describe(self.settings, broker))
             return conn, broker
         raise BrokerConnectError("; ".join(failures))
 
@@ -241,7 +261,116 @@ class Connector:
         return brokers[start:] + brokers[:start]
 
 
-def _connection(settings: BrokerSettings, broker: transport.Broker) -> kombu.Connection:
+# -- connection.blocked ---------------------------------------------------------------
+
+# py-amqp declares connection.blocked without its argument and hands its callback a
+# fixed text; RabbitMQ sends the reason ("low on memory", "low on disk") as a short
+# string, read here with the method's real signature.
+_BLOCKED_WITH_REASON = amqp.spec.method(amqp.spec.Connection.Blocked, "s")
+
+
+class BlockedState:
+    """Whether the broker has blocked a connection (RabbitMQ's ``connection.blocked``:
+    a memory or disk alarm somewhere in its cluster), why, and since when; with how long
+    connections were blocked in all since start, for the metrics.
+
+    RabbitMQ blocks a connection only once it publishes during an alarm (until then it
+    is "blocking" and reads on), then stops reading it entirely, so nothing written to
+    it arrives, heartbeats and ``connection.close`` included, until it unblocks. A
+    connection that only consumes and acks is never blocked. The alarm is cluster-wide:
+    every node blocks its publishers.
+
+    Written by the thread that owns the connection (inside its reads), read by any
+    (metrics, health): each attribute read is a consistent value."""
+
+    def __init__(self, role: str = "connection", clock: Callable[[], float] = time.monotonic):
+        self.role = role
+        self._clock = clock
+        self.since: Optional[float] = None   # monotonic; None: not blocked
+        self.reason = ""
+        self.where = ""                      # the broker, as logs name it
+        self.blocks = 0                      # times blocked since start
+        self._ended_seconds = 0.0            # seconds blocked, blocks that ended
+
+    @property
+    def is_blocked(self) -> bool:
+        return self.since is not None
+
+    def blocked_for(self) -> float:
+        since = self.since
+        return 0.0 if since is None else max(0.0, self._clock() - since)
+
+    def seconds_total(self) -> float:
+        """Seconds blocked since start, the current block included."""
+        return self._ended_seconds + self.blocked_for()
+
+    def block(self, reason: str) -> None:
+        if self.since is None:
+            self.since = self._clock()
+            self.blocks += 1
+            LOG.warning("the broker %s blocked this service's %s: %s (a resource alarm; "
+                        "nothing sent on it arrives until it unblocks)", self.where,
+                        self.role, reason or "no reason given")
+        self.reason = reason
+
+    def unblock(self) -> None:
+        if self.since is not None:
+            lasted = self.blocked_for()
+            self._end()
+            LOG.info("the broker %s unblocked this service's %s after %.1fs", self.where,
+                     self.role, lasted)
+
+    def closed(self) -> None:
+        """The connection is gone: a block ends with it."""
+        if self.since is not None:
+            lasted = self.blocked_for()
+            self._end()
+            LOG.info("this service's %s to %s closed after %.1fs blocked", self.role,
+                     self.where, lasted)
+
+    def watch(self, conn: kombu.Connection, where: str) -> None:
+        """Report ``conn``'s blocked and unblocked notifications here from now on."""
+        self.closed()
+        self.where = where
+        amqp_conn = conn.connection
+        methods = dict(amqp_conn._METHODS)  # the instance's own copy of the class's map
+        methods[amqp.spec.Connection.Blocked] = _BLOCKED_WITH_REASON
+        amqp_conn._METHODS = methods
+        amqp_conn._callbacks[amqp.spec.Connection.Blocked] = self._on_blocked
+        amqp_conn._callbacks[amqp.spec.Connection.Unblocked] = self.unblock
+        conn._lifecycle_blocked = self  # release() ends the block with the connection
+
+    def _on_blocked(self, reason: str = "") -> None:
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        self.block(reason)
+
+    def _end(self) -> None:
+        self._ended_seconds += self.blocked_for()
+        self.since = None
+        self.reason = ""
+
+
+def check(what: str, down_since: Optional[float], blocked: BlockedState, now: float,
+          consequence: str) -> health.Check:
+    """The health of a service's broker connection: ok while connected and not blocked;
+    degraded while unreachable or blocked, however long (the outbox or the queue keeps
+    what waits, and a restart would not bring the broker back: never failing).
+    ``consequence``: what waits meanwhile, in the operator's words."""
+    if down_since is not None:
+        return health.Check("broker", health.Status.DEGRADED,
+                            f"{what}: unreachable for {max(0.0, now - down_since):.1f}s; "
+                            f"{consequence}")
+    if blocked.is_blocked:
+        return health.Check("broker", health.Status.DEGRADED,
+                            f"{what}: blocked by {blocked.where} for "
+                            f"{blocked.blocked_for():.1f}s: {blocked.reason or 'no reason given'}"
+                            f"; {consequence}")
+    return health.Check("broker", health.Status.OK, f"{what}: reachable")
+
+
+def _connection(settings: BrokerSettings, broker: transport.Broker,
+                write_timeout: float = WRITE_TIMEOUT) -> kombu.Connection:
     user, password = broker.username or "guest", broker.password or "guest"
     if settings.login_method == "EXTERNAL":
         user, password = "", ""
@@ -250,7 +379,11 @@ def _connection(settings: BrokerSettings, broker: transport.Broker) -> kombu.Con
         virtual_host=settings.vhost or "/", login_method=settings.login_method,
         ssl=settings.tls.options(broker.hostname) if settings.tls else False,
         heartbeat=settings.heartbeat, connect_timeout=settings.connect_timeout,
-        transport="pyamqp", transport_options={"max_retries": 0})
+        # kombu hands transport_options to py-amqp's Connection: write_timeout is its
+        # SO_SNDTIMEO, set before the handshake. (No socket timeout: with one, Python
+        # waits for the socket before a MSG_DONTWAIT read or write; see amqp_frames.)
+        transport="pyamqp",
+        transport_options={"max_retries": 0, "write_timeout": write_timeout})
 
 
 def describe(settings: BrokerSettings, broker: transport.Broker) -> str:
@@ -280,11 +413,16 @@ def explain(exc: BaseException) -> str:
 CLOSE_TIMEOUT = 2.0  # seconds a closing connection waits for the broker's close-ok
 
 
-def release(conn: kombu.Connection) -> None:
+def release(conn: kombu.Connection, handshake: bool = True) -> None:
     """Close a connection being discarded, whatever state it is in: the AMQP close
     handshake if the broker answers within CLOSE_TIMEOUT, else the socket alone. (A
     broker that takes what it is sent and answers nothing, a cluster node without its
-    majority, say, would keep py-amqp waiting for its close-ok for ever.)"""
+    majority, say, would keep py-amqp waiting for its close-ok for ever.) No handshake
+    is tried on a blocked connection (the broker reads nothing of it, ``connection.close``
+    included) or with ``handshake`` False (a frame left half written, say)."""
+    blocked: Optional[BlockedState] = getattr(conn, "_lifecycle_blocked", None)
+    if blocked is not None and blocked.is_blocked:
+        handshake = False
     try:
         sock = conn.connection.transport.sock if conn.connected else None
         if sock is not None:
@@ -292,10 +430,15 @@ def release(conn: kombu.Connection) -> None:
     except Exception:  # noqa: BLE001 - not connected: nothing to bound
         pass
     try:
-        conn.release()
+        if not handshake:
+            conn.collect()  # the socket closed, no AMQP close
+        else:
+            conn.release()
     except Exception:  # noqa: BLE001 - the connection is being discarded
         LOG.debug("closing the broker connection failed; dropping it", exc_info=True)
         try:
             conn.collect()
         except Exception:  # noqa: BLE001
             LOG.debug("dropping the broker connection failed", exc_info=True)
+    if blocked is not None:
+        blocked.closed()

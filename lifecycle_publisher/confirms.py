@@ -12,13 +12,22 @@ The rules:
 - RabbitMQ returns an unroutable mandatory message before it confirms it, so a return
   then an ack on the same key means "no queue is bound for that key": the row is sent
   again on that key only, after a back-off that grows while nothing is routable
-  (with jitter, so that a fleet does not retry in step); a nack is retried the same
-  way at once, at the first step of the back-off;
+  (with jitter, so that a fleet does not retry in step);
+- a nack (the broker could not take the message: a queue at its length limit that
+  rejects publishes, an internal error) is retried the same way on the keys refused,
+  after a back-off that grows with each round of nacks retried while nothing is acked:
+  a node that refuses everything is not hammered. Nacks for ``confirm_timeout`` with
+  no ack between count as stalled, as silence does: the publisher gives that
+  connection up for the next broker, where the nacked rows go at once (a nack is one
+  node's answer) and the back-off goes on growing until something is acked;
 - a lost connection loses nothing: what was in flight is owed still and is sent again
   on the next one (RabbitMQ also leaves unconfirmed what follows a publish it refused
   on a channel); what was confirmed on some keys is owed only on the others; a row
   waiting for its retry is sent once on the next connection, by its retry, whether
-  the retry comes before or after the outbox is read again up to it.
+  the retry comes before or after the outbox is read again up to it;
+- a blocked connection (``connection.blocked``: a resource alarm) cannot confirm
+  anything: the publisher says when it was unblocked (``restart_wait``) and the waits
+  for confirms start over from then.
 """
 
 from __future__ import annotations
@@ -61,6 +70,9 @@ class ConfirmLedger:
         self._retry_keys: dict[int, set[str]] = {}   # row -> the keys to send it on then
         self._done: list[int] = []                   # rows confirmed on every key
         self._unroutable_rounds = 0                  # back-off steps while nothing routes
+        self._nack_rounds = 0                        # back-off steps while all is nacked
+        self._nacked: set[int] = set()               # rows waiting for a retry after a nack
+        self.nacking_since: Optional[float] = None   # first nack since the last ack
         self.confirmed = 0                           # rows confirmed since start
         self.nacks = 0                               # messages the broker refused
         self.returns = 0                             # messages returned as unroutable
@@ -93,7 +105,11 @@ class ConfirmLedger:
     def stalled(self, now: float, timeout: float) -> bool:
         """Whether what is in flight has waited more than ``timeout`` seconds with
         nothing confirmed meanwhile (the broker takes messages and does not confirm
-        them: a cluster node that lost its majority, say)."""
+        them: a cluster node that lost its majority, say), or the broker has nacked
+        for more than ``timeout`` seconds without acking anything (it refuses
+        whatever it is sent)."""
+        if self.nacking_since is not None and now - self.nacking_since > timeout:
+            return True
         if not self._inflight:
             self._waiting_since = None
             return False
@@ -106,11 +122,17 @@ class ConfirmLedger:
         nacked; a key still in flight is not sent twice). After a reconnect the outbox
         is read from its start again: a row handed out here is not handed out there."""
         rows = [row for row, at in self._retry.items() if at <= now]
+        nacked = unroutable = False
         for row in rows:
             del self._retry[row]
             self._resent.add(row)
-        if rows:
-            self._unroutable_rounds += 1
+            if row in self._nacked:
+                self._nacked.discard(row)
+                nacked = True
+            else:
+                unroutable = True
+        self._nack_rounds += nacked
+        self._unroutable_rounds += unroutable
         return [(row, sorted(self._retry_keys.pop(row))) for row in sorted(rows)]
 
     def next_retry(self) -> Optional[float]:
@@ -129,7 +151,11 @@ class ConfirmLedger:
     def acked(self, tag: int, multiple: bool, now: float) -> None:
         self._last_settled = now
         owed, returned = self._owed, self._returned
-        for row, key in self._settle(tag, multiple):
+        settled = self._settle(tag, multiple)
+        if settled:  # the broker takes messages again: nacks back off from the start
+            self.nacking_since = None
+            self._nack_rounds = 0
+        for row, key in settled:
             if row is None:
                 continue
             if returned and (row, key) in returned:
@@ -152,15 +178,32 @@ class ConfirmLedger:
                 self.unroutable.discard(key)
 
     def nacked(self, tag: int, multiple: bool, now: float) -> list[Delivery]:
-        """The broker could not take these; they are sent again soon. Returns them."""
+        """The broker could not take these; they are sent again after a back-off that
+        grows with each round of nacks while nothing is acked. Returns them."""
         self._last_settled = now
-        refused = [Delivery(row, key) for row, key in self._settle(tag, multiple)
-                   if row is not None]
+        settled = self._settle(tag, multiple)
+        if settled and self.nacking_since is None:
+            self.nacking_since = now
+        refused = [Delivery(row, key) for row, key in settled if row is not None]
         self.nacks += len(refused)
         for d in refused:
             self._returned.discard((d.row_id, d.routing_key))
-            self._schedule(d.row_id, d.routing_key, now, 0)
+            if d.row_id not in self._retry:
+                self._nacked.add(d.row_id)
+            self._schedule(d.row_id, d.routing_key, now, self._nack_rounds)
         return refused
+
+    def next_nack_retry_step(self) -> int:
+        """The back-off step the next nack would be retried at (0: the first)."""
+        return self._nack_rounds
+
+    def restart_wait(self, now: float) -> None:
+        """The broker could not confirm anything until ``now`` (it had blocked the
+        connection): the waits for confirms, and for an ack after nacks, start over."""
+        if self._inflight:
+            self._waiting_since = now
+        if self.nacking_since is not None:
+            self.nacking_since = now
 
     def returned(self, row_id: int, routing_key: str) -> bool:
         """The broker could not route ``row_id`` on ``routing_key`` (its ack follows).
@@ -171,8 +214,14 @@ class ConfirmLedger:
 
     def connection_lost(self) -> None:
         """Whatever was in flight is owed still; delivery tags start over. Rows waiting
-        for a retry wait on (the back-off is not cut short by a reconnect)."""
+        for a retry after a return wait on (the back-off is not cut short by a
+        reconnect); rows nacked are due at once (the next connection may be to another
+        node), at the back-off step reached."""
         self._tag = 0
+        self.nacking_since = None
+        for row in self._nacked:
+            if row in self._retry:
+                self._retry[row] = float("-inf")
         self._inflight: collections.OrderedDict[int, tuple[Optional[int], str]] = (
             collections.OrderedDict())
         self._waiting_since: Optional[float] = None  # see stalled
@@ -198,6 +247,7 @@ class ConfirmLedger:
             self._retry.pop(row, None)
             self._retry_keys.pop(row, None)
             self._resent.discard(row)
+            self._nacked.discard(row)
 
     # -- internals ------------------------------------------------------------------------
     def _settle(self, tag: int, multiple: bool) -> list[tuple[Optional[int], str]]:

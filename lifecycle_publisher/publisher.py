@@ -10,14 +10,27 @@ can then tell which broker user spoke for which host.
 
 One thread owns the AMQP connection: py-amqp is not thread-safe. ``broker.Connector``
 opens it (TLS, login method, failover); py-amqp reads the broker's frames (confirms,
-returns, heartbeats); the publishes themselves are framed by ``amqp_frames`` and
-written in one system call per round. What was sent and confirmed is kept by
-``ConfirmLedger``, a pure object; this module is the loop around the socket.
+returns, heartbeats, ``connection.blocked``); the publishes themselves are framed by
+``amqp_frames`` and written in one system call per round, without waiting: what the
+socket does not take is written when it has room, and a broker that takes nothing of
+it for ``confirm_timeout`` is given up like one that does not confirm. What was sent
+and confirmed is kept by ``ConfirmLedger``, a pure object; this module is the loop
+around the socket.
+
+While the broker blocks the connection (a memory or disk alarm: RabbitMQ reads nothing
+more of it), nothing more is published; events wait in the outbox, the loop goes on
+reading the broker's frames, and the time blocked does not count against
+``confirm_timeout`` (the broker said why it does not confirm, and an alarm blocks
+publishers on every node of a cluster, so moving would not help). A connection blocked
+for ``BLOCKED_GIVE_UP`` times ``confirm_timeout`` is given up all the same, in case the
+next broker of ``transport_url`` is not of the same cluster. A stop while blocked does
+not wait for confirms that cannot come.
 """
 
 from __future__ import annotations
 
 import logging
+import select
 import threading
 import time
 from typing import Callable, Optional
@@ -30,7 +43,7 @@ from lifecycle_common import amqp_frames, broker, health
 from lifecycle_common.amqp_frames import PublishFramer
 from lifecycle_common.retry import backoff
 from lifecycle_publisher.confirms import ConfirmLedger
-from lifecycle_publisher.errors import BrokerUnavailable
+from lifecycle_publisher.errors import BrokerUnavailable, OutboxUnwritable
 from lifecycle_publisher.outbox import Outbox
 from lifecycle_publisher.wakeup import Wakeup
 
@@ -43,6 +56,12 @@ LOG = logging.getLogger(__name__)
 DELETE_INTERVAL = 0.2
 
 _BROKER_ERRORS = (OSError, amqp.exceptions.AMQPError, kombu.exceptions.KombuError)
+
+# A connection blocked this many times confirm_timeout (5 minutes by default) is given
+# up for the next broker: nodes of one cluster block together, so this is for a
+# transport_url that lists brokers of more than one cluster, or a node whose alarm never
+# clears. Moving costs a reconnection and the window sent again.
+BLOCKED_GIVE_UP = 10
 
 
 class Publisher:
@@ -66,12 +85,19 @@ class Publisher:
         self._refill = max(len(routing_keys), window // 4)
         self.ledger = ConfirmLedger(routing_keys, window, retry_max)
         self._stop = threading.Event()
+        self._shutdown_asked = threading.Event()  # stop or drain: ends a back-off wait
         self.connected = threading.Event()
         self.connected_once = False
         self.heartbeats_sent = 0  # since start (not confirmed: they are not kept)
         self.sessions = 0         # connections made since start (reconnects: one less)
         self.broker = health.Outage(down_since=time.monotonic())  # for the health check
+        # Its connections fail a blocking write (py-amqp's own, or a publish over TLS)
+        # that the broker takes nothing of for confirm_timeout, as a silent broker is.
+        connector.write_timeout = confirm_timeout
+        connector.blocked.role = "publishing connection"
+        self.blocked = connector.blocked  # connection.blocked, for health and metrics
         self._drain_deadline: Optional[float] = None
+        self._where = ""
         self._reset_session()
 
     @property
@@ -89,6 +115,9 @@ class Publisher:
         self.ledger.connection_lost()
         self._delete_at = 0.0                    # when to delete confirmed rows at the latest
         self._out: list[bytes] = []              # framed publishes not yet written
+        self._unwritten = b""                    # what the socket has not taken yet
+        self._waiting_to_write_since = 0.0       # when the socket last took something
+        self._nacks_at_start = self.ledger.nacks
         self._cursor = 0                         # last outbox row id sent
         self._more = True                        # the outbox may hold unsent rows
         self._next_heartbeat = 0.0
@@ -116,11 +145,16 @@ class Publisher:
                 delay = backoff(attempt, self._retry_max)
                 LOG.warning("broker unavailable (%s); %d events wait in the outbox; "
                             "retrying in %.1fs", exc, self._outbox.pending(), delay)
-                self._stop.wait(delay)
+                self._shutdown_asked.wait(delay)
+                if self._drain_deadline is not None:
+                    LOG.warning("stopping without a broker connection; %d events stay in "
+                                "the outbox for the next start", self._outbox.pending())
+                    return
 
     def stop(self) -> None:
         """Stop now, leaving whatever is unconfirmed in the outbox."""
         self._stop.set()
+        self._shutdown_asked.set()
         self._wake.set()
 
     def heartbeat_now(self) -> None:
@@ -130,8 +164,11 @@ class Publisher:
 
     def drain(self, timeout: float) -> None:
         """Ask the publisher to send what the outbox holds and a last heartbeat, then
-        stop once all is confirmed or ``timeout`` has passed; used at shutdown."""
-        self._drain_deadline = time.monotonic() + timeout
+        stop once all is confirmed, or at once while the broker blocks the connection,
+        and within ``timeout`` seconds, closing the connection included; used at
+        shutdown."""
+        self._drain_deadline = time.monotonic() + max(0.0, timeout - broker.CLOSE_TIMEOUT)
+        self._shutdown_asked.set()
         self._wake.set()
 
     def _session(self) -> None:
@@ -141,7 +178,7 @@ class Publisher:
             conn, connected_to = self._connector.connect()
         except broker.BrokerConnectError as exc:
             raise BrokerUnavailable(str(exc)) from exc
-        where = broker.describe(self._connector.settings, connected_to)
+        where = self._where = broker.describe(self._connector.settings, connected_to)
         try:
             try:
                 channel = conn.channel()
@@ -166,43 +203,116 @@ class Publisher:
             self.connected.clear()
             if not self._stop.is_set():
                 self.broker.down(time.monotonic())
-            broker.release(conn)
+            # A frame left half written: the broker could not read a close after it.
+            broker.release(conn, handshake=not self._unwritten)
 
     def _loop(self, conn: kombu.Connection, framer: PublishFramer, where: str) -> None:
         transport = conn.connection  # the py-amqp Connection
+        blocked = self.blocked
         while True:
             if self._drain_deadline is not None:
-                settled = not self.ledger.in_flight and not self._more and self._farewell_sent
-                if settled or time.monotonic() > self._drain_deadline:
+                settled = (not self.ledger.in_flight and not self._more and self._farewell_sent
+                           and not self._unwritten)
+                if settled or blocked.is_blocked or time.monotonic() > self._drain_deadline:
+                    if blocked.is_blocked and not settled:
+                        LOG.warning("stopping while %s blocks the connection (%s): %d "
+                                    "messages unconfirmed stay in the outbox", where,
+                                    blocked.reason, self.ledger.in_flight)
                     self._flush_done()
                     return
             elif self._stop.is_set():
                 return
             try:
-                self._send(framer)
-                if self._out:
-                    transport.transport.write(b"".join(self._out))
-                    self._out.clear()
-                # Sleep until the broker sends something (confirms) or the writer
-                # commits new rows, whichever comes first: no polling.
-                self._wake.wait(self._idle_timeout(), also=transport.sock)
-                amqp_frames.read_available(transport)  # confirms and returns
-                conn.heartbeat_check()
+                if blocked.is_blocked:
+                    self._hold()
+                else:
+                    self._send(framer)
+                self._write(transport)
+                self._wait(transport)
+                amqp_frames.read_available(transport)  # confirms, returns, blocked
+                if not self._unwritten and amqp_frames.writable(transport):
+                    conn.heartbeat_check()  # (a heartbeat frame never waits for room)
             except _BROKER_ERRORS as exc:
                 self._flush_done()
                 raise BrokerUnavailable(f"{where}: {broker.explain(exc)}") from exc
-            if self.ledger.stalled(time.monotonic(), self._confirm_timeout):
-                self._flush_done()
-                raise BrokerUnavailable(
-                    f"{where}: no confirm for {self._confirm_timeout:.0f}s of "
-                    f"{self.ledger.in_flight} messages sent (a node without its cluster's "
-                    "majority?); giving up on this connection")
+            now = time.monotonic()
+            if blocked.is_blocked:
+                # Nothing can be confirmed or written meanwhile: the waits start over.
+                self.ledger.restart_wait(now)
+                self._waiting_to_write_since = now
+                if blocked.blocked_for() > BLOCKED_GIVE_UP * self._confirm_timeout:
+                    self._flush_done()
+                    raise BrokerUnavailable(
+                        f"{where}: blocked for {blocked.blocked_for():.0f}s "
+                        f"({blocked.reason}); giving up on this connection to try the "
+                        "next broker")
+            else:
+                self._check_progress(where, now)
             if self.ledger.done_count >= self._window // 2 or (
-                    self.ledger.done_count and time.monotonic() >= self._delete_at):
+                    self.ledger.done_count and now >= self._delete_at):
                 self._flush_done()
+
+    def _check_progress(self, where: str, now: float) -> None:
+        """BrokerUnavailable if the broker has taken nothing written, confirmed nothing
+        sent, or nacked everything, for confirm_timeout."""
+        timeout = self._confirm_timeout
+        if self._unwritten and now - self._waiting_to_write_since > timeout:
+            self._flush_done()
+            raise BrokerUnavailable(
+                f"{where}: the broker took none of the {len(self._unwritten)} bytes waiting "
+                f"to be written for {timeout:.0f}s; giving up on this connection")
+        if not self.ledger.stalled(now, timeout):
+            return
+        self._flush_done()
+        if self.ledger.nacking_since is not None:
+            raise BrokerUnavailable(
+                f"{where}: nacked everything for {timeout:.0f}s "
+                f"({self.ledger.nacks - self._nacks_at_start} nacks on this connection, "
+                "no ack); giving up on this connection for the next broker")
+        raise BrokerUnavailable(
+            f"{where}: no confirm for {timeout:.0f}s of {self.ledger.in_flight} messages "
+            "sent (a node without its cluster's majority?); giving up on this connection")
+
+    def _hold(self) -> None:
+        """While blocked: rows the writer commits wait in the outbox (read once the
+        broker unblocks); the wake-up it sent is taken so as not to spin."""
+        if self._wake.is_set():
+            self._wake.clear()
+            self._more = True
+
+    def _write(self, transport) -> None:
+        """Write what was framed, as much as the socket takes now; the rest waits
+        for room (never written past by anything else: frames stay whole)."""
+        if self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            if not self._unwritten:
+                self._waiting_to_write_since = time.monotonic()
+            self._unwritten += data
+        if self._unwritten:
+            written = amqp_frames.send_available(transport, self._unwritten)
+            if written:
+                self._waiting_to_write_since = time.monotonic()
+                self._unwritten = self._unwritten[written:]
+
+    def _wait(self, transport) -> None:
+        """Sleep until the broker sends something (confirms), the socket has room for
+        what waits to be written, the writer commits new rows, or a stop, whichever
+        comes first: no polling."""
+        if not self._unwritten:
+            self._wake.wait(self._idle_timeout(), also=transport.sock)
+            return
+        if self._wake.is_set():
+            return
+        poller = select.poll()
+        poller.register(self._wake.fileno(), select.POLLIN)
+        poller.register(transport.sock, select.POLLIN | select.POLLOUT)
+        poller.poll(int(self._idle_timeout() * 1000))
 
     def _idle_timeout(self) -> float:
         now = time.monotonic()
+        if self.blocked.is_blocked:  # nothing is sent: no heartbeat or retry is due
+            return 1.0
         deadlines = [self._next_heartbeat]
         next_retry = self.ledger.next_retry()
         if next_retry is not None:
@@ -262,9 +372,18 @@ class Publisher:
         self.ledger.acked(delivery_tag, multiple, time.monotonic())
 
     def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
-        for delivery in self.ledger.nacked(delivery_tag, multiple, time.monotonic()):
-            LOG.warning("broker refused outbox row %d on %s (nack); retrying",
-                        delivery.row_id, delivery.routing_key)
+        first = self.ledger.nacking_since is None
+        step = self.ledger.next_nack_retry_step()
+        refused = self.ledger.nacked(delivery_tag, multiple, time.monotonic())
+        if refused:
+            # Said once per run of nacks; a node that refuses everything would
+            # otherwise write a line per message.
+            LOG.log(logging.WARNING if first else logging.DEBUG,
+                    "%s refused outbox row(s) %s (nack); sent again with back-off (step "
+                    "%d); if it acks nothing for %.0fs the agent moves to the next broker",
+                    self._where, ", ".join(f"{d.row_id} on {d.routing_key}" for d in refused[:5])
+                    + (f" and {len(refused) - 5} more" if len(refused) > 5 else ""),
+                    step, self._confirm_timeout)
 
     def _on_return(self, exc, exchange, routing_key, message) -> None:
         message_id = message.properties.get("message_id") or ""
@@ -276,9 +395,17 @@ class Publisher:
                           exchange, routing_key, exc)
 
     def _flush_done(self) -> None:
+        """Delete the confirmed rows from the outbox. A disk that refuses the delete (a
+        full disk) does not stop the publisher: the outbox holds the ids and deletes
+        them later (``Outbox.delete``, retried every second by its Checkpointer, which
+        logs it); a crash meanwhile only republishes rows that consumers drop as
+        duplicates."""
         done = self.ledger.take_done()
         if done:
-            self._outbox.delete(done)
+            try:
+                self._outbox.delete(done)
+            except OutboxUnwritable as exc:
+                LOG.debug("delete of %d confirmed rows held: %s", len(done), exc)
 
 
 def _declare_exchange(channel, exchange: str) -> None:

@@ -214,3 +214,126 @@ def test_nacks_and_returns_are_counted_for_the_metrics():
     book.returned(3, A)
     book.acked(tags[2], False, now=0.0)
     assert (book.nacks, book.returns, book.confirmed) == (2, 1, 0)
+
+
+# -- nacks: back-off, and a node that refuses everything is given up -------------------
+
+def nack_round(book: ConfirmLedger, row: int, now: float) -> float:
+    """Send ``row`` (by its retry if it waits for one), have it nacked at ``now``;
+    returns how long it then waits for its next retry."""
+    sent = send_due(book, float("inf")) or {(row, A): book.sent(row, A)}
+    (tag,) = sent.values()
+    book.nacked(tag, False, now=now)
+    return book.next_retry() - now
+
+
+# Each case: what the broker answers, round by round ("nack" a row, "ack" another one),
+# then the wait before each nacked row's retry (rand 1.0: the top of each step).
+NACK_CASES = {
+    "consecutive nacks back off 0.5, 1, 2, 4 ... up to retry_max": (
+        ["nack"] * 8, [0.5, 1, 2, 4, 8, 16, 30, 30]),
+    "an ack starts the back-off over": (
+        ["nack", "nack", "nack", "ack", "nack", "nack"], [0.5, 1, 2, None, 0.5, 1]),
+}
+
+
+@pytest.mark.parametrize(("answers", "waits"), list(NACK_CASES.values()), ids=list(NACK_CASES))
+def test_nacks_back_off_with_each_round_until_an_ack(answers, waits):
+    book = ledger([A], retry_max=30.0)
+    seen, now, other = [], 0.0, 100
+    for answer in answers:
+        now += 100.0
+        if answer == "nack":
+            seen.append(nack_round(book, 1, now))
+        else:
+            book.forget([1])  # (the row is settled elsewhere; another one is acked)
+            other += 1
+            book.acked(book.sent(other, A), False, now=now)
+            seen.append(None)
+    assert seen == waits
+
+
+def test_a_round_of_many_nacks_is_one_step_of_the_back_off():
+    """A node that refuses a whole window nacks each message: one round, one step."""
+    book = ledger([A], window=64)
+    tags = [book.sent(row, A) for row in range(1, 51)]
+    for tag in tags:
+        book.nacked(tag, False, now=0.0)
+    assert book.next_nack_retry_step() == 0
+    assert {row for row, _ in book.due(0.5)} == set(range(1, 51))  # all at step 0
+    assert book.next_nack_retry_step() == 1
+    tags = [book.sent(row, A) for row in range(1, 51)]
+    book.nacked(tags[-1], True, now=1.0)
+    assert book.next_retry() == 1.0 + 1.0
+
+
+def test_nacks_without_an_ack_for_the_timeout_are_stalled_even_with_nothing_in_flight():
+    """A node that nacks every publish: between retries nothing is in flight, and
+    confirms keep coming (nacks); it is given up all the same after confirm_timeout."""
+    book = ledger([A])
+    book.nacked(book.sent(1, A), False, now=100.0)
+    assert book.in_flight == 0
+    assert book.stalled(105.0, 10.0) is False
+    send_due(book, 106.0)
+    book.nacked(1, False, now=106.0)
+    assert book.stalled(110.0, 10.0) is False
+    assert book.stalled(110.5, 10.0) is True  # nacks since 100.0, no ack
+
+
+def test_an_ack_ends_the_run_of_nacks():
+    book = ledger([A])
+    book.nacked(book.sent(1, A), False, now=100.0)
+    book.acked(book.sent(2, A), False, now=108.0)
+    assert book.nacking_since is None
+    assert book.stalled(200.0, 10.0) is False
+
+
+def test_a_nacked_heartbeat_counts_as_a_refusal_too():
+    book = ledger([A])
+    book.nacked(book.sent(None, A), False, now=100.0)
+    assert book.nacks == 0  # heartbeats are not kept, not counted as rows refused
+    assert book.stalled(111.0, 10.0) is True
+
+
+def test_nacked_rows_go_at_once_on_the_next_connection_and_the_step_is_kept():
+    """Given up for nacking, the agent connects to the next node: the rows it nacked
+    are sent there at once (a nack is one node's answer); should that node nack them
+    too, their back-off goes on from the step reached."""
+    book = ledger([A, B])
+    for now in (0.0, 10.0, 20.0):
+        for (row, key), tag in (send_due(book, now) or {(1, k): t for k, t in
+                                                         send_row(book, 1).items()}).items():
+            book.nacked(tag, False, now=now)
+    assert book.next_retry() == 20.0 + 2.0
+    book.connection_lost()
+    assert book.nacking_since is None
+    assert send_due(book, 20.1) == {(1, A): 1, (1, B): 2}  # at once, on every key owed
+    assert book.keys_for(1) == []  # and not again by the outbox read
+    book.nacked(2, True, now=20.2)
+    assert book.next_retry() == 20.2 + 4.0
+
+
+def test_a_row_waiting_after_a_return_still_waits_on_the_next_connection():
+    book = ledger([A])
+    send_row(book, 1)
+    book.returned(1, A)
+    book.acked(1, False, now=0.0)
+    book.connection_lost()
+    assert book.due(0.1) == []
+    assert book.next_retry() == 0.5
+
+
+def test_time_blocked_does_not_count_against_the_confirm_timeout():
+    """A blocked connection confirms nothing; once the broker unblocks it, the waits
+    for confirms (and for an ack after nacks) start over from then."""
+    book = ledger([A])
+    send_row(book, 1)
+    book.stalled(0.0, 10.0)
+    book.restart_wait(60.0)  # blocked from 5 to 60
+    assert book.stalled(65.0, 10.0) is False
+    assert book.stalled(70.5, 10.0) is True
+    nacking = ledger([A])
+    nacking.nacked(nacking.sent(1, A), False, now=0.0)
+    nacking.restart_wait(60.0)
+    assert nacking.stalled(69.0, 10.0) is False
+    assert nacking.stalled(70.5, 10.0) is True

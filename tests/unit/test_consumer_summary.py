@@ -1,10 +1,15 @@
 import logging
 
+from consumer.amqp_queue import BatchQueue
 from consumer.service import ConsumerService
+from consumer.topology import Topology
+from lifecycle_common import broker
 
 
 def test_summary_says_what_changed_since_the_last_one_and_nothing_when_idle(caplog):
-    service = ConsumerService(queue=None, store=None, host_down_after=30, retry_max=1)
+    queue = BatchQueue(broker.Connector(broker.plain("rabbit://127.0.0.1/")),  # never connected
+                       Topology(exchange="x", queue="q", routing_key="k"), 1, 0)
+    service = ConsumerService(queue=queue, store=None, host_down_after=30, retry_max=1)
     caplog.set_level(logging.INFO, logger="consumer.service")
     service.stats.applied += 41
     service.stats.batches += 3

@@ -59,7 +59,12 @@ def exported(tmp_path_factory):
     state = tmp_path_factory.mktemp("agent")
     agent = Agent(agent_config.in_code({"host": "dash-host", "state_path": str(state)},
                                        libvirt={"connection_uri": "test:///default"}))
-    service = ConsumerService(queue=None, store=None, host_down_after=30, retry_max=1)
+    from consumer.amqp_queue import BatchQueue
+    from consumer.topology import Topology
+    from lifecycle_common import broker
+    queue = BatchQueue(broker.Connector(broker.plain("rabbit://127.0.0.1/")),  # never connected
+                       Topology(exchange="x", queue="q", routing_key="k"), 1, 0)
+    service = ConsumerService(queue=queue, store=None, host_down_after=30, retry_max=1)
     return exported_names(observability.registry(agent)) | exported_names(service.metrics.registry)
 
 
