@@ -13,12 +13,21 @@ Supervision: a worker thread that raises, or ends while the agent is not stoppin
 makes the agent log why, say "degraded" in its heartbeats, stop and exit non-zero, so
 that its supervisor (systemd's Restart=on-failure) starts it again. What the outbox
 holds survives; the next start's inventory reconciles what was not written yet.
+
+Disks: a full disk (or one that refuses writes) does not stop the agent. The writer
+counts and drops the events it cannot write, the publisher goes on publishing what the
+outbox holds (and heartbeats, built in memory), the health says degraded; once the disk
+takes writes again the writer asks for an inventory (reason ``reconnect``: as after a
+lost libvirt connection, events were missed), which the main thread takes. A corrupt
+outbox found while running makes the agent exit with status 1, after moving the file
+aside (as a start would), so that the next start begins a new state instead of failing
+again and again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 import queue
 import threading
 import time
@@ -30,9 +39,9 @@ from lifecycle_common import broker, health, metrics_http, systemd, wire
 from lifecycle_common.threads import named_thread
 from lifecycle_publisher import event_source, notifications, observability
 from lifecycle_publisher.domain_event import Sequencer
-from lifecycle_publisher.errors import LibvirtUnavailable
+from lifecycle_publisher.errors import LibvirtUnavailable, OutboxCorrupt, OutboxError
 from lifecycle_publisher.event_source import EventSource
-from lifecycle_publisher.outbox import Checkpointer, Outbox
+from lifecycle_publisher.outbox import Checkpointer, Outbox, move_aside, outbox_path
 from lifecycle_publisher.outbox_writer import STOP, OutboxWriter
 from lifecycle_common.retry import backoff
 from lifecycle_publisher.publisher import Publisher
@@ -47,18 +56,28 @@ class Agent:
     def __init__(self, conf: cfg.ConfigOpts):
         self.conf = conf
         self.host = conf.host
-        self.outbox = Outbox(os.path.join(conf.state_path, "outbox.sqlite"),
+        # OutboxUnwritable (a full disk) from here: lifecycle-agent waits and tries again.
+        self.outbox = Outbox(outbox_path(conf.state_path),
                              conf.agent.outbox_synchronous, auto_checkpoint=False)
         self.checkpointer = Checkpointer(self.outbox)
-        opened = self.outbox.open_epoch()
-        self.outbox.close()  # this thread's connection: run() may be on another thread
+        try:
+            self.outbox.claim(self.host)  # HostMismatch: another host's state
+            opened = self.outbox.open_epoch()
+        finally:
+            self.outbox.close()  # this thread's connection: run() may be on another thread
+        if opened.fresh:
+            LOG.info("host %s: a new state in %s: epoch %d taken from the clock, sequence "
+                     "from 1", self.host, conf.state_path, opened.epoch)
         self.epoch = opened.epoch
+        self._new_state = opened.fresh  # said by the first inventory, then done
         self.sequencer = Sequencer(opened.next_seq)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = Wakeup()  # the writer wakes the publisher
         self._stop = threading.Event()
         self._attention = threading.Event()  # stop, or the libvirt connection was lost
         self._lost_reason: str | None = None
+        self._inventory_wanted = threading.Event()  # the writer: the disk is back
+        self._corrupt: OutboxCorrupt | None = None  # found while running
         self._stopping = False
         self.failure: Optional[str] = None  # why a worker thread died
         self.libvirt = health.Outage(down_since=time.monotonic())
@@ -67,7 +86,8 @@ class Agent:
                                   on_lost=self._libvirt_lost)
         self.writer = OutboxWriter(self._queue, self.outbox, self.host, self.epoch, self._wake,
                                    observe=self.source.observe,
-                                   stopped_delay=conf.agent.stopped_event_delay)
+                                   stopped_delay=conf.agent.stopped_event_delay,
+                                   ask_inventory=self._ask_inventory)
         topics = conf.oslo_messaging_notifications.topics
         self.publisher = Publisher(
             self.outbox, broker.Connector(broker.settings(conf)), conf.control_exchange,
@@ -86,10 +106,10 @@ class Agent:
             self.metrics_server = metrics_http.MetricsServer(
                 conf.metrics.bind_host, conf.metrics.bind_port,
                 observability.registry(self), self.health)
-        # Ready once libvirt is connected: from then on every event is kept in the
-        # outbox, whether the broker is there or not.
-        self.watchdog = systemd.Watchdog(systemd.Notifier(), self.health,
-                                         ready=lambda: self.libvirt.down_since is None)
+        # Ready once running, libvirt or not: the agent waits for libvirtd (and the
+        # broker) by itself, STATUS= says so; a start that waited for them would be
+        # killed by systemd's start timeout and restarted, which would not bring them.
+        self.watchdog = systemd.Watchdog(systemd.Notifier(), self.health, ready=lambda: True)
 
     def health(self) -> health.Report:
         return observability.agent_health(self)
@@ -120,6 +140,13 @@ class Agent:
         def run() -> None:
             try:
                 target()
+            except OutboxCorrupt as exc:  # not a defect: no traceback
+                LOG.critical("host %s: thread %s found the outbox corrupt: %s; the agent "
+                             "moves it aside and exits with status 1, to start a new state",
+                             self.host, name, exc)
+                self._corrupt = self._corrupt or exc
+                self._failed(f"thread {name} died: {type(exc).__name__}: {exc}")
+                return
             except BaseException as exc:  # noqa: BLE001 - recorded, then the agent exits
                 LOG.critical("host %s: thread %s died: %s: %s", self.host, name,
                              type(exc).__name__, exc, exc_info=True)
@@ -164,7 +191,13 @@ class Agent:
                                 self.host, self.source.uri, self._lost_reason or "not alive")
                     self._lost_reason = None
                     self.libvirt.down(time.monotonic())
+                    self._inventory_wanted.clear()  # the reconnection's inventory does it
                     self._connect_libvirt(reason="reconnect")
+                elif self._inventory_wanted.is_set():
+                    self._inventory_wanted.clear()
+                    LOG.debug("host %s: an inventory for the events the outbox could not "
+                              "take", self.host)
+                    self._publish_inventory("reconnect")
                 elif next_inventory is not None and time.monotonic() >= next_inventory:
                     self._publish_inventory("periodic")
                     next_inventory = time.monotonic() + interval
@@ -178,6 +211,11 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+        self._attention.set()
+
+    def _ask_inventory(self) -> None:
+        # Called on the writer's thread: flag only.
+        self._inventory_wanted.set()
         self._attention.set()
 
     def _libvirt_lost(self, reason: str) -> None:
@@ -207,7 +245,11 @@ class Agent:
 
     def _publish_inventory(self, reason: str) -> None:
         try:
-            self._queue.put(self.source.inventory(reason))
+            inventory = self.source.inventory(reason)
+            if self._new_state:
+                inventory = dataclasses.replace(inventory, new_state=True)
+                self._new_state = False
+            self._queue.put(inventory)
         except LibvirtUnavailable as exc:
             LOG.warning("host %s: %s inventory skipped: %s", self.host, reason, exc)
 
@@ -229,8 +271,16 @@ class Agent:
         self._threads[1].join()
         self.checkpointer.stop()
         self._threads[2].join()
-        LOG.info("agent for host %s stopped: last seq %d, %d events left in the outbox",
-                 self.host, self.sequencer.last, self.outbox.pending())
+        if self._corrupt is not None:
+            self.outbox.close()
+            try:
+                move_aside(self.outbox.path, self._corrupt.reason)
+            except OutboxError as exc:  # the next start's check tries again
+                LOG.error("host %s: the corrupt outbox could not be moved aside: %s",
+                          self.host, exc)
+        else:
+            LOG.info("agent for host %s stopped: last seq %d, %d events left in the outbox",
+                     self.host, self.sequencer.last, self.outbox.pending())
         self.outbox.close()
         if self.metrics_server is not None:
             self.metrics_server.stop()

@@ -7,6 +7,13 @@ Each batch is one SQLite transaction; the publisher is woken once it is committe
 With ``stopped_delay`` > 0, a STOPPED event waits that long before it is written and
 is dropped if a later event for the same domain comes first: a guest that reboots
 emits STOPPED then STARTED, and the control plane should not see it stopped.
+
+When the disk refuses a write (it is full), the batch is dropped, each event counted
+and logged (``outbox_outage``), and the writer goes on: what the outbox held stays and
+is published. It tries again with the next batch and, with none coming, with a small
+trial write on a timer; once the disk takes writes again it asks the agent for an
+inventory, which puts the control plane right about the events that were lost. A
+corrupt outbox (OutboxCorrupt) ends the writer, and so the agent, to be restarted.
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ from typing import Callable
 from lifecycle_common import wire
 from lifecycle_publisher import notifications
 from lifecycle_publisher.domain_event import DomainEvent, Inventory
+from lifecycle_publisher.errors import OutboxFull, OutboxUnwritable
 from lifecycle_publisher.libvirt_codes import Event
 from lifecycle_publisher.outbox import Outbox
+from lifecycle_publisher.outbox_outage import RETRY_MAX, OutboxOutage, describe_space
 from lifecycle_publisher.translation import Observed, Transition
 
 LOG = logging.getLogger(__name__)
@@ -73,7 +82,11 @@ class StoppedDelay:
 class OutboxWriter:
     def __init__(self, source: queue.SimpleQueue, outbox: Outbox, host: str, epoch: int,
                  wake: threading.Event, observe: Observe = lambda events: {},
-                 stopped_delay: float = 0.0):
+                 stopped_delay: float = 0.0,
+                 ask_inventory: Callable[[], None] = lambda: None,
+                 outage: OutboxOutage | None = None):
+        """``ask_inventory``: called (on this thread) once the disk takes writes again
+        after refusing some; it must only flag the request and return."""
         self._queue = source
         self._outbox = outbox
         self._host = host
@@ -85,6 +98,8 @@ class OutboxWriter:
         self.written = 0
         self.transitions: collections.Counter[str] = collections.Counter()  # events written
         self.inventories = 0
+        self._ask_inventory = ask_inventory
+        self.outage = outage or OutboxOutage()  # the disk, as this writer saw it
 
     def run(self) -> None:
         try:
@@ -103,12 +118,17 @@ class OutboxWriter:
         what else is queued, up to MAX_BATCH."""
         batch: list = []
         while not batch:
-            next_due = self._delay.next_due()
-            timeout = None if next_due is None else max(0.0, next_due - time.monotonic())
+            deadlines = [at for at in (self._delay.next_due(), self.outage.next_retry)
+                         if at is not None]
+            timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
             try:
                 item = self._queue.get(timeout=timeout)
             except queue.Empty:
-                batch += self._delay.due(time.monotonic())
+                now = time.monotonic()
+                batch += self._delay.due(now)
+                retry = self.outage.next_retry
+                if not batch and retry is not None and now >= retry:
+                    self._probe(now)
                 continue
             while True:
                 if item is STOP:
@@ -129,7 +149,16 @@ class OutboxWriter:
         events = [i for i in items if isinstance(i, DomainEvent)]
         observed = self._observe(events)
         rows = [self._row(item, observed) for item in items]
-        self._outbox.append(rows)
+        refused = None
+        try:
+            self._outbox.append(rows)
+        except OutboxUnwritable as exc:
+            refused = exc
+        if refused is not None:  # logged outside the except: oslo.log would add the error
+            self._not_written(items, rows, refused)
+            return
+        if self.outage.current is not None:
+            self._writable_again(items)
         self.written += len(rows)
         self._wake.set()
         self._count(rows)
@@ -142,6 +171,80 @@ class OutboxWriter:
             else:
                 LOG.info("host %s seq %d: %s inventory of %d domains written to the outbox",
                          self._host, item.seq, item.reason, len(item.domains))
+
+    def _not_written(self, items: list, rows: list[tuple[int, str, bytes]],
+                     exc: OutboxUnwritable) -> None:
+        """The disk refused the batch: say so (loudly once), count and log what is
+        lost, and go on; the next batch, or the timer, tries again."""
+        now = time.monotonic()
+        if self.outage.failed(exc.reason, now):
+            LOG.error("host %s: the outbox at %s cannot be written, %s: %s (%s); events "
+                      "that cannot be written are counted and dropped, what the outbox "
+                      "holds stays and is published; writes are tried again with each "
+                      "batch and at least every %.0fs", self._host, exc.path,
+                      "the disk is full" if isinstance(exc, OutboxFull) else
+                      "the disk refuses writes", exc.reason,
+                      describe_space(self._outbox.space()), RETRY_MAX)
+        for item, (_, event_type, _) in zip(items, rows):
+            if isinstance(item, DomainEvent):
+                if self.outage.lose_event():
+                    LOG.warning("host %s seq %d instance %s: %s not written to the outbox "
+                                "(%s): lost; the inventory taken once the disk takes "
+                                "writes again reconciles it", self._host, item.seq,
+                                item.uuid, event_type.partition(".")[2], exc.reason)
+            elif self.outage.lose_inventory():
+                LOG.warning("host %s seq %d: %s inventory of %d domains not written to the "
+                            "outbox (%s): lost; another is taken once the disk takes "
+                            "writes again", self._host, item.seq, item.reason,
+                            len(item.domains), exc.reason)
+        self._summarise(now)
+
+    def _probe(self, now: float) -> None:
+        """Nothing to write, and the last write failed: a trial write. If it works and
+        the filesystem has space, ask for an inventory (whose write ends the outage, or
+        fails like the rest). A trial write can fit in the last, partly used block of
+        the WAL file on a filesystem with none left: an inventory then would only be
+        lost again."""
+        refused = None
+        try:
+            self._outbox.probe()
+        except OutboxUnwritable as exc:
+            refused = exc
+        if refused is not None:
+            self.outage.failed(refused.reason, now)
+            self._summarise(now)
+            return
+        self.outage.probed(now)
+        space = self._outbox.space()
+        if space is not None and space.free == 0:
+            self._summarise(now)
+            return
+        LOG.debug("host %s: the outbox at %s takes a trial write; asking for an inventory",
+                  self._host, self._outbox.path)
+        self._ask_inventory()
+
+    def _summarise(self, now: float) -> None:
+        summary = self.outage.summary_due(now)
+        if summary is None:
+            return
+        outage = summary.outage
+        LOG.warning("host %s: the outbox at %s still cannot be written after %.0fs (%s; "
+                    "%s): %d events not written so far (%d of them since the last summary "
+                    "not logged one by one), and %d inventories; trying again at least "
+                    "every %.0fs", self._host, self._outbox.path, now - outage.since,
+                    outage.reason, describe_space(self._outbox.space()), outage.lost,
+                    summary.unlogged, outage.inventories, RETRY_MAX)
+
+    def _writable_again(self, items: list) -> None:
+        ended = self.outage.written()
+        reconciled = any(isinstance(item, Inventory) for item in items)
+        LOG.info("host %s: the outbox at %s can be written again after %.1fs; %d events "
+                 "were not written meanwhile; %s", self._host, self._outbox.path,
+                 time.monotonic() - ended.since, ended.lost,
+                 "the inventory just written reconciles them" if reconciled else
+                 "asking for an inventory to reconcile them")
+        if not reconciled:
+            self._ask_inventory()
 
     def _count(self, rows: list[tuple[int, str, bytes]]) -> None:
         """Count what was written: events by transition ('instance.<transition>')."""

@@ -276,26 +276,32 @@ def test_the_publish_window_carries_thousands_of_events(
 
 # -- supervision ----------------------------------------------------------------------
 
-def test_a_dead_writer_degrades_the_heartbeat_and_the_agent_exits_non_zero(
+def test_a_corrupt_outbox_found_while_running_degrades_the_heartbeat_and_the_agent_exits(
         tmp_path, amqp_isolation, bound_queue, libvirt_conn, domain, agents, caplog, wait_for):
-    """The outbox writer's thread dies (a disk error, simulated): the agent says so in
-    its log, its heartbeats say degraded, and it stops with status 1 for systemd to
-    restart it; what the outbox held was published first."""
-    import sqlite3
+    """The outbox writer finds the outbox corrupt (SQLite's "malformed", simulated): the
+    agent says so in its log, its heartbeats say degraded, it moves the file aside (so
+    that the next start begins a new state rather than failing again) and stops with
+    status 1 for systemd to restart it."""
+    from lifecycle_publisher.errors import OutboxCorrupt
     received = Received(amqp_isolation, bound_queue)
     running = agents(make_conf(tmp_path, amqp_isolation.exchange, amqp_isolation.transport_url))
     wait_for(received.inventories, timeout=10, message="the start inventory")
+    path = running.agent.outbox.path
 
-    def disk_error(rows):
-        raise sqlite3.OperationalError("disk I/O error")
-    running.agent.outbox.append = disk_error
-    caplog.set_level(logging.INFO, logger="lifecycle_publisher.agent")
+    def corrupt(rows):
+        raise OutboxCorrupt(path, "database disk image is malformed")
+    running.agent.outbox.append = corrupt
+    caplog.set_level(logging.INFO, logger="lifecycle_publisher")
     domain()  # an event for the writer to fail on
     running.thread.join(30)
     assert not running.thread.is_alive(), "the agent did not exit"
     assert running.exit_status == 1
-    assert "thread outbox-writer died: OperationalError: disk I/O error" in caplog.text
+    assert ("thread outbox-writer found the outbox corrupt: outbox %s: database disk image "
+            "is malformed" % path) in caplog.text
     assert "agent exits with status 1" in caplog.text
+    assert not os.path.exists(path)
+    assert [f for f in os.listdir(tmp_path) if f.startswith("outbox.sqlite.corrupt-")]
+    assert "is corrupt (database disk image is malformed): moved aside" in caplog.text
     statuses = [h.payload.status for h in received.heartbeats()]
     assert "degraded" in statuses and statuses[-1] == "degraded", statuses
     assert "stopping" not in statuses  # not a clean stop: the host is not marked down

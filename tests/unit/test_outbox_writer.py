@@ -94,3 +94,74 @@ def test_what_is_written_is_counted_by_transition(tmp_path):
     thread.join(10)
     assert writer.inventories == 1
     assert dict(writer.transitions) == {"started": 2, "stopped": 1}
+
+
+def test_on_a_full_disk_the_writer_counts_what_it_loses_stays_up_and_recovers(
+        tmp_path, caplog, wait_for):
+    """A real full filesystem (a 1 MiB tmpfs filled to the last byte): the writer says
+    once, loudly, that the disk is full, counts and logs the events it drops (the first
+    20 by name), keeps going, tries again on a timer, and once the disk takes writes
+    asks for an inventory; the inventory's write ends the outage."""
+    import logging
+    import os
+
+    from lifecycle_publisher.domain_event import Inventory
+    from lifecycle_publisher.outbox_outage import OutboxOutage
+    from tests.support import tmpfs
+
+    caplog.set_level(logging.INFO, logger="lifecycle_publisher.outbox_writer")
+    with tmpfs.small_tmpfs(str(tmp_path / "mnt"), size="1m") as mount:
+        q = queue.SimpleQueue()
+        outbox = Outbox(os.path.join(mount, "outbox.sqlite"))
+        asked = threading.Event()
+        writer = OutboxWriter(q, outbox, "h1", 7, threading.Event(), ask_inventory=asked.set,
+                              outage=OutboxOutage(retry_max=0.2))
+        thread = threading.Thread(target=writer.run)
+        thread.start()
+        handled = lambda: writer.written + writer.outage.lost_total  # noqa: E731
+        try:
+            q.put(ev(1, Event.STARTED, StartedDetail.BOOTED))
+            wait_for(lambda: outbox.pending() == 1, timeout=10, message="the first event")
+            filler = tmpfs.fill(mount)
+            seq = 1
+            while writer.outage.lost_total == 0:  # the WAL file's free pages go first
+                seq += 1
+                assert seq < 200, "the full disk took every event"
+                q.put(ev(seq, Event.STARTED, StartedDetail.BOOTED))
+                wait_for(lambda: handled() == seq, timeout=10, message="the event handled")
+            kept = outbox.pending()
+            assert kept == seq - 1
+            for _ in range(30):  # a burst, all lost
+                seq += 1
+                q.put(ev(seq, Event.STARTED, StartedDetail.BOOTED))
+            wait_for(lambda: handled() == seq, timeout=10, message="the burst handled")
+            assert writer.outage.current.lost == writer.outage.lost_total == 31
+            assert writer.outage.current.reason == "database or disk is full"
+            assert thread.is_alive() and not asked.is_set()
+            assert outbox.pending() == kept  # nothing written, nothing lost of what was
+
+            full = [r for r in caplog.records if r.levelname == "ERROR"]
+            assert len(full) == 1
+            assert "the disk is full" in full[0].message and mount in full[0].message
+            assert "B free of 1.0 MiB" in full[0].message
+            lost = [r.message for r in caplog.records if "not written to the outbox" in r.message]
+            assert len(lost) == 20  # then only counted
+            assert lost[0] == (f"host h1 seq {kept + 1} instance {UUID}: started not written "
+                               "to the outbox (database or disk is full): lost; the inventory "
+                               "taken once the disk takes writes again reconciles it")
+
+            os.remove(filler)
+            wait_for(asked.is_set, timeout=10, message="the inventory asked for, once the "
+                                                       "trial write works")
+            q.put(Inventory(seq=seq + 1, occurred_at=time.time(), reason="reconnect",
+                            domains=()))
+            wait_for(lambda: writer.outage.current is None, timeout=10,
+                     message="the outage ended by the inventory's write")
+            assert writer.outage.lost_total == 31 and writer.inventories == 1
+            assert ("the outbox at %s can be written again" % outbox.path) in caplog.text
+            assert ("31 events were not written meanwhile; the inventory just written "
+                    "reconciles them") in caplog.text
+        finally:
+            q.put(STOP)
+            thread.join(10)
+            outbox.close()
