@@ -2,8 +2,8 @@
 and write bench-results/results.json.
 
   --only NAME          one scenario (publish, apply, latency, publish-inprocess,
-                       latency-inprocess, storm, memory; fleet and cluster run only when
-                       named)
+                       latency-inprocess, storm, memory; fleet, cluster and faults run
+                       only when named)
   --soak-seconds N     length of the memory soak at 1,000 events/s (default 300)
   --quick              a short smoke run with smaller sizes
   --compare OLD.json   run nothing: print the change of each figure from OLD.json to
@@ -26,13 +26,14 @@ import sys
 import time
 import traceback
 
-from benchmarks import (apply, cluster, compare, fleet, harness, latency, latency_inprocess,
-                        memory, publish, publish_inprocess, storm)
+from benchmarks import (apply, cluster, compare, faults, fleet, harness, latency,
+                        latency_inprocess, memory, publish, publish_inprocess, storm)
 from consumer.cli import tables
 
 SCENARIOS = {"publish": publish, "apply": apply, "latency": latency,
              "publish-inprocess": publish_inprocess, "latency-inprocess": latency_inprocess,
-             "storm": storm, "memory": memory, "fleet": fleet, "cluster": cluster}
+             "storm": storm, "memory": memory, "fleet": fleet, "cluster": cluster,
+             "faults": faults}
 # Run when no --only is given; the others take minutes each and run when named.
 DEFAULT = ["publish", "apply", "latency", "publish-inprocess", "latency-inprocess", "storm",
            "memory"]
