@@ -43,7 +43,7 @@ from typing import Callable
 
 import sqlalchemy as sa
 
-from benchmarks import checker, harness
+from benchmarks import checker, harness, journal_state
 from benchmarks.harness import BenchError, HostsProcess, Row, Run, ScenarioResult
 from tests.support.forwarder import TcpForwarder
 from tests.support.rabbit_cluster import RabbitCluster
@@ -210,17 +210,7 @@ class FaultRun:
     def check(self, stamped: list[checker.Stamped]) -> checker.Verdict:
         libvirt = self.hosts.call("states")["states"]
         with self.engine.connect() as conn:
-            journal = [tuple(r) for r in conn.execute(sa.text(
-                "SELECT host, epoch, seq FROM journal WHERE host LIKE :p"),
-                {"p": self.prefix + "%"})]
-            applied = {r.instance_uuid: (r.epoch, r.seq) for r in conn.execute(sa.text(
-                "SELECT DISTINCT ON (instance_uuid) instance_uuid, epoch, seq FROM journal "
-                "WHERE host LIKE :p AND outcome = 'applied' AND instance_uuid IS NOT NULL "
-                "ORDER BY instance_uuid, epoch DESC, seq DESC"), {"p": self.prefix + "%"})}
-            rows = {r.uuid: checker.Row(r.host, r.power_state, bool(r.deleted), r.epoch, r.seq)
-                    for r in conn.execute(sa.text(
-                        "SELECT uuid, host, power_state, deleted, epoch, seq FROM instances "
-                        "WHERE host LIKE :p"), {"p": self.prefix + "%"})}
+            journal, applied, rows = journal_state.read(conn, self.prefix)
         return checker.check(stamped, journal, applied, rows, libvirt)
 
     def steady_cost(self, seconds: float, rate: float = 400.0) -> dict:

@@ -51,7 +51,7 @@ from typing import Callable
 
 import sqlalchemy as sa
 
-from benchmarks import agent_lineage, checker, harness
+from benchmarks import agent_lineage, checker, harness, journal_state
 from benchmarks.daemons import Daemon
 from benchmarks.harness import BenchError, Row, Run, ScenarioResult
 from benchmarks.hosts import CYCLE, domain_name
@@ -399,17 +399,7 @@ class FaultRun:
             hosts = {r.name: r for r in conn.execute(sa.text(
                 "SELECT name, epoch, last_seq, last_heartbeat_at, clock_offset FROM hosts "
                 "WHERE name LIKE :p"), {"p": self.prefix + "%"})}
-            journal = [tuple(r) for r in conn.execute(sa.text(
-                "SELECT host, epoch, seq FROM journal WHERE host LIKE :p"),
-                {"p": self.prefix + "%"})]
-            applied = {r.instance_uuid: (r.epoch, r.seq) for r in conn.execute(sa.text(
-                "SELECT DISTINCT ON (instance_uuid) instance_uuid, epoch, seq FROM journal "
-                "WHERE host LIKE :p AND outcome = 'applied' AND instance_uuid IS NOT NULL "
-                "ORDER BY instance_uuid, epoch DESC, seq DESC"), {"p": self.prefix + "%"})}
-            rows = {r.uuid: checker.Row(r.host, r.power_state, bool(r.deleted), r.epoch, r.seq)
-                    for r in conn.execute(sa.text(
-                        "SELECT uuid, host, power_state, deleted, epoch, seq FROM instances "
-                        "WHERE host LIKE :p"), {"p": self.prefix + "%"})}
+            journal, applied, rows = journal_state.read(conn, self.prefix)
         stamped, heard = [], True
         for host in self.names:
             lineage = agent_lineage.spans(self.pipeline.log(f"agent-{host}"), host)

@@ -16,9 +16,9 @@ from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, P
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from lifecycle_common import health
+from lifecycle_common import broker, health
 from lifecycle_common.metric_families import counter, gauge, health_status
-from consumer import admission
+from consumer import admission, database_health
 
 if TYPE_CHECKING:
     from consumer.service import ConsumerService
@@ -115,11 +115,30 @@ class ServiceCollector(Collector):
             hosts.add_metric([status], count)
         yield hosts
 
+        yield gauge(PREFIX + "hosts_clock_skewed",
+                     "Hosts whose last heartbeat said a moment further than [consumer] "
+                     "max_clock_skew from when it arrived here (their clocks are wrong; "
+                     "nothing is decided on them, but their occurred_at is off).",
+                     len(service.skewed_clocks))
         yield counter(PREFIX + "broker_reconnects_total", "Broker connections opened after the first.",
                        max(0, service.broker_sessions - 1))
         yield gauge(PREFIX + "broker_connected", "1 while the consumer holds a broker connection.",
                      int(service.broker.down_since is None))
-        yield gauge(PREFIX + "database_up", "1 while the database answered the last statement.",
+        dead_letters = service.queue.dead_letters
+        yield gauge(PREFIX + "broker_blocked",
+                     "1 while the broker blocks the consumer's dead-letter connection "
+                     "(connection.blocked: a memory or disk alarm); messages to dead-letter "
+                     "are held meanwhile, the others applied and acked.",
+                     int(dead_letters.blocked.is_blocked))
+        yield counter(PREFIX + "broker_blocked_seconds_total",
+                       "Seconds the broker has blocked the consumer's dead-letter connection "
+                       "since start.", dead_letters.blocked.seconds_total())
+        yield gauge(PREFIX + "dead_letters_held",
+                     "Messages to dead-letter held unacked until the broker confirms their "
+                     "dead letter (the dead-letter connection blocked or away).",
+                     dead_letters.held)
+        yield gauge(PREFIX + "database_up", "1 while the database took the last attempt at a "
+                     "batch and answered the last pass of host liveness.",
                      int(service.database.down_since is None))
 
         report = service.health()
@@ -127,12 +146,30 @@ class ServiceCollector(Collector):
 
 
 
+def _broker_check(service: "ConsumerService", now: float) -> health.Check:
+    """Degraded while the broker is unreachable, or blocks or refuses the dead-letter
+    connection, however long: the queue keeps the messages and a restart would not
+    bring the broker back, so never failing ([health] broker_failing_after is kept for
+    compatibility and has no effect)."""
+    dead_letters = service.queue.dead_letters
+    held = dead_letters.held
+    consequence = (f"{held} messages to dead-letter held unacked, the others applied"
+                   if held else "messages to dead-letter would be held, the others applied")
+    if service.broker.down_since is not None or dead_letters.blocked.is_blocked:
+        return broker.check("the broker", service.broker.down_since, dead_letters.blocked,
+                            now, "messages wait in the queue"
+                            if service.broker.down_since is not None else consequence)
+    if held and dead_letters.down_since is not None:
+        return health.Check("broker", health.Status.DEGRADED,
+                            f"the broker: the dead-letter connection unavailable for "
+                            f"{now - dead_letters.down_since:.1f}s; {consequence}")
+    return health.Check("broker", health.Status.OK, "the broker: reachable")
+
+
 def consumer_health(service: "ConsumerService", broker_failing_after: float,
                     database_failing_after: float) -> health.Report:
     now = time.monotonic()
     return health.report([
-        health.connection("broker", "the broker", service.broker.down_since, now,
-                          broker_failing_after),
-        health.connection("database", "the database", service.database.down_since, now,
-                          database_failing_after),
+        _broker_check(service, now),
+        database_health.check(service.database, now, database_failing_after),
     ])

@@ -6,15 +6,22 @@ restarts and competing consumers cannot apply an event twice or let an older eve
 overwrite a newer one.
 
 Every message ends in exactly one of: applied; dead-lettered with a reason (it cannot
-be read, its publisher may not speak for its host, it lies beyond the clock, or the
-database or the store refused it, whatever the exception); held and retried while the
-database cannot take it, and only then. A message refused while applying is found by
-splitting its batch in halves, so that its batch-mates are applied.
+be read, its publisher may not speak for its host, or the database or the store
+refused it, whatever the exception); held and retried while the database cannot take
+it, and only then. No message is refused for what a host's clock says. A message
+refused while applying is found by splitting its batch in halves, so that its
+batch-mates are applied.
+
+Every wait for the database is bounded (``consumer.db.engine.Timeouts``), so a database
+that stalls holds the batch like one that is down. Hosts whose heartbeats stopped are
+marked down by a thread of their own (``consumer.liveness``), whatever the batch in hand
+waits for.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections import Counter
 import threading
@@ -27,6 +34,8 @@ from lifecycle_common.retry import backoff
 from lifecycle_common.wire.payloads import HostHeartbeatPayload
 from consumer import admission, observability
 from consumer.amqp_queue import BatchQueue
+from consumer.database_health import DatabaseHealth
+from consumer.liveness import HostLiveness
 from consumer.errors import BatchRejected, BrokerUnavailable, DatabaseUnavailable
 from consumer.store import Store
 
@@ -34,6 +43,7 @@ LOG = logging.getLogger(__name__)
 
 _PRUNE_INTERVAL = 60.0
 _SUMMARY_INTERVAL = 60.0  # an INFO line of what was applied, at most this often
+_STOP_GRACE = 2.0  # seconds a stop waits for dead letters in flight to be confirmed
 
 
 
@@ -53,14 +63,14 @@ class ConsumerService:
     def __init__(self, queue: BatchQueue, store: Store, host_down_after: float,
                  retry_max: float, journal_retention: float = 7 * 86400,
                  policy: admission.Policy = admission.Policy(),
-                 broker_failing_after: float = 30.0, database_failing_after: float = 30.0):
+                 broker_failing_after: float = 30.0, database_failing_after: float = 60.0,
+                 max_clock_skew: float = 300.0, database_retry_max: float = 2.0):
         self.queue = queue
         self.store = store
         self.policy = policy
-        self._host_down_after = host_down_after
         self._retry_max = retry_max
+        self._database_retry_max = min(retry_max, database_retry_max)
         self._stop = threading.Event()
-        self._next_liveness = 0.0
         self._journal_retention = journal_retention
         self._next_prune = 0.0
         self.stats = Stats()
@@ -69,19 +79,28 @@ class ConsumerService:
         self._next_summary = time.monotonic() + _SUMMARY_INTERVAL
         # For the operator: metrics, health, systemd.
         self.applied_by_type: Counter[str] = Counter()
-        self.host_counts: dict[str, int] = {"up": 0, "down": 0}
         self.broker = health.Outage(down_since=time.monotonic())
-        self.database = health.Outage(down_since=None)  # checked at start
+        self.database = DatabaseHealth()
+        self.liveness = HostLiveness(store, host_down_after, self.database)
         self.broker_sessions = 0
         self._failing_after = (broker_failing_after, database_failing_after)
+        self._max_clock_skew = max_clock_skew
+        self.skewed_clocks: dict[str, float] = {}  # host -> its offset, beyond the skew
         self.metrics = observability.ConsumerMetrics()
         self.metrics.watch(self)
         self._endpoint: metrics_http.MetricsServer | None = None
-        self._watchdog = systemd.Watchdog(systemd.Notifier(), self.health,
-                                          ready=lambda: self.broker.down_since is None)
+        # Ready once running, broker or not (it reconnects by itself; STATUS= says it
+        # waits): a start that waited for the broker would be killed by systemd's start
+        # timeout and restarted, which would not bring the broker back.
+        self._watchdog = systemd.Watchdog(systemd.Notifier(), self.health, ready=lambda: True)
 
     def health(self) -> health.Report:
         return observability.consumer_health(self, *self._failing_after)
+
+    @property
+    def host_counts(self) -> dict[str, int]:
+        """Hosts up and down, as the last liveness pass counted them."""
+        return self.liveness.host_counts
 
     def serve_metrics(self, bind_host: str, bind_port: int) -> None:
         """Listen for /metrics and /healthz (now: a port in use raises BindError);
@@ -100,9 +119,11 @@ class ConsumerService:
         if self._endpoint is not None:
             self._endpoint.start()
         self._watchdog.start()
+        self.liveness.start()
         try:
             self._run()
         finally:
+            self.liveness.stop()
             self._watchdog.stop()
             if self._endpoint is not None:
                 self._endpoint.stop()
@@ -132,43 +153,35 @@ class ConsumerService:
             if batch:
                 self.handle_batch(batch)
             self._housekeeping()
+        # Stopping: dead letters just published are acked once confirmed (not while
+        # their connection is blocked); the rest returns to the queue.
+        self.queue.finish(_STOP_GRACE)
 
     def _housekeeping(self) -> None:
-        self._check_liveness()
         now = time.monotonic()
         if now >= self._next_summary:
             self._next_summary = now + _SUMMARY_INTERVAL
             self._summarise()
         if now >= self._next_prune:
             self._next_prune = now + _PRUNE_INTERVAL
+            self.database.call_since = now
             try:
                 pruned = self.store.prune_journal(self._journal_retention)
                 if pruned:
                     LOG.info("pruned %d journal rows older than %.0fs", pruned,
                              self._journal_retention)
-            except DatabaseUnavailable as exc:
-                self.database.down(time.monotonic())
+            except DatabaseUnavailable as exc:  # the liveness passes tell the health
                 LOG.warning("journal pruning skipped: database unavailable (%s)", exc)
-
-    def _check_liveness(self) -> None:
-        now = time.monotonic()
-        if now < self._next_liveness:
-            return
-        self._next_liveness = now + min(self._host_down_after / 3, 5.0)
-        try:
-            for name in self.store.mark_silent_hosts_down(self._host_down_after):
-                LOG.warning("host %s marked down: no heartbeat for %.0fs",
-                            name, self._host_down_after)
-            self.host_counts = self.store.count_hosts()
-            self.database.up()
-        except DatabaseUnavailable as exc:
-            self.database.down(time.monotonic())
-            LOG.warning("host liveness check skipped: database unavailable (%s)", exc)
+            finally:
+                self.database.call_since = None
 
     def handle_batch(self, batch: list[amqp.Message]) -> None:
         """Settle one batch from the queue: every message applied, dead-lettered with
         its reason or, while the database is away and the service stops, left unacked
-        for redelivery; then the batch is acked. Raises only BrokerUnavailable."""
+        for redelivery; then the batch is acked, but for the messages to dead-letter:
+        each of those is acked once the broker confirmed its dead letter, which may be
+        after later batches while the dead letters' connection is blocked (a resource
+        alarm). Raises only BrokerUnavailable."""
         notes: list[tuple[amqp.Message, wire.Notification]] = []
         refused: list[tuple[amqp.Message, admission.Refused]] = []
         now = time.time()
@@ -185,29 +198,50 @@ class ConsumerService:
         if notes and not self._apply(notes, refused):
             return  # stopping while the database is away: leave the batch unacked
         for message, verdict in refused:
-            self.queue.dead_letter(message, verdict.reason, verdict.cause.value)
-            self.stats.dead_lettered += 1
-            self.dead_letters[verdict.cause] += 1
-        self.queue.ack(batch)
+            self.queue.dead_letter(message, verdict.reason, verdict.cause.value,
+                                   on_done=functools.partial(self._dead_lettered, verdict.cause))
+        held = {id(message) for message, _ in refused}
+        self.queue.ack([message for message in batch if id(message) not in held])
         self.stats.batches += 1
+
+    def _dead_lettered(self, cause: admission.Cause) -> None:
+        """A dead letter was confirmed (and its original acked)."""
+        self.stats.dead_lettered += 1
+        self.dead_letters[cause] += 1
 
     def _apply(self, notes, refused) -> bool:
         """Apply ``notes``, waiting out a database outage; a note the database or the
         store refuses, whatever the exception, joins ``refused`` and the others are
         applied (the batch is split in halves until the refused ones stand alone).
-        Returns False if stopped while the database was away."""
+        Returns False if stopped while the database was away. The health knows since
+        when the batch has waited on the database, and whether a call to it returns."""
+        database = self.database
+        if database.batch_since is not None:  # a half of a batch being split
+            return self._apply_waiting(notes, refused)
+        database.batch_began(time.monotonic(), len(notes))
+        try:
+            return self._apply_waiting(notes, refused)
+        finally:
+            database.batch_ended()
+
+    def _apply_waiting(self, notes, refused) -> bool:
+        database = self.database
         attempt = 0
         while True:
             try:
                 started = time.monotonic()
-                result = self.store.apply_batch([n for _, n in notes])
-                self.database.up()
+                database.call_since = started
+                try:
+                    result = self.store.apply_batch([n for _, n in notes])
+                finally:
+                    database.call_since = None
+                database.batches.up()
                 self.metrics.batch_applied(started, result.applied)
                 self._record(result, notes)
                 return True
             except DatabaseUnavailable as exc:
-                self.database.down(time.monotonic())
-                delay = backoff(attempt, self._retry_max)
+                database.batches.down(time.monotonic(), str(exc))
+                delay = backoff(attempt, self._database_retry_max)
                 attempt += 1
                 LOG.warning("database unavailable (%s); batch of %d held, retrying in %.1fs",
                             exc, len(notes), delay)
@@ -245,6 +279,8 @@ class ConsumerService:
         by_type = self.applied_by_type
         for event_type, _ in result.applied:
             by_type[event_type] += 1
+        if result.clock_offsets:
+            self._watch_clocks(result.clock_offsets)
         if LOG.isEnabledFor(logging.DEBUG):
             for _, note in notes:
                 p = note.payload
@@ -255,6 +291,26 @@ class ConsumerService:
                               lag.total_seconds() * 1000)
         LOG.debug("batch of %d: %s, %d duplicate, %d heartbeat", len(notes),
                   dict(result.outcomes), result.duplicates, result.heartbeats)
+
+    def _watch_clocks(self, offsets: dict[str, float]) -> None:
+        """Warn when a host's clock goes beyond [consumer] max_clock_skew of ours, and
+        say when it is back: clocks decide nothing here, but a host's occurred_at (and
+        the latency measured from it) is off by as much."""
+        skew = self._max_clock_skew
+        for host, offset in offsets.items():
+            if abs(offset) > skew and host not in self.skewed_clocks:
+                LOG.warning("host %s: its clock is %.1fs %s of the consumer's (beyond "
+                            "max_clock_skew %.0fs): its events still apply in its own "
+                            "order, but their occurred_at is off by as much; check its "
+                            "time service (NTP)", host, abs(offset),
+                            "ahead" if offset > 0 else "behind", skew)
+            elif abs(offset) <= skew and host in self.skewed_clocks:
+                LOG.info("host %s: its clock is within %.1fs of the consumer's again",
+                         host, abs(offset))
+                del self.skewed_clocks[host]
+                continue
+            if abs(offset) > skew:
+                self.skewed_clocks[host] = offset
 
     def _summarise(self) -> None:
         """One INFO line per interval of what changed since the last one (a line per

@@ -2,10 +2,14 @@
 watchdog) can act on. Pure: the callers say what they saw and what time it is.
 
 - ``ok``: everything works.
-- ``degraded``: something is wrong but the service still does its job, or may soon
-  again (a connection lost for less than its threshold, an outbox that is late).
-- ``failing``: the service cannot do its job; ``/healthz`` answers 503 and the systemd
-  watchdog is no longer fed, so that systemd restarts the service.
+- ``degraded``: something is wrong, and the service does what it can and recovers by
+  itself once it is fixed: a dependency away or slow (libvirt, the broker, the
+  database, a full disk), however long; an outbox that is late.
+- ``failing``: something a restart would fix (a thread died, a loop stopped turning,
+  an outbox that does not drain while the broker takes messages); ``/healthz``
+  answers 503 and the systemd watchdog is no longer fed, so that systemd restarts the
+  service. A dependency that is away is never failing: restarting every agent of a
+  fleet while the broker is down would only leave libvirt unwatched.
 """
 
 from __future__ import annotations
@@ -81,31 +85,35 @@ class Outage:
 
 
 def connection(name: str, what: str, down_since: Optional[float], now: float,
-               failing_after: float) -> Check:
-    """A connection the service needs: ok while up, degraded while down for less than
-    ``failing_after`` seconds, failing after."""
+               meanwhile: str = "") -> Check:
+    """A dependency the service reconnects to by itself (libvirt, the broker, the
+    database): ok while up, degraded while down, however long; never failing, since a
+    restart would not bring it back. ``meanwhile`` says what the service does about it."""
     if down_since is None:
         return Check(name, Status.OK, f"{what}: reachable")
     down_for = max(0.0, now - down_since)
-    status = Status.FAILING if down_for >= failing_after else Status.DEGRADED
-    return Check(name, status, f"{what}: unreachable for {down_for:.1f}s "
-                               f"(failing after {failing_after:g}s)")
+    return Check(name, Status.DEGRADED, f"{what}: unreachable for {down_for:.1f}s"
+                                        + (f"; {meanwhile}" if meanwhile else ""))
 
 
 def age(name: str, what: str, age_seconds: Optional[float], degraded_after: float,
-        failing_after: float) -> Check:
-    """How old the oldest waiting item is (None: nothing waits)."""
+        failing_after: Optional[float], waiting_for: str = "") -> Check:
+    """How old the oldest waiting item is (None: nothing waits). ``failing_after``
+    None: never failing, for a wait on a dependency that is away (``waiting_for``
+    names it), which a restart would not end."""
     if age_seconds is None:
         return Check(name, Status.OK, f"no {what} waiting")
-    if age_seconds >= failing_after:
+    if failing_after is not None and age_seconds >= failing_after:
         status = Status.FAILING
     elif age_seconds >= degraded_after:
         status = Status.DEGRADED
     else:
         status = Status.OK
-    return Check(name, status, f"oldest {what} waiting for {age_seconds:.1f}s "
-                               f"(degraded after {degraded_after:g}s, failing after "
-                               f"{failing_after:g}s)")
+    if failing_after is None:
+        bounds = f"degraded after {degraded_after:g}s; {waiting_for}"
+    else:
+        bounds = f"degraded after {degraded_after:g}s, failing after {failing_after:g}s"
+    return Check(name, status, f"oldest {what} waiting for {age_seconds:.1f}s ({bounds})")
 
 
 def threads(name: str, dead: Iterable[str], failure: Optional[str]) -> Check:

@@ -73,18 +73,32 @@ METRICS_OPTS = common.metrics_opts(default_port=9178)
 
 HEALTH_OPTS = [
     cfg.FloatOpt("libvirt_failing_after", default=30.0, min=0,
-                 help="Seconds the libvirt connection may be lost (health degraded) "
-                      "before the agent's health is failing: /healthz answers 503 and "
-                      "systemd's watchdog is no longer fed."),
+                 deprecated_for_removal=True,
+                 deprecated_reason="A lost libvirt connection makes the agent's health "
+                                   "degraded however long it lasts: the agent reconnects "
+                                   "by itself, and a restart would not bring libvirtd back.",
+                 help="No effect; kept so that configuration files that set it still "
+                      "load. The libvirt check is degraded, never failing, while the "
+                      "connection is lost."),
     cfg.FloatOpt("broker_failing_after", default=120.0, min=0,
-                 help="Seconds without a broker connection (health degraded; events wait "
-                      "in the outbox) before the agent's health is failing."),
+                 deprecated_for_removal=True,
+                 deprecated_reason="A broker that is unreachable, or that blocks the "
+                                   "agent's connection (a resource alarm), makes the "
+                                   "agent's health degraded however long it lasts: the "
+                                   "outbox keeps the events and a restart would not bring "
+                                   "the broker back.",
+                 help="No effect; kept so that configuration files that set it still "
+                      "load. The broker check is degraded, never failing, while the "
+                      "broker is unreachable or blocks the connection."),
     cfg.FloatOpt("outbox_age_degraded_after", default=10.0, min=0,
                  help="Seconds the oldest outbox row may wait to be confirmed before the "
                       "agent's health is degraded."),
     cfg.FloatOpt("outbox_age_failing_after", default=300.0, min=0,
-                 help="Seconds the oldest outbox row may wait to be confirmed before the "
-                      "agent's health is failing."),
+                 help="Seconds the oldest outbox row may wait to be confirmed, while the "
+                      "agent holds a broker connection that is not blocked, before the "
+                      "agent's health is failing (the publisher is stuck: a restart "
+                      "helps). While the broker is away or blocks the agent, an old row "
+                      "only makes it degraded: the outbox is doing its job."),
 ]
 
 

@@ -9,14 +9,16 @@ instance, so a host with thousands of domains exports as many series as one with
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from lifecycle_common import health
+from lifecycle_common import broker, health
 from lifecycle_common.metric_families import counter, gauge, health_status
+from lifecycle_publisher.outbox import Held
+from lifecycle_publisher.outbox_outage import Outage
 
 if TYPE_CHECKING:
     from lifecycle_publisher.agent import Agent
@@ -83,6 +85,14 @@ class AgentCollector(Collector):
                        max(0, agent.libvirt_sessions - 1))
         yield gauge(PREFIX + "broker_connected", "1 while the agent holds a broker connection.",
                      int(agent.publisher.connected.is_set()))
+        blocked = agent.publisher.blocked
+        yield gauge(PREFIX + "broker_blocked",
+                     "1 while the broker blocks the agent's connection (connection.blocked: "
+                     "a memory or disk alarm); events wait in the outbox meanwhile.",
+                     int(blocked.is_blocked))
+        yield counter(PREFIX + "broker_blocked_seconds_total",
+                       "Seconds the broker has blocked the agent's connection since start.",
+                       blocked.seconds_total())
         yield gauge(PREFIX + "libvirt_connected", "1 while the libvirt connection is alive.",
                      int(agent.source.connected))
 
@@ -92,23 +102,74 @@ class AgentCollector(Collector):
             alive.add_metric([name], int(is_alive))
         yield alive
 
+        yield from _disk_metrics(agent)
+
         report = agent_health(agent)
         yield health_status(PREFIX + "health_status", "agent", report)
 
 
+def _disk_metrics(agent: "Agent") -> Iterator:
+    """The outbox's disk: whether it takes writes, and what a full one cost."""
+    outage, held = agent.writer.outage.current, agent.outbox.held()
+    yield counter(PREFIX + "events_unwritten_total",
+                  "Lifecycle events the outbox could not take (a full disk): counted, "
+                  "logged and dropped; the inventory after the outage reconciles them.",
+                  agent.writer.outage.lost_total)
+    yield gauge(PREFIX + "outbox_writable",
+                "1 while the outbox takes writes; 0 while its disk refuses them (full).",
+                int(outage is None and held is None))
+    yield gauge(PREFIX + "outbox_undeleted_rows",
+                "Confirmed outbox rows whose delete the disk refused; deleted once it "
+                "takes writes again.", held.rows if held is not None else 0)
+    space = agent.outbox.space()
+    if space is not None:
+        yield gauge(PREFIX + "outbox_filesystem_free_bytes",
+                    "Free bytes on the filesystem that holds the outbox.", space.free)
+
 
 def agent_health(agent: "Agent") -> health.Report:
-    """The agent's health now: libvirt, the broker, its threads, the outbox's age."""
+    """The agent's health now: libvirt, the broker, its threads, the outbox's age and
+    its disk."""
     h = agent.conf.health
     now = time.monotonic()
     _, oldest = agent.outbox.depth()
     dead = [name for name, is_alive in agent.thread_states().items() if not is_alive]
+    # The outbox not draining is failing only while the broker takes messages (the
+    # publisher is stuck: a restart would help); while the broker is away or blocks
+    # the agent, the outbox is doing its job.
+    broker_away = (agent.publisher.broker.down_since is not None
+                   or agent.publisher.blocked.since is not None)
     return health.report([
         health.connection("libvirt", f"libvirt at {agent.source.uri}",
-                          agent.libvirt.down_since, now, h.libvirt_failing_after),
-        health.connection("broker", "the broker", agent.publisher.broker.down_since, now,
-                          h.broker_failing_after),
+                          agent.libvirt.down_since, now,
+                          "no event can be seen until it is back; reconnecting"),
+        # Degraded while unreachable or blocked, however long: the outbox keeps the
+        # events, and a restart would not bring the broker back ([health]
+        # broker_failing_after is kept for compatibility and has no effect).
+        broker.check("the broker", agent.publisher.broker.down_since, agent.publisher.blocked,
+                     now, "events wait in the outbox"),
         health.threads("threads", dead, agent.failure),
         health.age("outbox", "outbox row", None if oldest is None else max(0.0, time.time() - oldest),
-                   h.outbox_age_degraded_after, h.outbox_age_failing_after),
+                   h.outbox_age_degraded_after,
+                   None if broker_away else h.outbox_age_failing_after,
+                   "the broker is away or blocks the agent"),
+        disk_check(agent.outbox.path, agent.writer.outage.current, agent.outbox.held(), now),
     ])
+
+
+def disk_check(path: str, outage: Optional[Outage], held: Optional[Held],
+               now: float) -> health.Check:
+    """The outbox's disk: degraded while it refuses writes (a full disk), never
+    failing: the agent does what it can meanwhile (it publishes what the outbox holds,
+    counts what it cannot write) and recovers by itself once there is space; a restart
+    would not make any. ``now`` is monotonic, as ``outage.since`` and ``held.since``."""
+    if outage is not None:
+        return health.Check("disk", health.Status.DEGRADED,
+                            f"outbox at {path} cannot be written since "
+                            f"{max(0.0, now - outage.since):.1f}s: {outage.reason}; "
+                            f"{outage.lost} events not written")
+    if held is not None:
+        return health.Check("disk", health.Status.DEGRADED,
+                            f"outbox at {path}: {held.rows} confirmed rows cannot be "
+                            f"deleted since {max(0.0, now - held.since):.1f}s: {held.reason}")
+    return health.Check("disk", health.Status.OK, f"outbox at {path} can be written")

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(conf) -> int:
     connector = broker.Connector(broker.settings(conf))  # checked when the options loaded
-    engine = db_engine.create(conf.database.connection)
+    engine = db_engine.create(conf.database.connection, config.database_timeouts(conf))
     try:
         current, head = migrate.current(engine), migrate.head()
     except sa_exc.DBAPIError as exc:
@@ -46,7 +46,9 @@ def _run(conf) -> int:
         Store(engine), conf.consumer.host_down_after, conf.consumer.retry_interval_max,
         conf.consumer.journal_retention, config.admission_policy(conf),
         broker_failing_after=conf.health.broker_failing_after,
-        database_failing_after=conf.health.database_failing_after)
+        database_failing_after=conf.health.database_failing_after,
+        database_retry_max=conf.database.retry_interval_max,
+        max_clock_skew=conf.consumer.max_clock_skew)
     if conf.metrics.bind_port:
         try:
             service.serve_metrics(conf.metrics.bind_host, conf.metrics.bind_port)

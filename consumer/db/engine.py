@@ -9,13 +9,17 @@ unavailable, rather than in a call that never returns.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import os
 import socket
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 
 from lifecycle_common import timeutil
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +151,7 @@ def _bound_mysql_sessions(engine: sa.Engine, timeouts: Timeouts) -> None:
 
 
 def _sqlite(url: str, timeouts: Timeouts) -> sa.Engine:
+    _private_file(sa.engine.make_url(url).database)
     # The busy timeout: how long a writer waits for another's lock (a file on this
     # machine: nothing else to bound).
     engine = sa.create_engine(url, connect_args={"timeout": timeouts.lock})
@@ -162,6 +167,26 @@ def _sqlite(url: str, timeouts: Timeouts) -> sa.Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _private_file(path: str | None) -> None:
+    """Create the SQLite database file readable by its owner only (0600; its -wal and
+    -shm files take the same mode), in a directory of 0700 if it makes one; an existing
+    file open to others is tightened. The instance database names every host and
+    instance of the cloud."""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        mode = os.fstat(fd).st_mode & 0o777
+        if mode & 0o077:
+            os.fchmod(fd, mode & 0o700)
+            LOG.info("%s was open to others (%o): now %o", path, mode, mode & 0o700)
+    finally:
+        os.close(fd)
 
 
 def _ms(seconds: float) -> int:

@@ -35,6 +35,8 @@ import threading
 import time
 from pathlib import Path
 
+from tests.support.rabbit_node import _owner_alive, _owner_token  # a test session's token
+
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PROGRAMS = ("initdb", "pg_ctl", "pg_basebackup", "postgres")
 OS_USER = "postgres"
@@ -360,24 +362,6 @@ def _postgres_environments() -> list[tuple[int, dict[str, str]]]:
                    if "=" in item)
         found.append((int(proc.name), env))
     return found
-
-
-def _process_start_time(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] in ("Z", "X") else fields[19]
-
-
-def _owner_token() -> str:
-    return f"{os.getpid()}:{_process_start_time(os.getpid())}"
-
-
-def _owner_alive(token: str) -> bool:
-    pid, _, started = token.strip().partition(":")
-    return pid.isdigit() and _process_start_time(int(pid)) == started
 
 
 # -- small helpers -----------------------------------------------------------------------

@@ -8,7 +8,8 @@ import uuid
 
 import pytest
 
-from tools.pipeline import Pipeline
+from tests.support.systemd_notify import NotifySocket
+from tools.pipeline import Pipeline, domain_xml, virsh
 
 TEST_URI = "test+unix:///default"
 
@@ -70,3 +71,25 @@ def pipeline(tmp_path, libvirtd):
     pipe.stop()
     pipe.delete_broker_objects()
 
+
+
+@pytest.fixture
+def notify_socket(tmp_path):
+    """systemd's notification socket, played by the test (``NotifySocket``)."""
+    sock = NotifySocket(str(tmp_path / "notify.sock"))
+    yield sock
+    sock.close()
+
+
+@pytest.fixture
+def domain(pipeline):
+    """A domain defined on libvirtd's shared test hypervisor for the test (destroyed and
+    undefined at its end): its name."""
+    name = f"dom-{pipeline.tag}"
+    path = f"{pipeline.workdir}/{name}.xml"
+    with open(path, "w") as f:
+        f.write(domain_xml(name))
+    virsh(TEST_URI, "define", path)
+    yield name
+    virsh(TEST_URI, "destroy", name, check=False)
+    virsh(TEST_URI, "undefine", name, check=False)

@@ -57,7 +57,7 @@ def test_agent_recovers_when_libvirtd_restarts(pipeline, libvirtd, figure):
 def test_heartbeat_says_when_libvirt_is_unreachable(pipeline, libvirtd):
     pipeline.start_consumer()
     pipeline.start_agent("sys-host", URI)
-    subprocess.run(["pkill", "-x", "libvirtd"], check=False)
+    libvirtd_control.stop()
     try:
         host = pipeline.wait_for(
             lambda: [h for h in pipeline.hosts() if not h["libvirt_connected"]],

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tests.support import libvirtd as libvirtd_control
+from tests.support.systemd_notify import assert_watchdog_fed
 from tools.pipeline import command, virsh
 
 pytestmark = pytest.mark.system
@@ -72,105 +73,70 @@ def publish_garbage(exchange: str) -> None:
         conn.Producer().publish(b"{not json", exchange=exchange, routing_key="notifications.info")
 
 
-class NotifySocket:
-    """Where a service under test sends systemd's notifications."""
+def test_agent_without_libvirtd_is_degraded_and_not_restarted(pipeline, notify_socket, figure):
+    """libvirtd away: the agent reconnects by itself, a restart would not bring libvirtd
+    back, so its health is degraded (never failing) and the watchdog stays fed.
 
-    def __init__(self, path: str):
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(path)
-
-    def env(self, watchdog_seconds: float) -> dict:
-        return {"NOTIFY_SOCKET": self.path, "WATCHDOG_USEC": str(int(watchdog_seconds * 1e6))}
-
-    def next(self, timeout: float) -> dict[str, str] | None:
-        """The next notification's fields, or None if none comes within ``timeout``."""
-        self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(4096).decode()
-        except socket.timeout:
-            return None
-        return dict(line.split("=", 1) for line in data.splitlines())
-
-    def wait_for(self, key: str, value_start: str, timeout: float) -> dict[str, str]:
-        deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            fields = self.next(remaining)
-            if fields and fields.get(key, "").startswith(value_start):
-                return fields
-        raise AssertionError(f"no {key}={value_start}... notified within {timeout}s")
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-@pytest.fixture
-def notify_socket(tmp_path):
-    sock = NotifySocket(str(tmp_path / "notify.sock"))
-    yield sock
-    sock.close()
-
-
-def test_agent_health_and_watchdog_follow_libvirtd(pipeline, notify_socket, figure):
+    libvirtd's exit closes its sockets: the agent's close callback ("end of file")
+    marks libvirt down within milliseconds of the SIGTERM, so /healthz is degraded from
+    then on. The deadline counts from the signal: 5 s covers libvirtd's exit (under
+    0.1 s) and a /healthz round trip on a loaded machine. (It once failed in CI when
+    it counted from ``stop()``'s return, which waited for PID 1 to reap libvirtd's
+    zombie, 1 to 2.6 s, and the test then had only 3 s left before "degraded" turned
+    into "failing".) That the callback did it, not the 5 s liveness check, shows in
+    the detail: libvirt unreachable since the signal."""
     pipeline.start_consumer()
-    pipeline.start_agent(HOST, URI, groups={"health": {"libvirt_failing_after": 3}},
-                         env=notify_socket.env(watchdog_seconds=1.0))
+    pipeline.start_agent(HOST, URI, env=notify_socket.env(watchdog_seconds=1.0))
     notify_socket.wait_for("READY", "1", 10)
     notify_socket.wait_for("WATCHDOG", "1", 5)
     name = f"agent-{HOST}"
     assert pipeline.health(name)[0] == 200
 
     try:
-        stopped = time.monotonic()  # libvirtd closes its connections as it begins to stop
-        libvirtd_control.stop()
+        signalled = libvirtd_control.stop()
         degraded = pipeline.wait_for(lambda: (h := pipeline.health(name))[1]["status"] == "degraded"
-                                     and h, 10, "health degraded")
-        at_degraded = time.monotonic() - stopped
+                                     and h, max(0.1, 5 - (time.monotonic() - signalled)),
+                                     "health degraded within 5 s of libvirtd's SIGTERM")
+        at_degraded = time.monotonic() - signalled
+        detail = degraded[1]["checks"]["libvirt"]["detail"]
+        unreachable_for = float(detail.split("unreachable for ")[1].split("s")[0])
+        assert unreachable_for >= at_degraded - 1, detail  # since the signal: the callback
         assert degraded[0] == 200
         assert degraded[1]["checks"]["libvirt"]["status"] == "degraded"
-        failing = pipeline.wait_for(lambda: (h := pipeline.health(name))[0] == 503 and h, 15,
-                                    "health failing")
-        at_failing = time.monotonic() - stopped
-        assert failing[1]["status"] == "failing"
-        assert failing[1]["checks"]["libvirt"]["status"] == "failing"
-        assert failing[1]["checks"]["broker"]["status"] == "ok"
-        # The watchdog goes unfed while failing: systemd would restart the agent.
-        notify_socket.wait_for("STATUS", "failing", 5)
-        quiet_until = time.monotonic() + 2.5  # more than two watchdog periods
-        while (remaining := quiet_until - time.monotonic()) > 0:
-            fields = notify_socket.next(remaining)
-            assert fields is None or "WATCHDOG" not in fields, fields
+        assert degraded[1]["checks"]["broker"]["status"] == "ok"
+        status = assert_watchdog_fed(notify_socket, 4.0, period=1.0)
+        assert pipeline.health(name)[1]["checks"]["libvirt"]["status"] == "degraded"
+        assert status.get("STATUS", "").startswith("degraded"), status
     finally:
         libvirtd_control.start()
     back = time.monotonic()
     pipeline.wait_for(lambda: pipeline.health(name)[1]["status"] == "ok", 60, "health ok again")
-    assert pipeline.health(name)[0] == 200
     at_ok = time.monotonic() - back
-    notify_socket.wait_for("WATCHDOG", "1", 5)
-    figure("health: libvirtd stopped -> degraded", at_degraded * 1000)
-    figure("health: libvirtd stopped -> failing (threshold 3 s)", at_failing * 1000)
+    figure("health: libvirtd SIGTERM -> degraded", at_degraded * 1000)
     figure("health: libvirtd back -> ok", at_ok * 1000)
-    scraped = pipeline.scrape(name)
-    assert scraped["lifecycle_agent_libvirt_reconnects_total"] >= 1
+    assert pipeline.running(name)
+    assert pipeline.scrape(name)["lifecycle_agent_libvirt_reconnects_total"] >= 1
 
 
-def test_consumer_is_failing_without_its_broker_and_not_ready(pipeline, notify_socket):
+def test_consumer_without_its_broker_is_ready_and_degraded(pipeline, notify_socket):
     with socket.socket() as closed:  # a port nobody listens on
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     conf = pipeline.write_consumer_conf("consumer-nobroker.conf", {
         "DEFAULT": {"transport_url": f"rabbit://guest:guest@127.0.0.1:{port}/"},
-        "health": {"broker_failing_after": 2}, "consumer": {"retry_interval_max": 0.5}})
+        "consumer": {"retry_interval_max": 0.5}})
     pipeline.start_consumer(conf=conf, env=notify_socket.env(1.0), wait=False)
-    code, body = pipeline.wait_for(lambda: (h := pipeline.health("consumer"))[0] == 503 and h,
-                                   15, "consumer health failing")
-    assert body["checks"]["broker"]["status"] == "failing"
+    notify_socket.wait_for("READY", "1", 15)
+    code, body = pipeline.wait_for(
+        lambda: (h := pipeline.health("consumer"))[1].get("status") == "degraded" and h,
+        15, "consumer health degraded")
+    assert code == 200
+    assert body["checks"]["broker"]["status"] == "degraded"
     assert body["checks"]["database"]["status"] == "ok"
-    fields = notify_socket.wait_for("STATUS", "failing", 5)
-    assert "READY" not in fields
+    assert_watchdog_fed(notify_socket, 3.0, period=1.0)
     scraped = pipeline.scrape("consumer")
     assert scraped["lifecycle_consumer_broker_connected"] == 0
-    assert scraped['lifecycle_consumer_health_status{status="failing"}'] == 1
+    assert scraped['lifecycle_consumer_health_status{status="degraded"}'] == 1
 
 
 def test_a_metrics_port_in_use_stops_the_service_naming_the_option(tmp_path):

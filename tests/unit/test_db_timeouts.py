@@ -112,3 +112,21 @@ def test_sqlite_waits_for_a_lock_as_long_as_lock_timeout(tmp_path):
                 assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == expected_ms
         finally:
             engine.dispose()
+
+
+def test_the_sqlite_database_is_created_for_its_owner_only(tmp_path):
+    import os
+    import stat
+    from consumer.db import engine as db_engine
+    path = tmp_path / "new" / "lifecycle.sqlite"
+    engine = db_engine.create(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+    finally:
+        engine.dispose()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+    os.chmod(path, 0o644)  # an existing database open to others is tightened
+    db_engine.create(f"sqlite:///{path}").dispose()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600

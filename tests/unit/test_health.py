@@ -6,16 +6,14 @@ from lifecycle_common import health
 from lifecycle_common.health import Status
 
 
-def test_a_connection_is_degraded_while_down_and_failing_past_its_threshold():
-    assert health.connection("broker", "the broker", None, 100.0, 30).status is Status.OK
-    degraded = health.connection("broker", "the broker", 90.0, 100.0, 30)
+def test_a_dependency_away_is_degraded_however_long_never_failing():
+    """A restart would not bring libvirt, the broker or the database back."""
+    assert health.connection("broker", "the broker", None, 100.0).status is Status.OK
+    degraded = health.connection("broker", "the broker", 90.0, 100.0, "events wait")
     assert degraded.status is Status.DEGRADED
-    assert "unreachable for 10.0s" in degraded.detail
-    assert health.connection("broker", "the broker", 70.0, 100.0, 30).status is Status.FAILING
-
-
-def test_a_threshold_of_zero_fails_at_once():
-    assert health.connection("libvirt", "libvirt", 100.0, 100.0, 0).status is Status.FAILING
+    assert degraded.detail == "the broker: unreachable for 10.0s; events wait"
+    a_day = health.connection("libvirt", "libvirt", 100.0, 100.0 + 86400)
+    assert a_day.status is Status.DEGRADED
 
 
 def test_the_outbox_age_has_two_thresholds():
@@ -23,6 +21,12 @@ def test_the_outbox_age_has_two_thresholds():
     assert health.age("outbox", "row", 5.0, 10, 300).status is Status.OK
     assert health.age("outbox", "row", 10.0, 10, 300).status is Status.DEGRADED
     assert health.age("outbox", "row", 300.0, 10, 300).status is Status.FAILING
+
+
+def test_an_outbox_waiting_for_an_absent_broker_is_never_failing():
+    waiting = health.age("outbox", "row", 3600.0, 10, None, "the broker is away")
+    assert waiting.status is Status.DEGRADED
+    assert "the broker is away" in waiting.detail
 
 
 def test_a_dead_thread_fails():
