@@ -177,9 +177,13 @@ def _private_file(path: str | None) -> None:
     if not path or path == ":memory:" or path.startswith("file:"):
         return
     directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        if not os.path.isdir(directory):
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    except OSError as exc:  # SQLite says why, as a database error, when it opens it
+        LOG.debug("cannot create %s beforehand: %s", path, exc)
+        return
     try:
         mode = os.fstat(fd).st_mode & 0o777
         if mode & 0o077:

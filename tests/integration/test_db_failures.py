@@ -84,7 +84,8 @@ def test_a_read_only_database_holds_the_batch(db_engine, tmp_path):
 def test_a_server_that_does_not_answer_holds_the_batch(db_engine, tmp_path):
     name = db_engine.dialect.name
     if name == "sqlite":
-        url = f"sqlite:///{tmp_path}/no/such/dir/x.sqlite"
+        (tmp_path / "a-file").write_text("")  # a path under a file can never be opened
+        url = f"sqlite:///{tmp_path}/a-file/x.sqlite"
     else:
         url = db_engine.url.set(host="127.0.0.1", port=_free_port()).render_as_string(
             hide_password=False)
