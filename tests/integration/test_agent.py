@@ -6,7 +6,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 
 import pytest
 from oslo_config import cfg
@@ -20,8 +19,6 @@ from tests.conftest import ServiceThread
 pytestmark = pytest.mark.integration
 
 HOST = "agent-host-1"
-DOMAIN_XML = ("<domain type='test'><name>{name}</name><memory>1024</memory>"
-              "<os><type>hvm</type></os></domain>")
 
 
 def make_conf(state_path, exchange: str, transport_url: str, **agent_opts) -> cfg.ConfigOpts:
@@ -80,26 +77,6 @@ def agents():
     for agent in running:
         if agent.thread.is_alive():
             agent.stop()
-
-
-@pytest.fixture
-def domain(libvirt_conn):
-    """Define (and at the end undefine) a fresh inactive domain on test:///default."""
-    import libvirt
-    defined = []
-
-    def define():
-        dom = libvirt_conn.defineXML(DOMAIN_XML.format(name=f"it-{uuid.uuid4().hex[:8]}"))
-        defined.append(dom)
-        return dom
-    yield define
-    for dom in defined:
-        try:
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-        except libvirt.libvirtError:
-            pass
 
 
 @pytest.fixture

@@ -46,8 +46,6 @@ on_sqlite = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 ROUTING_KEY = "notifications.info"
 HOST = "alarm-host-1"
-DOMAIN_XML = ("<domain type='test'><name>{name}</name><memory>1024</memory>"
-              "<os><type>hvm</type></os></domain>")
 STOP_BUDGET = 10.0  # seconds: [agent] shutdown_timeout's default, and a systemd stop's
 
 
@@ -243,22 +241,6 @@ def test_the_consumer_drains_a_backlog_during_a_disk_alarm_and_dead_letters_afte
 
 # -- the agent under a memory alarm --------------------------------------------------------
 
-@pytest.fixture
-def libvirt_domain(libvirt_conn):
-    made = []
-
-    def define():
-        dom = libvirt_conn.defineXML(DOMAIN_XML.format(name=f"al-{uuid.uuid4().hex[:8]}"))
-        made.append(dom)
-        return dom
-    yield define
-    for dom in made:
-        with contextlib.suppress(Exception):
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-
-
 def agent_conf(state_path, exchange: str, transport_url: str, **agent_opts):
     options = {"heartbeat_interval": 1.0, "broker_retry_interval_max": 0.5,
                "shutdown_timeout": STOP_BUDGET, "inventory_interval": 0, **agent_opts}
@@ -283,7 +265,7 @@ def host_known(engine) -> bool:
 
 @on_sqlite
 def test_an_agent_keeps_its_events_during_a_memory_alarm_and_stops_in_time(
-        node, on_node, db_engine, libvirt_domain, tmp_path, caplog):
+        node, on_node, db_engine, domain, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="lifecycle_common.broker")
     nb = on_node("agent")
     declare(nb.channel, nb.topology())
@@ -295,7 +277,7 @@ def test_an_agent_keeps_its_events_during_a_memory_alarm_and_stops_in_time(
         wait_for(lambda: host_known(db_engine), timeout=20, message="the start inventory applied")
         wait_for(lambda: outbox.pending() == 0, timeout=10)
         with alarm(node, "memory"):
-            dom = libvirt_domain()  # defined, then started, paused, resumed: 4 events
+            dom = domain()  # defined, then started, paused, resumed: 4 events
             vm = dom.UUIDString()
             dom.create()
             dom.suspend()
@@ -341,19 +323,9 @@ def test_an_agent_keeps_its_events_during_a_memory_alarm_and_stops_in_time(
 
 # -- a node that nacks everything ------------------------------------------------------------
 
-@pytest.fixture
-def second_node():
-    require_rabbitmq()
-    started = RabbitNode()
-    try:
-        started.start()
-        yield started
-    finally:
-        started.stop()
-
-
 def test_an_agent_moves_from_a_node_that_nacks_everything_to_the_next(
-        node, second_node, on_node, libvirt_domain, tmp_path, caplog):
+        node, rabbit_node_factory, on_node, domain, tmp_path, caplog):
+    second_node = rabbit_node_factory()
     caplog.set_level(logging.WARNING, logger="lifecycle_publisher.publisher")
     refusing, accepting = on_node("nacks"), on_node("ok", second_node)
     accepting.exchange = refusing.exchange  # the same exchange name on both nodes
@@ -373,7 +345,7 @@ def test_an_agent_moves_from_a_node_that_nacks_everything_to_the_next(
         publisher = agent.service.publisher
         wait_for(lambda: publisher.ledger.nacks >= 1, timeout=15, message="a nack")
         first_nack = time.monotonic()
-        dom = libvirt_domain()
+        dom = domain()
         dom.create()  # inventory, defined, started: 3 rows refused by the first node
         wait_for(lambda: publisher.sessions >= 2 and publisher.connected.is_set(),
                  timeout=30, message="the agent moving to the second node")
