@@ -35,7 +35,8 @@ import threading
 import time
 from pathlib import Path
 
-from tests.support.rabbit_node import _owner_alive, _owner_token  # a test session's token
+from tests.support.rabbit_node import (  # a test session's token; /proc
+    _owner_alive, _owner_token, process_environments)
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PROGRAMS = ("initdb", "pg_ctl", "pg_basebackup", "postgres")
@@ -346,22 +347,8 @@ def _kill_owned(directory: str) -> list[int]:
 def _postgres_environments() -> list[tuple[int, dict[str, str]]]:
     """``(pid, environment)`` of every ``postgres`` process whose environment names a
     pair of these tests (the machine's own cluster has none)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if (proc / "comm").read_text().strip() != "postgres":
-                continue
-            raw = (proc / "environ").read_bytes()
-        except OSError:
-            continue
-        if OWNER_VAR.encode() not in raw:
-            continue
-        env = dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0")
-                   if "=" in item)
-        found.append((int(proc.name), env))
-    return found
+    return [(pid, env) for pid, env, _ in process_environments("postgres")
+            if OWNER_VAR in env]
 
 
 # -- small helpers -----------------------------------------------------------------------

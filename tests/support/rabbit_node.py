@@ -415,15 +415,15 @@ def _owner_alive(token: str) -> bool:
     return pid.isdigit() and _process_start_time(int(pid)) == started
 
 
-def _beam_environments() -> list[tuple[int, dict[str, str], bool]]:
-    """``(pid, environment, is_server)`` of every ``beam.smp`` process readable here;
-    ``is_server``: a RabbitMQ node's VM, not a CLI tool's (``rabbitmqctl`` runs one too)."""
+def process_environments(comm: str) -> list[tuple[int, dict[str, str], bytes]]:
+    """``(pid, environment, command line)`` of every process named ``comm`` readable
+    here (a process that ends meanwhile is left out)."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            if (proc / "comm").read_text().strip() != "beam.smp":
+            if (proc / "comm").read_text().strip() != comm:
                 continue
             raw = (proc / "environ").read_bytes()
             command = (proc / "cmdline").read_bytes()
@@ -431,8 +431,15 @@ def _beam_environments() -> list[tuple[int, dict[str, str], bool]]:
             continue
         env = dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0")
                    if "=" in item)
-        found.append((int(proc.name), env, b"\0-s\0rabbit\0boot\0" in command))
+        found.append((int(proc.name), env, command))
     return found
+
+
+def _beam_environments() -> list[tuple[int, dict[str, str], bool]]:
+    """``(pid, environment, is_server)`` of every ``beam.smp`` process readable here;
+    ``is_server``: a RabbitMQ node's VM, not a CLI tool's (``rabbitmqctl`` runs one too)."""
+    return [(pid, env, b"\0-s\0rabbit\0boot\0" in command)
+            for pid, env, command in process_environments("beam.smp")]
 
 
 def beam_pids(node: str) -> list[int]:
