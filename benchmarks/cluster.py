@@ -1,7 +1,7 @@
 """cluster: faults on a three-node RabbitMQ cluster of the run's own, under steady load
 from real agents and two competing consumers; the loss checker after each.
 
-The cluster (tests/support/rabbit_cluster.py) runs each node in a network namespace of
+The cluster (lab/rabbit_cluster.py) runs each node in a network namespace of
 its own behind a router namespace, so that traffic between nodes, and between a
 client and a node, is cut for real: packets dropped silently, as in a partition. Its
 nodes run ``cluster_partition_handling = pause_minority``; the consumers' queue is a
@@ -45,10 +45,10 @@ import sqlalchemy as sa
 
 from benchmarks import checker, harness, journal_state
 from benchmarks.harness import BenchError, HostsProcess, Row, Run, ScenarioResult
-from tests.support.forwarder import TcpForwarder
-from tests.support.rabbit_cluster import RabbitCluster
-from tests.support.rabbit_node import beam_pids
-from tools.pipeline import Pipeline
+from lab.forwarder import TcpForwarder
+from lab.pipeline import Pipeline
+from lab.rabbit_cluster import RabbitCluster
+from lab.rabbit_node import beam_pids
 
 SHAPE = harness.IN_PROCESS  # the agents share one process with their hypervisors
 NAME = "cluster"

@@ -5,13 +5,13 @@ The production shape: four ``lifecycle-agent`` processes, each on a libvirtd of 
 (benchmarks.daemons: a session libvirtd as nobody holding the host's domains), the
 changes made through the daemons' sockets by a thread of this process (another client
 of libvirtd, as nova or virsh would be), and one ``lifecycle-consumer`` process. The
-broker is a RabbitMQ node of the run's own (tests/support/rabbit_node.py), the database
+broker is a RabbitMQ node of the run's own (lab/rabbit_node.py), the database
 a PostgreSQL primary with a synchronous streaming standby of the run's own
-(tests/support/pg_pair.py), which the consumer reaches through a multi-host URL
+(lab/pg_pair.py), which the consumer reaches through a multi-host URL
 (``target_session_attrs=read-write``).
 
-The hosts: h0 and h1 run on clocks of their own (libfaketime, tests/support/
-fake_clock.py), h2 keeps its state (the outbox) on a small tmpfs, h3 is plain.
+The hosts: h0 and h1 run on clocks of their own (libfaketime, lab/fake_clock.py),
+h2 keeps its state (the outbox) on a small tmpfs, h3 is plain.
 
 The faults, each healed before the next:
 - clock-skew: h0's clock 200 s ahead and h1's 40 s behind, for the fault's duration;
@@ -56,11 +56,11 @@ from benchmarks.daemons import Daemon
 from benchmarks.harness import BenchError, Row, Run, ScenarioResult
 from benchmarks.hosts import CYCLE, domain_name
 from consumer.cli import tables
-from tests.support import tmpfs
-from tests.support.fake_clock import FakeClock
-from tests.support.pg_pair import PgPair
-from tests.support.rabbit_node import RabbitNode
-from tools.pipeline import Pipeline
+from lab import tmpfs
+from lab.fake_clock import FakeClock
+from lab.pg_pair import PgPair
+from lab.pipeline import Pipeline
+from lab.rabbit_node import RabbitNode
 
 SHAPE = harness.PRODUCTION
 NAME = "faults"
@@ -651,13 +651,11 @@ class FaultRun:
 
 
 def _mount_tmpfs(path: str, size: str) -> None:
-    """A tmpfs of ``size`` on ``path`` (tests.support.tmpfs's, without pytest's skip)."""
-    os.makedirs(path, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
-                           path], capture_output=True, text=True, timeout=30)
-    if done.returncode != 0:
-        raise BenchError(f"cannot mount a tmpfs on {path} (root needed): "
-                         f"{done.stderr.strip()}")
+    """A tmpfs of ``size`` on ``path``; BenchError where it cannot be mounted."""
+    try:
+        tmpfs.mount(path, size)
+    except tmpfs.MountError as exc:
+        raise BenchError(str(exc)) from exc
 
 
 def _offsets_text(offsets: dict[str, float | None]) -> str:

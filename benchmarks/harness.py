@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import select
@@ -26,7 +27,8 @@ import kombu
 import sqlalchemy as sa
 
 from consumer.topology import Topology, declare
-from tools.pipeline import Pipeline
+from lab import waiting
+from lab.pipeline import Pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RABBITMQ_URL = os.environ.get("LIFECYCLE_BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -309,7 +311,7 @@ class HostsProcess:
 
 def start_consumer(run: Run, scenario: str, topology: Topology, database: str,
                    wait_consuming: bool = True) -> tuple[Pipeline, subprocess.Popen]:
-    """``lifecycle-consumer`` as a separate process, through tools.pipeline.Pipeline."""
+    """``lifecycle-consumer`` as a separate process, through lab.pipeline.Pipeline."""
     pipeline, procs = start_consumers(run, scenario, topology, database, 1, wait_consuming)
     return pipeline, procs[0]
 
@@ -319,17 +321,27 @@ def start_consumers(run: Run, scenario: str, topology: Topology, database: str, 
                     ) -> tuple[Pipeline, list[subprocess.Popen]]:
     """``count`` competing ``lifecycle-consumer`` processes on one queue, named
     ``consumer`` and ``consumer-<n>`` in the pipeline (``consumer_options``: sections of
-    options for their configuration file)."""
+    options for their configuration files). Each has a configuration file of its own,
+    so that each serves /metrics on a port of its own: on one port, every consumer but
+    the first would stop at start (the port in use), and "competing consumers" would be
+    one."""
     pipeline = Pipeline(os.path.join(run.workdir, f"consumer-{scenario}"),
                         exchange=topology.exchange, queue=topology.queue, database=database,
                         host_down_after=30.0, consumer_options=consumer_options)
-    procs = [pipeline.start_consumer("consumer" if i == 0 else f"consumer-{i}")
-             for i in range(count)]
+    procs = [pipeline.start_consumer(name, conf=None if i == 0 else
+                                     pipeline.write_consumer_conf(f"{name}.conf",
+                                                                  consumer_options or {}))
+             for i, name in enumerate(consumer_names(count))]
     run.on_cleanup(pipeline.stop)
     if wait_consuming:
         wait_for(lambda: queue_counts(topology.queue)[1] >= count, 30,
                  "the consumers to consume", interval=0.005)
     return pipeline, procs
+
+
+def consumer_names(count: int) -> list[str]:
+    """The names ``start_consumers`` gives ``count`` consumers in their pipeline."""
+    return ["consumer"] + [f"consumer-{i}" for i in range(1, count)]
 
 
 @dataclasses.dataclass
@@ -361,16 +373,10 @@ def start_fleet(run: Run, sampler: "RssSampler", scenario: str, prefix: str) -> 
     return Fleet(engine, pipeline, hosts, names)
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str,
-             interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+# The lab's one wait_for, failing the scenario (BenchError); a benchmark polls every
+# 20 ms unless it says otherwise, since a poll opens a broker connection or queries the
+# database being measured: wait_for(predicate, timeout, what, interval=0.02).
+wait_for = functools.partial(waiting.wait_for, interval=0.02, error=BenchError)
 
 
 # -- memory ------------------------------------------------------------------------------
@@ -451,10 +457,13 @@ def caught_up(engine: sa.Engine, last_seq: dict[str, int]) -> bool:
     return all((rows.get(name) or -1) >= seq for name, seq in last_seq.items())
 
 
-def journal_count(engine: sa.Engine, host_prefix: str) -> int:
+def journal_count(engine: sa.Engine, host_prefix: str, event_type_prefix: str = "") -> int:
+    """Journal rows of the hosts (of the event types beginning with
+    ``event_type_prefix``): one per (host, epoch, seq) applied."""
     with engine.connect() as conn:
-        return conn.exec_driver_sql("SELECT count(*) FROM journal WHERE host LIKE %s",
-                                    (host_prefix + "%",)).scalar()
+        return conn.exec_driver_sql(
+            "SELECT count(*) FROM journal WHERE host LIKE %s AND event_type LIKE %s",
+            (host_prefix + "%", event_type_prefix + "%")).scalar()
 
 
 def instance_states(engine: sa.Engine, host_prefix: str) -> dict[str, int]:

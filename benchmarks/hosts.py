@@ -140,6 +140,9 @@ class Hosts:
         return {"confirmed": self.confirmed(), "written": self.written(),
                 "outbox_pending": sum(h.agent.outbox.pending() for h in self.hosts),
                 "heartbeats": sum(h.agent.publisher.heartbeats_sent for h in self.hosts),
+                # Broker connections opened: each one after the first sends again what
+                # was in flight (copies the consumer drops) and begins with a heartbeat.
+                "sessions": sum(h.agent.publisher.sessions for h in self.hosts),
                 "last_seq": {h.name: h.agent.sequencer.last for h in self.hosts},
                 "expected_seq": {h.name: h.expected_seq for h in self.hosts},
                 "epoch": {h.name: h.agent.epoch for h in self.hosts}}

@@ -13,7 +13,7 @@ PostgreSQL) is not included. The baseline is the periodic poll (baseline_poll).
 
 from __future__ import annotations
 
-from benchmarks import baseline_poll, harness
+from benchmarks import baseline_poll, harness, latency
 from benchmarks.harness import Row, Run, ScenarioResult
 
 SHAPE = harness.IN_PROCESS  # the agents share one process with their hypervisors
@@ -37,10 +37,10 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
     poll = baseline_poll.percentiles_ms()
     label = "600 s poll (model)"
     rows = [
-        Row(NAME, "p50 callback -> committed", "ms", p50, target=5, higher_is_better=False,
-            baseline=poll["p50"], baseline_label=label),
-        Row(NAME, "p99 callback -> committed", "ms", p99, target=25, higher_is_better=False,
-            baseline=poll["p99"], baseline_label=label),
+        Row(NAME, "p50 callback -> committed", "ms", p50, target=latency.P50_TARGET_MS,
+            higher_is_better=False, baseline=poll["p50"], baseline_label=label),
+        Row(NAME, "p99 callback -> committed", "ms", p99, target=latency.P99_TARGET_MS,
+            higher_is_better=False, baseline=poll["p99"], baseline_label=label),
         Row(NAME, "max callback -> committed", "ms", worst, higher_is_better=False,
             baseline=poll["max"], baseline_label=label),
         Row(NAME, "steady rate achieved / nothing lost", "events/s", steady["rate"],

@@ -8,7 +8,8 @@ names them); ``start_at``, the wall-clock time to begin (several loaders begin
 together); then either ``steps`` (every domain takes that many steps of the cycle, as
 fast as the daemons answer) or ``rate`` and ``seconds`` (one step every 1/rate s,
 round-robin over the targets' domains). Every step makes libvirt emit one lifecycle
-event.
+event; each domain's first step is the one its state calls for (running: suspend,
+paused: resume, shut off: create).
 """
 
 from __future__ import annotations
@@ -24,13 +25,21 @@ def main() -> int:
     import libvirt
 
     from benchmarks.hosts import CYCLE, domain_name
+    # Each domain's first step, from its state now: a run before this one may have
+    # stepped only some domains (rate x seconds need not be whole cycles), leaving them
+    # paused or shut off. A running one starts the cycle (suspend).
+    first_step = {libvirt.VIR_DOMAIN_RUNNING: 0, libvirt.VIR_DOMAIN_PAUSED: 1,
+                  libvirt.VIR_DOMAIN_SHUTOFF: 3}
     domains = []  # (domain, its position in CYCLE)
     connections = []
     for target in args["targets"]:
         conn = libvirt.open(target["uri"])
         connections.append(conn)
+        found = {dom.name(): (dom, stats["state.state"])  # one call for all the states
+                 for dom, stats in conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE)}
         for i in range(target["first"], target["first"] + target["count"]):
-            domains.append([conn.lookupByName(domain_name(target["host"], i)), 0])
+            dom, state = found[domain_name(target["host"], i)]
+            domains.append([dom, first_step[state]])
     delay = args["start_at"] - time.time()
     if delay > 0:
         time.sleep(delay)

@@ -2,10 +2,11 @@
 ``lifecycle-manage``.
 
 ``settings(conf)`` reads ``transport_url`` (its query keys included) and
-``[oslo_messaging_rabbit]`` into ``BrokerSettings`` once, at start, so that a bad value
-stops the service with a message naming it; a service's ``Connector`` opens each of its
-connections to the first broker that answers, in failover order, with the heartbeat,
-timeouts, TLS and login method every service shares.
+``[oslo_messaging_rabbit]`` (whose options, ``RABBIT_OPTS``, are declared here) into
+``BrokerSettings`` once, at start, so that a bad value stops the service with a message
+naming it; a service's ``Connector`` opens each of its connections to the first broker
+that answers, in failover order, with the heartbeat, timeouts, TLS and login method
+every service shares.
 
 TLS: the broker's certificate is always verified, against ``ssl_ca_file`` (or the
 system's CAs), and so is its name, the host as written in ``transport_url``, unless
@@ -32,7 +33,7 @@ import kombu.exceptions
 from oslo_config import cfg
 
 from lifecycle_common import health, transport
-from lifecycle_common.config import ConfigError
+from lifecycle_common.errors import ConfigError
 
 LOG = logging.getLogger(__name__)
 
@@ -111,6 +112,46 @@ def plain(transport_url: str) -> BrokerSettings:
     return BrokerSettings(brokers=tuple(brokers), vhost=vhost)
 
 
+# [oslo_messaging_rabbit], declared beside settings(), which reads them; the services
+# register them (config.register_common_opts) and list them for oslo-config-generator.
+# oslo.messaging's own names, so that a service's TLS settings carry over; each may also
+# be given as a query key of transport_url (?ssl=1), which wins, as with oslo.messaging.
+RABBIT_OPTS = [
+    cfg.BoolOpt("ssl", default=False,
+                help="Connect to the broker over TLS. The broker's certificate is always "
+                     "verified (against ssl_ca_file, or the system's CAs), and its name "
+                     "too unless ssl_enforce_hostname_verification is false. '?ssl=1' on "
+                     "transport_url does the same."),
+    cfg.StrOpt("ssl_ca_file", default="",
+               help="PEM file of the CA certificates the broker's certificate must chain "
+                    "to; empty: the system's CAs."),
+    cfg.StrOpt("ssl_cert_file", default="",
+               help="PEM file of this service's client certificate, presented to the "
+                    "broker (required for rabbit_login_method = EXTERNAL)."),
+    cfg.StrOpt("ssl_key_file", default="",
+               help="PEM file of the client certificate's private key; empty: it is in "
+                    "ssl_cert_file."),
+    cfg.StrOpt("ssl_version", default="",
+               help="TLS version: empty (TLS 1.2 or newer, the best both sides speak), "
+                    "TLSv1_2 or TLSv1_3 (that version only). SSLv23 and TLS mean empty; "
+                    "older versions are refused."),
+    cfg.BoolOpt("ssl_enforce_hostname_verification", default=True,
+                help="Verify that the broker's certificate names the host in "
+                     "transport_url. Turning it off still verifies the certificate chain."),
+    cfg.StrOpt("rabbit_login_method", default="AMQPLAIN",
+               choices=["AMQPLAIN", "PLAIN", "EXTERNAL"],
+               help="SASL mechanism: AMQPLAIN or PLAIN send the user and password of "
+                    "transport_url; EXTERNAL logs in as the client certificate's subject "
+                    "(RabbitMQ's rabbitmq_auth_mechanism_ssl plugin)."),
+    cfg.IntOpt("heartbeat_timeout_threshold", default=30, min=0,
+               help="Seconds of silence after which a broker connection counts as lost "
+                    "(AMQP heartbeats, sent twice as often); 0 turns heartbeats off."),
+    cfg.StrOpt("kombu_failover_strategy", default="round-robin",
+               choices=["round-robin", "shuffle"],
+               help="Order in which the brokers of transport_url are tried: round-robin "
+                    "(from the one after the last used) or shuffle (spreads a fleet)."),
+]
+
 def settings(conf: cfg.ConfigOpts) -> BrokerSettings:
     """Read and check the broker options once; ConfigError names what is wrong."""
     try:
@@ -138,7 +179,7 @@ def _rabbit_options(conf: cfg.ConfigOpts) -> dict:
     """[oslo_messaging_rabbit], with transport_url's query keys over it (typed as the
     options are); a key that is no option here is an error naming it."""
     group = conf[GROUP]
-    values = {opt.dest: getattr(group, opt.dest) for opt in _options()}
+    values = {opt.dest: getattr(group, opt.dest) for opt in RABBIT_OPTS}
     query = urllib.parse.urlsplit(conf.transport_url).query
     for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
         if key in _NO_OP_QUERY_KEYS:
@@ -146,9 +187,9 @@ def _rabbit_options(conf: cfg.ConfigOpts) -> dict:
                 raise ConfigError(f"[DEFAULT] transport_url: {key}={value}: the exchange "
                                   "and queues here are always durable")
             continue
-        opt = next((o for o in _options() if o.dest == key), None)
+        opt = next((o for o in RABBIT_OPTS if o.dest == key), None)
         if opt is None:
-            known = ", ".join(sorted([o.dest for o in _options()] + list(_NO_OP_QUERY_KEYS)))
+            known = ", ".join(sorted([o.dest for o in RABBIT_OPTS] + list(_NO_OP_QUERY_KEYS)))
             raise ConfigError(f"[DEFAULT] transport_url: query key {key!r} is not "
                               f"supported (supported: {known})")
         try:
@@ -156,11 +197,6 @@ def _rabbit_options(conf: cfg.ConfigOpts) -> dict:
         except ValueError as exc:
             raise ConfigError(f"[DEFAULT] transport_url: {key}={value!r}: {exc}") from None
     return values
-
-
-def _options():
-    from lifecycle_common.config import RABBIT_OPTS
-    return RABBIT_OPTS
 
 
 def _tls(rabbit: dict) -> TLS:

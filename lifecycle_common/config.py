@@ -12,7 +12,8 @@ from oslo_config import cfg
 from oslo_log import _options as log_options  # oslo-config-generator's entry point
 from oslo_log import log
 
-from lifecycle_common import memory
+from lifecycle_common import broker, memory
+from lifecycle_common.errors import ConfigError  # noqa: F401 - the services' common.ConfigError
 
 # The broker client's own chatter only from WARNING up (oslo.log's list has amqp).
 log.set_defaults(default_log_levels=log.get_default_log_levels() + ["kombu=WARN"])
@@ -28,45 +29,6 @@ DEFAULT_OPTS = [
     cfg.StrOpt("control_exchange", default="openstack",
                help="Topic exchange that notifications are published on. A stock "
                     "oslo.messaging listener finds them under the same control_exchange."),
-]
-
-# oslo.messaging's own names (its [oslo_messaging_rabbit] group), so that a service's
-# TLS settings carry over; each may also be given as a query key of transport_url
-# (?ssl=1), which wins, as with oslo.messaging.
-RABBIT_OPTS = [
-    cfg.BoolOpt("ssl", default=False,
-                help="Connect to the broker over TLS. The broker's certificate is always "
-                     "verified (against ssl_ca_file, or the system's CAs), and its name "
-                     "too unless ssl_enforce_hostname_verification is false. '?ssl=1' on "
-                     "transport_url does the same."),
-    cfg.StrOpt("ssl_ca_file", default="",
-               help="PEM file of the CA certificates the broker's certificate must chain "
-                    "to; empty: the system's CAs."),
-    cfg.StrOpt("ssl_cert_file", default="",
-               help="PEM file of this service's client certificate, presented to the "
-                    "broker (required for rabbit_login_method = EXTERNAL)."),
-    cfg.StrOpt("ssl_key_file", default="",
-               help="PEM file of the client certificate's private key; empty: it is in "
-                    "ssl_cert_file."),
-    cfg.StrOpt("ssl_version", default="",
-               help="TLS version: empty (TLS 1.2 or newer, the best both sides speak), "
-                    "TLSv1_2 or TLSv1_3 (that version only). SSLv23 and TLS mean empty; "
-                    "older versions are refused."),
-    cfg.BoolOpt("ssl_enforce_hostname_verification", default=True,
-                help="Verify that the broker's certificate names the host in "
-                     "transport_url. Turning it off still verifies the certificate chain."),
-    cfg.StrOpt("rabbit_login_method", default="AMQPLAIN",
-               choices=["AMQPLAIN", "PLAIN", "EXTERNAL"],
-               help="SASL mechanism: AMQPLAIN or PLAIN send the user and password of "
-                    "transport_url; EXTERNAL logs in as the client certificate's subject "
-                    "(RabbitMQ's rabbitmq_auth_mechanism_ssl plugin)."),
-    cfg.IntOpt("heartbeat_timeout_threshold", default=30, min=0,
-               help="Seconds of silence after which a broker connection counts as lost "
-                    "(AMQP heartbeats, sent twice as often); 0 turns heartbeats off."),
-    cfg.StrOpt("kombu_failover_strategy", default="round-robin",
-               choices=["round-robin", "shuffle"],
-               help="Order in which the brokers of transport_url are tried: round-robin "
-                    "(from the one after the last used) or shuffle (spreads a fleet)."),
 ]
 
 NOTIFICATION_OPTS = [
@@ -91,11 +53,7 @@ def register_common_opts(conf: cfg.ConfigOpts) -> None:
     log.register_options(conf)  # --debug, --log-file, --log-dir, use_journal, use_json...
     conf.register_opts(DEFAULT_OPTS)
     conf.register_opts(NOTIFICATION_OPTS, group="oslo_messaging_notifications")
-    conf.register_opts(RABBIT_OPTS, group="oslo_messaging_rabbit")
-
-
-class ConfigError(Exception):
-    """A configuration value is missing or invalid; the message names the option."""
+    conf.register_opts(broker.RABBIT_OPTS, group=broker.GROUP)
 
 
 def load(conf: cfg.ConfigOpts, argv: list[str] | None, prog: str, opts_by_group,
@@ -130,7 +88,6 @@ def load(conf: cfg.ConfigOpts, argv: list[str] | None, prog: str, opts_by_group,
 def _check_transport_url(conf: cfg.ConfigOpts) -> None:
     """The URL, its query keys and the [oslo_messaging_rabbit] options make a broker
     connection that can be opened: every file readable, the TLS settings loadable."""
-    from lifecycle_common import broker
     broker.settings(conf)  # raises ConfigError naming the option
 
 

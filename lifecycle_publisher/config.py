@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from oslo_config import cfg
 
+from lifecycle_common import broker
 from lifecycle_common import config as common
 from lifecycle_common.wire import limits
 
@@ -119,7 +120,7 @@ def list_opts():
         ("metrics", METRICS_OPTS),
         ("health", HEALTH_OPTS),
         ("oslo_messaging_notifications", common.NOTIFICATION_OPTS),
-        ("oslo_messaging_rabbit", common.RABBIT_OPTS),
+        (broker.GROUP, broker.RABBIT_OPTS),
     ]
 
 

@@ -12,16 +12,17 @@ empty database of its own (``empty_db_url``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import threading
-import time
 import urllib.parse
 import uuid
 
 import pytest
 
-from tests.support.forwarder import TcpForwarder
+from lab import waiting
+from lab.forwarder import TcpForwarder
 
 # Certificates and RabbitMQ nodes of the tests' own (TLS listener, per-host users).
 pytest_plugins = ["tests.support.fixtures"]
@@ -61,19 +62,9 @@ def require_service(name: str, check) -> None:
         pytest.skip(message)
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.01, message: str | None = None):
-    """Poll ``predicate`` until it returns a truthy value (returned) or ``timeout``
-    seconds pass (AssertionError with ``message``, which may be a callable)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            text = message() if callable(message) else message
-            raise AssertionError(f"timed out after {timeout}s waiting for "
-                                 f"{text or getattr(predicate, '__name__', 'a condition')}")
-        time.sleep(interval)
+# The lab's one wait_for, failing a test as an unmet expectation: wait_for(predicate,
+# timeout, message=None, interval=0.01); ``message`` may be a callable.
+wait_for = functools.partial(waiting.wait_for, error=AssertionError)
 
 
 class ServiceThread:

@@ -35,7 +35,7 @@ import urllib.parse
 import urllib.request
 
 from tools.demo import SCENARIO, remove_demo_domains
-from tools.pipeline import Pipeline, domain_xml, virsh
+from lab.pipeline import Pipeline, domain_xml, virsh
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DASHBOARD = os.path.join(HERE, "etc", "grafana", "lifecycle-dashboard.json")
@@ -131,7 +131,7 @@ class Load:
 
 def run(seconds: float, output: str, workdir: str) -> None:
     from benchmarks.hosts import SimulatedHost
-    from tests.support.forwarder import TcpForwarder
+    from lab.forwarder import TcpForwarder
 
     shutil.rmtree(workdir, ignore_errors=True)
     pipeline = Pipeline(workdir, exchange="lifecycle-dashboard", queue="lifecycle-dashboard")

@@ -15,8 +15,8 @@ import sys
 import time
 
 
+from lab.pipeline import Pipeline, domain_xml, virsh
 from lifecycle_common import timeutil
-from tools.pipeline import Pipeline, domain_xml, virsh
 
 URI = "test+unix:///default"
 HOST = "demo-host"

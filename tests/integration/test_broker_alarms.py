@@ -31,6 +31,7 @@ from consumer.db.tables import hosts, journal
 from consumer.service import ConsumerService
 from consumer.store import Store
 from consumer.topology import Topology, declare
+from lab.rabbit_node import RabbitNode
 from lifecycle_common import broker, wire
 from lifecycle_publisher import config as agent_config
 from lifecycle_publisher import observability
@@ -39,7 +40,6 @@ from lifecycle_publisher.outbox import Outbox
 from tests.conftest import ServiceThread, wait_for
 from tests.integration.test_consumer_service import body
 from tests.support.fixtures import require_rabbitmq
-from tests.support.rabbit_node import RabbitNode
 
 pytestmark = pytest.mark.integration
 on_sqlite = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

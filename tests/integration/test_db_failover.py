@@ -1,6 +1,6 @@
 """PostgreSQL failover under load: a real ConsumerService on a multi-host URL
 (``?host=primary&host=standby&target_session_attrs=read-write``) over a primary and its
-synchronous standby of the test's own (``tests.support.pg_pair``), while the test
+synchronous standby of the test's own (``lab.pg_pair``), while the test
 publishes a steady stream of events. The primary goes away (stopped, or fenced
 read-only and left running) and the standby is promoted. Afterwards every event
 published is in the journal of the new primary exactly once, and the first batch was
@@ -26,10 +26,10 @@ import pytest
 
 from consumer.db import engine as db_engine_module
 from consumer.db import migrate
+from lab.pg_pair import PgPair, postgresql_installed
 from lifecycle_common.health import Status
 from tests.conftest import ServiceThread, require_service
 from tests.support import consumer_run
-from tests.support.pg_pair import PgPair, postgresql_installed
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""Network namespaces of the tests' own (tests.support.netlab): routes from the root
+"""Network namespaces of the tests' own (lab.netlab): routes from the root
 namespace, silent one-way cuts, partitions and healing, teardown and reaping."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.netlab import CLIENT, NetLab, leftovers, reap_leftovers, run
+from lab.netlab import CLIENT, NetLab, leftovers, reap_leftovers, run
 
 pytestmark = pytest.mark.integration
 
@@ -137,7 +137,7 @@ def test_destroy_kills_what_runs_inside_and_leaves_nothing(netns_available):
 
 def test_a_lab_whose_owner_died_is_reaped(netns_available):
     script = ("import os, signal, subprocess\n"
-              "from tests.support.netlab import NetLab\n"
+              "from lab.netlab import NetLab\n"
               "lab = NetLab(['x']).create()\n"
               "sleeper = subprocess.Popen([*lab.exec_prefix('x'), 'sleep', '300'],\n"
               "                           stdout=subprocess.DEVNULL,\n"

@@ -1,4 +1,4 @@
-"""A three-node RabbitMQ cluster of the tests' own, in network namespaces (tests.support):
+"""A three-node RabbitMQ cluster of the tests' own, in network namespaces (lab):
 quorum queues across nodes, a silent partition under pause_minority and its healing, a
 killed node rejoining, a rolling restart, and nothing left behind.
 
@@ -23,9 +23,9 @@ from pathlib import Path
 import amqp
 import pytest
 
-from tests.support import netlab
-from tests.support.rabbit_cluster import RabbitCluster, cluster_processes, wait_until
-from tests.support.rabbit_node import OWNER_VAR
+from lab import netlab
+from lab.rabbit_cluster import RabbitCluster, cluster_processes, wait_until
+from lab.rabbit_node import OWNER_VAR
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""A RabbitMQ node of the tests' own (tests.support): plain and TLS listeners, certificate
+"""A RabbitMQ node of the tests' own (lab): plain and TLS listeners, certificate
 (EXTERNAL) login, and what RabbitMQ's permissions and ``user_id`` check refuse."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import amqp
 import kombu
 import pytest
 
-from tests.support.rabbit_node import RabbitNode, beam_pids, reap_leftovers
+from lab.rabbit_node import RabbitNode, beam_pids, reap_leftovers
 
 pytestmark = pytest.mark.integration
 
@@ -224,7 +224,7 @@ def test_stop_is_idempotent_and_leaves_nothing(rabbit_node_factory: Callable[...
 
 def test_a_node_whose_owner_died_is_reaped(rabbitmq_installed):
     script = ("import os, signal\n"
-              "from tests.support.rabbit_node import RabbitNode\n"
+              "from lab.rabbit_node import RabbitNode\n"
               "node = RabbitNode()\n"
               "node.start()\n"
               "print(node.node, node.directory, flush=True)\n"

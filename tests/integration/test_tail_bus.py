@@ -10,9 +10,9 @@ import uuid
 import pytest
 
 from consumer.topology import Topology, declare
+from lab.pipeline import command
 from tests.integration.test_consumer_service import ROUTING_KEY, body
 from tests.support.streams import Lines
-from tools.pipeline import command
 
 pytestmark = pytest.mark.integration
 

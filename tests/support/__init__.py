@@ -1,1 +1,2 @@
-"""Support code for the integration and system tests: certificates and RabbitMQ nodes."""
+"""The tests' side of the lab (``lab``): pytest fixtures and skips, and what only the
+tests use (the machine's libvirtd stopped and started, systemd's notify socket, ...)."""

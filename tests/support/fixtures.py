@@ -29,10 +29,10 @@ from typing import Any
 
 import pytest
 
-from tests.support.certs import Pki, make_pki
-from tests.support.netlab import ip_available
-from tests.support.rabbit_cluster import RabbitCluster
-from tests.support.rabbit_node import RabbitNode, rabbitmq_installed
+from lab.certs import Pki, make_pki
+from lab.netlab import ip_available
+from lab.rabbit_cluster import RabbitCluster
+from lab.rabbit_node import RabbitNode, rabbitmq_installed
 
 __all__ = ["netns_available_fixture", "pki_fixture", "rabbit_cluster_fixture",
            "rabbit_node_factory", "rabbitmq_installed_fixture", "require_netns",
@@ -62,7 +62,7 @@ def rabbitmq_installed_fixture() -> None:
 
 @pytest.fixture(scope="session", name="test_pki")
 def pki_fixture(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """The session's test PKI (see ``tests.support.certs``)."""
+    """The session's test PKI (see ``lab.certs``)."""
     _require("openssl", shutil.which("openssl") is not None, "apt-get install openssl")
     return make_pki(tmp_path_factory.mktemp("pki"))
 

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import time
 
-from tests.conftest import wait_for
+from lab.waiting import wait_for
 
 PIDFILE = "/run/libvirtd.pid"  # written by ``libvirtd -d``
 

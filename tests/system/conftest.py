@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
+from lab.pipeline import Pipeline, domain_xml, virsh
 from tests.support.systemd_notify import NotifySocket
-from tools.pipeline import Pipeline, domain_xml, virsh
 
 TEST_URI = "test+unix:///default"
 

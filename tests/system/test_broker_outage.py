@@ -16,9 +16,9 @@ import pytest
 import sqlalchemy as sa
 
 from consumer.db.tables import journal
-from tests.support.forwarder import TcpForwarder
+from lab.forwarder import TcpForwarder
+from lab.pipeline import virsh
 from tests.support.systemd_notify import assert_watchdog_fed
-from tools.pipeline import virsh
 
 pytestmark = pytest.mark.system
 

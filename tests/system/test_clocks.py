@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from tests.support.fake_clock import FakeClock, library
-from tools.pipeline import virsh
+from lab.fake_clock import FakeClock, library
+from lab.pipeline import virsh
 
 pytestmark = pytest.mark.system
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
+from lab.pipeline import domain_xml, virsh
 from tests.support import tmpfs
-from tools.pipeline import domain_xml, virsh
 
 pytestmark = pytest.mark.system
 

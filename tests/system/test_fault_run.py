@@ -15,10 +15,10 @@ import os
 import pytest
 
 from benchmarks import faults, harness
+from lab.fake_clock import library
+from lab.pg_pair import postgresql_installed
 from tests.conftest import require_service
-from tests.support.fake_clock import library
 from tests.support.fixtures import require_rabbitmq
-from tests.support.pg_pair import postgresql_installed
 
 pytestmark = pytest.mark.system
 

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tools.pipeline import command, virsh
+from lab.pipeline import command, virsh
 
 pytestmark = pytest.mark.system
 

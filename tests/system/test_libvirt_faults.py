@@ -9,8 +9,8 @@ import pytest
 
 from consumer.db import engine as db_engine
 from consumer.db.tables import instances
+from lab.pipeline import domain_xml, virsh
 from tests.support import libvirtd as libvirtd_control
-from tools.pipeline import domain_xml, virsh
 
 pytestmark = pytest.mark.system
 

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
+from lab.pipeline import command, virsh
 from tests.support import libvirtd as libvirtd_control
 from tests.support.systemd_notify import assert_watchdog_fed
-from tools.pipeline import command, virsh
 
 pytestmark = pytest.mark.system
 

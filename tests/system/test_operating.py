@@ -11,8 +11,8 @@ import time
 
 import pytest
 
+from lab.pipeline import command, domain_xml, virsh
 from tests.support.streams import Lines
-from tools.pipeline import command, domain_xml, virsh
 
 pytestmark = pytest.mark.system
 

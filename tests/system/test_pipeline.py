@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tools.pipeline import command, domain_xml, virsh
+from lab.pipeline import command, domain_xml, virsh
 
 pytestmark = pytest.mark.system
 

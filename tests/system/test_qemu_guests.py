@@ -10,8 +10,8 @@ import statistics
 
 import pytest
 
+from lab.pipeline import qemu_domain_xml, virsh
 from lifecycle_common import timeutil
-from tools.pipeline import qemu_domain_xml, virsh
 
 pytestmark = pytest.mark.system
 

@@ -1,11 +1,13 @@
 """The benchmarks' figures: ratios to the limit and the baseline, targets relative to
-the limit, and --compare's verdicts between two runs."""
+the limit, --compare's verdicts between two runs, and what apply counts in a full
+queue."""
 
 from __future__ import annotations
 
 import json
 
 from benchmarks import compare
+from benchmarks.apply import QueueAccount
 from benchmarks.__main__ import main as bench_main
 from benchmarks.harness import Row
 
@@ -56,3 +58,48 @@ def test_the_command_prints_each_figure_of_two_files(tmp_path, capsys):
     out = capsys.readouterr().out
     assert status == 0
     assert "from run old" in out and "-50%" in out and "WORSE" in out
+
+
+# -- apply: a full queue's messages, accounted for ---------------------------------------
+
+def account(**counts) -> QueueAccount:
+    fields = {"events": 40_000, "queued": 40_000, "journaled": 40_000, "inventories": 0,
+              "duplicates": 0, "heartbeats": 0}
+    return QueueAccount(**{**fields, **counts})
+
+
+def test_copies_sent_again_after_a_reconnection_are_no_loss():
+    # The slower machine's run: an agent's connection given up mid-fill sent its window
+    # again (784 copies) after the heartbeat a connection begins with.
+    counted = account(queued=40_785, duplicates=784, heartbeats=1, reconnects=1)
+    assert counted.ok and counted.lost == 0 and counted.unexplained == 0
+    assert counted.describe() == ("40000/40000 events journaled; 40785 messages: copies "
+                                  "dropped 784, heartbeats 1 (agent reconnections: 1)")
+
+
+def test_a_queue_of_exactly_the_events_needs_no_explaining():
+    counted = account()
+    assert counted.ok and counted.describe() == "40000/40000 events journaled"
+
+
+def test_events_lost_behind_as_many_copies_are_a_loss():
+    # As many messages as events, or more: counting messages would have passed.
+    counted = account(queued=40_000, journaled=39_215, duplicates=785)
+    assert not counted.ok and counted.lost == 785 and counted.unexplained == 0
+
+
+def test_a_message_neither_applied_nor_dropped_is_unexplained():
+    # Dead-lettered, say: the events are all there, but not every message is.
+    counted = account(queued=40_010)
+    assert not counted.ok and counted.unexplained == 10
+    assert "unexplained 10" in counted.describe()
+
+
+def test_an_event_journaled_that_the_fill_did_not_make_is_no_match():
+    counted = account(queued=40_001, journaled=40_001)
+    assert not counted.ok and counted.lost == 0
+
+
+def test_an_inventory_after_a_libvirt_reconnection_is_accounted_for():
+    counted = account(queued=40_001, inventories=1)
+    assert counted.ok and "inventories 1" in counted.describe()

@@ -3,7 +3,10 @@ opened; a bad value stops the service with a message naming it."""
 
 from __future__ import annotations
 
+import pathlib
 import ssl
+import subprocess
+import sys
 
 import pytest
 
@@ -12,6 +15,8 @@ from lifecycle_common import broker
 from lifecycle_common.config import ConfigError
 from lifecycle_common.transport import Broker
 from lifecycle_publisher import config as agent_config
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -144,3 +149,14 @@ def test_certificate_common_name(test_pki):
 def test_describe_names_the_broker_without_its_password():
     s = broker.plain("rabbit://lc-c1:s3cret@mq1:5671/prod")
     assert broker.describe(s, s.brokers[0]) == "amqp://lc-c1@mq1:5671/prod"
+
+
+def test_the_rabbitmq_options_live_beside_the_code_that_reads_them():
+    # broker.py declares [oslo_messaging_rabbit] and reads it; it needs nothing of
+    # config.py (which imports it): no import circle.
+    imported = subprocess.run(
+        [sys.executable, "-c", "import sys, lifecycle_common.broker; print(list(sys.modules))"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "lifecycle_common.config" not in imported
+    for service in (agent_config, consumer_config):
+        assert dict(service.list_opts())[broker.GROUP] is broker.RABBIT_OPTS

@@ -35,8 +35,9 @@ import threading
 import time
 from pathlib import Path
 
-from tests.support.rabbit_node import (  # a test session's token; /proc
+from lab.rabbit_node import (  # a test session's token; /proc
     _owner_alive, _owner_token, process_environments)
+from lab.waiting import wait_for
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PROGRAMS = ("initdb", "pg_ctl", "pg_basebackup", "postgres")
@@ -291,17 +292,10 @@ class PgPair:
                               f"{(result.stderr or result.stdout).strip()}")
 
     def _wait(self, predicate, what: str) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        last = None
-        while time.monotonic() < deadline:
-            try:
-                if predicate():
-                    return
-            except Exception as error:  # noqa: BLE001 - not yet: say the last reason
-                last = error
-            time.sleep(_POLL_INTERVAL)
-        raise PgPairError(f"timed out after {self.startup_timeout}s waiting for {what}"
-                          + (f" ({last})" if last else ""))
+        """``lab.waiting.wait_for`` on a server still starting: any exception is "not
+        yet" (the last one named); PgPairError after ``startup_timeout``."""
+        wait_for(predicate, self.startup_timeout, what, _POLL_INTERVAL, error=PgPairError,
+                 ignoring=(Exception,))
 
 
 # -- leftovers of earlier runs ---------------------------------------------------------------

@@ -50,7 +50,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from tests.support.rabbit_node import _owner_alive, _owner_token
+from lab.rabbit_node import _owner_alive, _owner_token
 
 PREFIX = "lcn"
 CLIENT = "client"

@@ -1,5 +1,6 @@
 """Run the whole pipeline as real processes: a consumer, one or more agents, and
-``lifecycle-manage`` to read the database. Used by the demo and the system tests.
+``lifecycle-manage`` to read the database. Used by the demo, the system tests and the
+benchmarks.
 
 Every process gets its own config file under ``workdir``, its own log file and its own
 port for /metrics and /healthz (``metrics_url``); stop() ends them with SIGTERM (SIGKILL
@@ -15,10 +16,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from typing import Callable
+
+from lab.waiting import wait_for
 
 BIN = os.path.dirname(sys.executable)
 
@@ -273,19 +275,17 @@ bind_port = {port}
 
     def wait_for(self, what: Callable[[], object], timeout: float, message: str,
                  interval: float = 0.05):
-        """Poll ``what`` until it returns something truthy; fail after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            result = what()
-            if result:
-                return result
-            for name, proc in self._procs.items():
-                if proc.poll() not in (None, 0):  # a clean exit may be what we wait for
-                    raise RuntimeError(f"{name} exited with {proc.returncode} while waiting "
-                                       f"for {message}:\n{self.log(name)[-3000:]}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout}s waiting for {message}")
-            time.sleep(interval)
+        """Poll ``what`` until it returns something truthy (``lab.waiting.wait_for``,
+        TimeoutError after ``timeout``); RuntimeError at once, with its log, if one of the
+        pipeline's processes fails meanwhile."""
+        return wait_for(what, timeout, message, interval,
+                        watch=lambda: self._check_running(message))
+
+    def _check_running(self, waiting_for: str) -> None:
+        for name, proc in self._procs.items():
+            if proc.poll() not in (None, 0):  # a clean exit may be what we wait for
+                raise RuntimeError(f"{name} exited with {proc.returncode} while waiting "
+                                   f"for {waiting_for}:\n{self.log(name)[-3000:]}")
 
     def wait_for_instance(self, name: str, timeout: float = 15.0, direct: bool = False,
                           **expected) -> dict:

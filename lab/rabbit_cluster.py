@@ -44,12 +44,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-from tests.support import netlab
-from tests.support.netlab import NetLab, NetLabError
-from tests.support.rabbit_node import (RABBITMQ_BIN, RABBITMQ_SERVER, RABBITMQCTL,
-                                       RabbitNodeError, _excerpt, _owner_alive,
-                                       _owner_token, admin_config_lines, beam_pids,
-                                       node_environment)
+from lab import netlab
+from lab.netlab import NetLab, NetLabError
+from lab.rabbit_node import (RABBITMQ_BIN, RABBITMQ_SERVER, RABBITMQCTL, RabbitNodeError,
+                             _excerpt, _owner_alive, _owner_token, admin_config_lines,
+                             beam_pids, node_environment)
+from lab.waiting import wait_for
 
 AMQP_PORT = 5672
 DIST_PORT = 25672
@@ -73,22 +73,11 @@ class RabbitClusterError(RabbitNodeError):
 
 def wait_until(predicate: Callable[[], T], timeout: float, what: str,
                interval: float = _POLL_INTERVAL) -> T:
-    """Poll ``predicate`` until it returns something truthy (returned); an exception
-    of the kinds a CLI call or a probe raises counts as "not yet". RabbitClusterError
-    naming ``what`` (and the last such exception) once ``timeout`` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except (RabbitNodeError, NetLabError, OSError, KeyError, ValueError) as error:
-            last_error = error
-        if time.monotonic() >= deadline:
-            cause = f" (last error: {last_error})" if last_error else ""
-            raise RabbitClusterError(f"timed out after {timeout}s waiting for {what}{cause}")
-        time.sleep(interval)
+    """``lab.waiting.wait_for``, where an exception of the kinds a CLI call or a probe
+    raises counts as "not yet": RabbitClusterError naming ``what`` (and the last such
+    exception) once ``timeout`` seconds have passed."""
+    return wait_for(predicate, timeout, what, interval, error=RabbitClusterError,
+                    ignoring=(RabbitNodeError, NetLabError, OSError, KeyError, ValueError))
 
 
 class _Node:

@@ -35,7 +35,7 @@ import urllib.parse
 from pathlib import Path
 from types import TracebackType
 
-from tests.support.certs import Pki
+from lab.certs import Pki
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 RABBITMQ_SERVER = RABBITMQ_BIN / "rabbitmq-server"

@@ -1,4 +1,4 @@
-"""Loaded by processes the tests run under libfaketime (tests/support/fake_clock.py):
+"""Loaded by processes the tests run under libfaketime (lab/fake_clock.py):
 ``time.sleep`` waits on an event, since libfaketime 0.9.10 refuses the absolute
 monotonic sleep CPython's own uses (EINVAL)."""
 
