@@ -36,16 +36,65 @@ class Notification:
         }
 
 
+def new_notification(event_type: str, payload: payloads.Payload, publisher_id: str,
+                     timestamp: str) -> Notification:
+    """``Notification(event_type, payload, publisher_id, timestamp)``, with a new message
+    id and priority INFO, built as ``payloads.from_ordered_fields`` builds (the frozen
+    dataclass's ``__init__`` sets each field through ``object.__setattr__``): 2.2 µs
+    against 0.8 µs here, message id apart (CPU time on this project's 2-core VM,
+    timeit). For the agent's event path; ``tests/unit/test_encoding_equivalence.py``
+    checks it against the constructor."""
+    return payloads.from_ordered_fields(Notification, {
+        "event_type": event_type,
+        "payload": payload,
+        "publisher_id": publisher_id,
+        "timestamp": timestamp,
+        "message_id": new_message_id(),
+        "priority": PRIORITY,
+    })
+
+
 def encode(notification: Notification) -> bytes:
     """The AMQP body, as oslo.messaging's rabbit driver would send it (compact JSON;
-    orjson, about 7 times faster than the json module here).
+    orjson, about 7 times faster than the json module here): the message
+    (``to_message``) as JSON, itself a JSON string in the envelope.
 
     orjson's result keeps the buffer it was written in (8 KB and more, whatever its
     length), so the body is assembled into a new bytes object of its own size: an
     agent holding thousands of bodies at once would otherwise hold ten times the
     memory."""
-    inner = orjson.dumps(notification.to_message()).decode()
+    inner = orjson.dumps(_message_with_payload_object(notification)).decode()
     return _ENVELOPE_HEAD + orjson.dumps(inner) + b"}"
+
+
+def _message_with_payload_object(notification: Notification) -> dict:
+    """``to_message()`` with the payload's data left as the dataclass, for orjson to
+    write: orjson writes a dataclass instance's ``__dict__``, which holds exactly its
+    fields in declaration order (as ``payloads.to_primitive`` copies it), so the JSON
+    is the same, without copying the dict and, for an inventory, each entry's.
+    Encoding an event: 3.7 µs through ``to_message``, 2.9 µs this way (CPU time on
+    this project's 2-core VM, ``benchmarks/micro_agent.py``);
+    ``tests/unit/test_encoding_equivalence.py`` checks the bytes against the plain way."""
+    payload = notification.payload
+    return {
+        "message_id": notification.message_id,
+        "publisher_id": notification.publisher_id,
+        "event_type": notification.event_type,
+        "priority": notification.priority,
+        "payload": {
+            _NAME_KEY: payload.NAME,
+            _NAMESPACE_KEY: payloads.NAMESPACE,
+            _VERSION_KEY: payload.VERSION,
+            _DATA_KEY: payload,
+        },
+        "timestamp": notification.timestamp,
+    }
+
+
+_NAME_KEY = f"{payloads.OBJECT_KEY}.name"
+_NAMESPACE_KEY = f"{payloads.OBJECT_KEY}.namespace"
+_VERSION_KEY = f"{payloads.OBJECT_KEY}.version"
+_DATA_KEY = f"{payloads.OBJECT_KEY}.data"
 
 
 def decode(body: bytes | str) -> Notification:

@@ -120,6 +120,21 @@ def to_primitive(payload: Payload) -> dict:
     }
 
 
+def from_ordered_fields(cls, fields: dict):
+    """``cls(**fields)`` for a dataclass ``cls`` (a payload, a Notification) and a
+    ``fields`` dict that holds every field of ``cls``, in declaration order, and
+    nothing else, without the generated ``__init__``: the dict becomes the instance's
+    own. A frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``: for InstanceLifecyclePayload's 15 fields, 5.1 µs against
+    1.3 µs here, the dict literal included (CPU time on this project's 2-core VM,
+    timeit). The caller's dict literal is the contract:
+    ``tests/unit/test_encoding_equivalence.py`` checks that what its callers build
+    equals what the constructor builds, and encodes the same."""
+    instance = object.__new__(cls)
+    object.__setattr__(instance, "__dict__", fields)
+    return instance
+
+
 def from_data(cls, data: dict):
     """Build a payload from its already validated ``data`` (unknown keys dropped)."""
     if cls is HostInventoryPayload:
