@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import functools
 from typing import Optional, Union
 
 from lifecycle_common import wire
+from lifecycle_common.wire import compiled_decode
 
 AGENT_PUBLISHER_PREFIX = "lifecycle-agent:"
 
@@ -40,15 +40,28 @@ class PublisherIdentity(str, enum.Enum):
     HOST_USER = "host_user"  # host H only through its own user, or a trusted one
 
 
+_USERS_CACHED = 65536  # hosts whose user a Policy remembers, at most
+
+
 @dataclasses.dataclass(frozen=True)
 class Policy:
     identity: PublisherIdentity = PublisherIdentity.ANY
     user_template: str = "{host}"
     trusted: frozenset[str] = frozenset()
+    # host -> its user, as formatted already (a dict: an lru_cache on the method would
+    # hash the whole policy at every call, 0.4 microseconds a message).
+    _users: dict = dataclasses.field(default_factory=dict, compare=False, hash=False,
+                                     repr=False)
 
-    @functools.lru_cache(maxsize=65536)
     def user_for(self, host: str) -> str:
-        return self.user_template.format(host=host)
+        """The broker user that may speak for ``host``: the template formatted."""
+        users = self._users
+        user = users.get(host)
+        if user is None:
+            if len(users) >= _USERS_CACHED:
+                users.clear()
+            user = users[host] = self.user_template.format(host=host)
+        return user
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -81,9 +94,12 @@ Verdict = Union[Admitted, Foreign, Refused]
 
 def admit(body: bytes | str, user_id: Optional[str], now: float, policy: Policy) -> Verdict:
     """What becomes of one message; ``user_id`` is its AMQP property (None when unset).
-    ``now``, the consumer's clock, decides nothing any more (kept for callers)."""
+    ``now``, the consumer's clock, decides nothing any more (kept for callers).
+
+    The body is read by ``compiled_decode.decode``: ``wire.decode``'s verdict and
+    reason, about three times faster for our own notifications."""
     try:
-        note = wire.decode(body)
+        note = compiled_decode.decode(body)
     except wire.WireError as exc:
         publisher = _foreign_publisher(body)
         return Foreign(publisher) if publisher is not None else Refused(str(exc))

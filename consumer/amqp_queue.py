@@ -8,6 +8,11 @@ Two connections: one consumes and acks and never publishes, so a broker's resour
 alarm never blocks it; dead letters go out on one of their own
 (``DeadLetterPublisher``). Acks are selective (``settlement.Unacked``): a message
 whose dead letter is not confirmed yet stays unacked while those after it are acked.
+
+Deliveries are parsed from the broker's frames by ``amqp_deliveries.DeliveryReader``
+(py-amqp handles every other frame; over TLS, every frame): a batch holds
+``Delivery`` objects, or over TLS py-amqp's ``amqp.Message``, read the same way
+(``body``, ``properties``, ``delivery_info``, ``delivery_tag``).
 """
 
 from __future__ import annotations
@@ -17,19 +22,24 @@ import logging
 import select
 import time
 import uuid
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import amqp
 import kombu
 import kombu.exceptions
 
 from lifecycle_common import amqp_frames, broker, timeutil
+from lifecycle_common.amqp_deliveries import Delivery, DeliveryReader
 from consumer.dead_letter_publisher import DeadLetterPublisher
 from consumer.errors import BrokerUnavailable
 from consumer.settlement import Unacked
 from consumer.topology import Topology, declare
 
 LOG = logging.getLogger(__name__)
+
+# A message delivered: parsed from its frames here, or over TLS py-amqp's. Both have
+# body, properties, delivery_info and delivery_tag.
+Message = Union[Delivery, amqp.Message]
 
 # Headers of a dead letter: why (a sentence, and a word for counting), when, and what
 # the original said of itself; ``lifecycle-manage dlq`` reads them.
@@ -53,7 +63,8 @@ class BatchQueue:
         self._batch_size = batch_size
         self._linger = linger
         self._conn: kombu.Connection | None = None
-        self._buffer: list[amqp.Message] = []
+        self._buffer: list[Message] = []
+        self._reader: DeliveryReader | None = None
         self._unacked = Unacked()
         self.dead_letters = DeadLetterPublisher(connector.settings, topology, retry_max,
                                                 id_header=DEAD_LETTER_ID_HEADER)
@@ -70,11 +81,14 @@ class BatchQueue:
             self._channel = conn.channel()
             declare(self._channel, self.topology)
             self._channel.basic_qos(0, self._batch_size * 2, False)
-            self._channel.basic_consume(self.topology.queue, callback=self._delivered)
+            consumer_tag = self._channel.basic_consume(self.topology.queue,
+                                                       callback=self._delivered)
         except (OSError, amqp.exceptions.AMQPError, kombu.exceptions.KombuError) as exc:
             broker.release(conn)
             raise BrokerUnavailable(f"{where}: {broker.explain(exc)}") from exc
         self._conn = conn
+        self._reader = DeliveryReader(conn.connection, self._channel.channel_id, consumer_tag,
+                                      self._delivered)
         LOG.info("consuming %s on %s (exchange %s, key %s)", self.topology.queue,
                  where, self.topology.exchange, self.topology.routing_key)
 
@@ -82,6 +96,7 @@ class BatchQueue:
         """Close both connections; what is unacked (dead letters held included)
         returns to the queue."""
         conn, self._conn = self._conn, None
+        self._reader = None
         if conn is not None:
             broker.release(conn)
         self._buffer.clear()
@@ -92,16 +107,18 @@ class BatchQueue:
                         "dead letters were not confirmed)", dropped)
         self.dead_letters.close()
 
-    def _delivered(self, message: amqp.Message) -> None:
-        self._unacked.delivered(message.delivery_info["delivery_tag"])
+    def _delivered(self, message: Message) -> None:
+        self._unacked.delivered(message.delivery_tag)
         self._buffer.append(message)
 
-    def next_batch(self, timeout: float) -> list[amqp.Message]:
+    def next_batch(self, timeout: float) -> list[Message]:
         """Up to batch_size messages: waits up to ``timeout`` for the first, then takes
         whatever the broker has already sent and whatever arrives within ``linger`` of
-        the first: a batch never waits longer than that to fill."""
+        the first: a batch never waits longer than that to fill. Deliveries are read
+        by ``DeliveryReader`` (``Delivery``; over TLS, py-amqp's ``amqp.Message``)."""
         with _broker_errors():
             transport = self._conn.connection
+            read_available = self._reader.read_available
             deadline = time.monotonic() + timeout
             while not self._buffer:
                 self._settle_dead_letters()
@@ -111,10 +128,10 @@ class BatchQueue:
                     return []
                 if not self._wait(transport, min(remaining, 1.0)):
                     self._conn.heartbeat_check()
-                amqp_frames.read_available(transport)
+                read_available()
             linger_until = time.monotonic() + self._linger
             while len(self._buffer) < self._batch_size:
-                if amqp_frames.read_available(transport):  # sent already, not awaited
+                if read_available():  # sent already, not awaited
                     continue
                 remaining = linger_until - time.monotonic()
                 if remaining <= 0 or not self._wait(transport, remaining, linger=True):
@@ -140,11 +157,11 @@ class BatchQueue:
                 timeout = min(timeout, max(0.0, due - time.monotonic()))
         return bool(poller.poll(max(0, int(timeout * 1000 + 0.999))))
 
-    def ack(self, messages: list[amqp.Message]) -> None:
+    def ack(self, messages: list[Message]) -> None:
         """Acknowledge ``messages`` (all delivered on this connection): one multiple ack
         up to the first message still unacked (a dead letter held, say), one ack each
         after it."""
-        self._ack_tags([m.delivery_info["delivery_tag"] for m in messages])
+        self._ack_tags([m.delivery_tag for m in messages])
 
     def _ack_tags(self, tags: list[int]) -> None:
         if not tags:
@@ -162,7 +179,7 @@ class BatchQueue:
                 if on_done is not None:
                     on_done()
 
-    def dead_letter(self, message: amqp.Message, reason: str, cause: str = "unreadable",
+    def dead_letter(self, message: Message, reason: str, cause: str = "unreadable",
                     on_done: Optional[Callable[[], None]] = None) -> None:
         """Copy ``message`` to the dead-letter queue with ``reason`` (and ``cause``, its
         word) on the dead letters' own connection; the original stays unacked (held)
@@ -189,7 +206,7 @@ class BatchQueue:
                       self.topology.dead_letter_queue, reason)
             if on_done is not None:
                 on_done()
-        self.dead_letters.hold(message.delivery_info["delivery_tag"], copy,
+        self.dead_letters.hold(message.delivery_tag, copy,
                                headers[DEAD_LETTER_ID_HEADER], done)
         self._settle_dead_letters()  # published now, unless its connection cannot take it
 

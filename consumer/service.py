@@ -10,7 +10,8 @@ be read, its publisher may not speak for its host, or the database or the store
 refused it, whatever the exception); held and retried while the database cannot take
 it, and only then. No message is refused for what a host's clock says. A message
 refused while applying is found by splitting its batch in halves, so that its
-batch-mates are applied.
+batch-mates are applied. What becomes of each message is ``consumer.settle``'s to say
+(pure, tested by table); this module does the I/O: the queue, the store, the waits.
 
 Every wait for the database is bounded (``consumer.db.engine.Timeouts``), so a database
 that stalls holds the batch like one that is down. Hosts whose heartbeats stopped are
@@ -26,13 +27,12 @@ import logging
 from collections import Counter
 import threading
 import time
-
-import amqp
+from typing import Optional
 
 from lifecycle_common import health, metrics_http, systemd, timeutil, wire
 from lifecycle_common.retry import backoff
 from lifecycle_common.wire.payloads import HostHeartbeatPayload
-from consumer import admission, observability
+from consumer import admission, observability, settle
 from consumer.amqp_queue import BatchQueue
 from consumer.database_health import DatabaseHealth
 from consumer.liveness import HostLiveness
@@ -175,33 +175,30 @@ class ConsumerService:
             finally:
                 self.database.call_since = None
 
-    def handle_batch(self, batch: list[amqp.Message]) -> None:
-        """Settle one batch from the queue: every message applied, dead-lettered with
-        its reason or, while the database is away and the service stops, left unacked
-        for redelivery; then the batch is acked, but for the messages to dead-letter:
-        each of those is acked once the broker confirmed its dead letter, which may be
-        after later batches while the dead letters' connection is blocked (a resource
-        alarm). Raises only BrokerUnavailable."""
-        notes: list[tuple[amqp.Message, wire.Notification]] = []
-        refused: list[tuple[amqp.Message, admission.Refused]] = []
-        now = time.time()
+    def handle_batch(self, batch: list) -> None:
+        """Settle one batch from the queue (``amqp.Message`` or ``Delivery``): every
+        message applied, dead-lettered with its reason or, while the database is away
+        and the service stops, left unacked for redelivery; then the batch is acked,
+        but for the messages to dead-letter: each of those is acked once the broker
+        confirmed its dead letter, which may be after later batches while the dead
+        letters' connection is blocked (a resource alarm). What to do with each message
+        is ``settle.BatchSettlement``'s to say; this does the I/O. Raises only
+        BrokerUnavailable."""
         self.metrics.batch_taken(len(batch))
-        for message in batch:
-            verdict = admission.admit(message.body, message.properties.get("user_id"),
-                                      now, self.policy)
-            if isinstance(verdict, admission.Admitted):
-                notes.append((message, verdict.note))
-            elif isinstance(verdict, admission.Foreign):
-                self.stats.foreign += 1
-            else:
-                refused.append((message, verdict))
-        if notes and not self._apply(notes, refused):
-            return  # stopping while the database is away: leave the batch unacked
-        for message, verdict in refused:
+        now, policy, admit = time.time(), self.policy, admission.admit
+        settlement = settle.BatchSettlement(
+            batch, [admit(m.body, m.properties.get("user_id"), now, policy) for m in batch],
+            self._database_retry_max)
+        self.stats.foreign += settlement.foreign
+        step = settlement.next()
+        if isinstance(step, settle.Apply):
+            step = self._apply(settlement, step)
+            if step is None:
+                return  # stopping while the database is away: leave the batch unacked
+        for message, verdict in step.dead_letters:
             self.queue.dead_letter(message, verdict.reason, verdict.cause.value,
                                    on_done=functools.partial(self._dead_lettered, verdict.cause))
-        held = {id(message) for message, _ in refused}
-        self.queue.ack([message for message in batch if id(message) not in held])
+        self.queue.ack(step.ack)
         self.stats.batches += 1
 
     def _dead_lettered(self, cause: admission.Cause) -> None:
@@ -209,55 +206,52 @@ class ConsumerService:
         self.stats.dead_lettered += 1
         self.dead_letters[cause] += 1
 
-    def _apply(self, notes, refused) -> bool:
-        """Apply ``notes``, waiting out a database outage; a note the database or the
-        store refuses, whatever the exception, joins ``refused`` and the others are
-        applied (the batch is split in halves until the refused ones stand alone).
-        Returns False if stopped while the database was away. The health knows since
-        when the batch has waited on the database, and whether a call to it returns."""
+    def _apply(self, settlement: settle.BatchSettlement,
+               step: settle.Apply) -> Optional[settle.Settled]:
+        """Apply what ``settlement`` says, waiting out a database outage, until it is
+        settled; returns None if stopped while the database was away. The health knows
+        since when the batch has waited on the database, and whether a call to it
+        returns."""
         database = self.database
-        if database.batch_since is not None:  # a half of a batch being split
-            return self._apply_waiting(notes, refused)
-        database.batch_began(time.monotonic(), len(notes))
+        database.batch_began(time.monotonic(), len(step.notes))
         try:
-            return self._apply_waiting(notes, refused)
-        finally:
-            database.batch_ended()
-
-    def _apply_waiting(self, notes, refused) -> bool:
-        database = self.database
-        attempt = 0
-        while True:
-            try:
+            while isinstance(step, settle.Apply):
+                notes = step.notes
                 started = time.monotonic()
                 database.call_since = started
                 try:
-                    result = self.store.apply_batch([n for _, n in notes])
-                finally:
-                    database.call_since = None
-                database.batches.up()
-                self.metrics.batch_applied(started, result.applied)
-                self._record(result, notes)
-                return True
-            except DatabaseUnavailable as exc:
-                database.batches.down(time.monotonic(), str(exc))
-                delay = backoff(attempt, self._database_retry_max)
-                attempt += 1
-                LOG.warning("database unavailable (%s); batch of %d held, retrying in %.1fs",
-                            exc, len(notes), delay)
-                if not self._wait(delay):
-                    return False
-            except Exception as exc:  # noqa: BLE001 - BatchRejected, or any other failure
-                verdict = _refusal(exc)
-                if len(notes) == 1:
-                    message, note = notes[0]
-                    LOG.error("%s refused: %s", _describe(note), verdict.reason)
-                    refused.append((message, verdict))
-                    return True
-                LOG.warning("a batch of %d was refused (%s); splitting it to find the "
-                            "messages refused", len(notes), verdict.reason)
-                half = len(notes) // 2
-                return self._apply(notes[:half], refused) and self._apply(notes[half:], refused)
+                    try:
+                        result = self.store.apply_batch(notes)
+                    finally:
+                        database.call_since = None
+                except DatabaseUnavailable as exc:
+                    database.batches.down(time.monotonic(), str(exc))
+                    hold = settlement.unavailable()
+                    LOG.warning("database unavailable (%s); batch of %d held, retrying in "
+                                "%.1fs", exc, len(notes), hold.delay)
+                    if not self._wait(hold.delay):
+                        return None
+                except Exception as exc:  # noqa: BLE001 - BatchRejected, or any other failure
+                    refusal = _refusal(exc)
+                    alone = settlement.rejected(refusal)
+                    if alone is not None:
+                        LOG.error("%s refused: %s", _describe(alone), refusal.reason)
+                    else:
+                        LOG.warning("a batch of %d was refused (%s); splitting it to find "
+                                    "the messages refused", len(notes), refusal.reason)
+                else:
+                    settlement.applied()
+                    database.batches.up()
+                    try:
+                        self.metrics.batch_applied(started, result.applied)
+                        self._record(result, notes)
+                    except Exception:  # noqa: BLE001 - committed: counting must not undo it
+                        LOG.exception("a batch of %d was applied, but counting it failed",
+                                      len(notes))
+                step = settlement.next()
+            return step
+        finally:
+            database.batch_ended()
 
     def _wait(self, delay: float) -> bool:
         deadline = time.monotonic() + delay

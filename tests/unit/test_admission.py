@@ -9,6 +9,7 @@ import pytest
 from consumer.admission import (
     Admitted, Cause, Foreign, Policy, PublisherIdentity, Refused, admit)
 from lifecycle_common import timeutil, wire
+from lifecycle_common.wire import compiled_decode
 from lifecycle_publisher import notifications
 from lifecycle_publisher.domain_event import DomainEvent, Inventory
 from lifecycle_publisher.libvirt_codes import Event, StartedDetail
@@ -105,7 +106,7 @@ def test_admit(body, user_id, policy, becomes, reason):
 def test_admit_never_raises_whatever_decoding_raises(monkeypatch):
     def explode(body):
         raise RecursionError("maximum recursion depth exceeded")
-    monkeypatch.setattr(wire, "decode", explode)
+    monkeypatch.setattr(compiled_decode, "decode", explode)
     verdict = admit(event_body(), None, NOW, ANY)
     assert verdict == Refused("cannot be decoded: RecursionError: maximum recursion depth "
                               "exceeded", Cause.UNREADABLE)
@@ -119,3 +120,28 @@ def test_the_users_of_hosts_are_the_template_formatted():
 def test_the_real_clock_admits_what_an_agent_stamps_now():
     body = event_body(epoch=int(time.time()), occurred_at=time.time())
     assert isinstance(admit(body, None, time.time(), ANY), Admitted)
+
+
+def test_admit_never_raises_whatever_the_plain_decoder_raises(monkeypatch):
+    """A body the compiled types cannot decide goes to wire.decode: whatever that
+    raises, admission refuses the message."""
+    from lifecycle_common.wire import envelope
+
+    def explode(body):
+        raise RecursionError("maximum recursion depth exceeded")
+    monkeypatch.setattr(envelope, "decode", explode)
+    body = with_data(event_body(), epoch=7.0)  # JSON Schema's integer; not msgspec's int
+    assert compiled_decode.decode_typed(body) is None
+    assert admit(body, None, NOW, ANY) == Refused(
+        "cannot be decoded: RecursionError: maximum recursion depth exceeded", Cause.UNREADABLE)
+
+
+def test_admission_reads_through_the_compiled_types(monkeypatch):
+    """Our own notifications are read by the compiled types, not by wire.decode."""
+    from lifecycle_common.wire import envelope
+    calls = []
+    original = envelope.decode
+    monkeypatch.setattr(envelope, "decode", lambda body: calls.append(body) or original(body))
+    for body in (event_body(), heartbeat_body(), inventory_body()):
+        assert isinstance(admit(body, HOST, NOW, HOST_USER), Admitted)
+    assert calls == []
