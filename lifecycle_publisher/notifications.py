@@ -68,6 +68,9 @@ def cached_translated_fields(event: int, detail: int, observed: translation.Obse
     return translated_fields(event, detail, observed, previous)
 
 
+_build_lifecycle_payload = payloads.frozen_dataclass_builder(payloads.InstanceLifecyclePayload)
+
+
 def instance_notification(host: str, epoch: int, event: DomainEvent,
                           observed: translation.Observed | None = None,
                           previous: translation.Transition | None = None) -> Notification:
@@ -75,7 +78,7 @@ def instance_notification(host: str, epoch: int, event: DomainEvent,
     the domain's previous transition on this host (None: not known)."""
     fields = cached_translated_fields(event.event, event.detail, observed, previous)
     occurred = timeutil.isoformat_epoch(event.occurred_at)
-    payload = payloads.from_ordered_fields(payloads.InstanceLifecyclePayload, {
+    payload = _build_lifecycle_payload({
         "uuid": event.uuid,
         "name": limits.clip_name(event.name),
         "host": host,

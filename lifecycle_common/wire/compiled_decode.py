@@ -14,7 +14,7 @@ Measured on this project's machines (benchmarks/micro_consumer.py, an 859-byte
 lifecycle event): ``wire.decode`` about 35 microseconds a message (orjson twice, then
 fastjsonschema over the payload's dict, then the dataclasses); ``decode`` about 10
 (msgspec straight into typed structs, the date-time format checked by the schemas' own
-check, the frozen dataclasses built by ``frozen_dataclass_builder``).
+check, the frozen dataclasses built by ``payloads.frozen_dataclass_builder``).
 
 How the schemas become types (only what the payload schemas use; anything else makes
 ``compile_schema`` raise, and a test compiles every current schema):
@@ -158,34 +158,7 @@ def _only(schema: dict, allowed: set, name: str) -> None:
 
 # -- building the frozen dataclasses --------------------------------------------------------
 
-def frozen_dataclass_builder(cls) -> Callable[[dict], Any]:
-    """A function of a dict of ``cls``'s field values, in field order, that returns the
-    instance ``cls(**values)`` would, without the frozen dataclass's ``__init__``
-    (which sets each field through ``object.__setattr__``): the dict becomes the
-    instance's ``__dict__``. For InstanceLifecyclePayload (15 fields) 1.2 microseconds
-    where ``__init__`` takes 4.0; for Notification 0.6 where it takes 1.7
-    (benchmarks/micro_consumer.py's machine). Only for a frozen dataclass whose
-    instances have a ``__dict__``, with every field set by ``__init__`` and no
-    ``__post_init__``; for any other class, ``cls(**values)`` itself (a test checks
-    both give equal instances with equal ``vars``)."""
-    fields = dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else ()
-    params = getattr(cls, "__dataclass_params__", None)
-    plain = (not fields or params is None or not params.frozen
-             or hasattr(cls, "__post_init__") or "__slots__" in vars(cls)
-             or any(not f.init for f in fields)
-             or any(isinstance(f.type, dataclasses.InitVar) for f in fields))
-    if plain:
-        return lambda values: cls(**values)
-    new, set_attribute = object.__new__, object.__setattr__
-
-    def build(values: dict):
-        instance = new(cls)
-        set_attribute(instance, "__dict__", values)
-        return instance
-    return build
-
-
-_build_notification = frozen_dataclass_builder(Notification)
+_build_notification = payloads.frozen_dataclass_builder(Notification)
 
 
 # -- the typed messages ------------------------------------------------------------------
@@ -215,7 +188,7 @@ def _typed_payload(cls) -> _TypedPayload:
         [("version", Literal[cls.VERSION], msgspec.field(name=f"{_KEY}.version")),
          ("data", data.type, msgspec.field(name=f"{_KEY}.data"))],
         tag_field=f"{_KEY}.name", tag=cls.NAME)
-    return _TypedPayload(cls, data, payload_type, frozen_dataclass_builder(cls),
+    return _TypedPayload(cls, data, payload_type, payloads.frozen_dataclass_builder(cls),
                          tuple((field, schemas.FORMATS[fmt]) for field, fmt in data.formats))
 
 
@@ -254,7 +227,7 @@ class _Envelope(msgspec.Struct):
 _read_envelope = msgspec.json.Decoder(_Envelope).decode
 _read_message = msgspec.json.Decoder(_Message).decode
 _by_payload_type = {t.payload_type: t for t in _typed_payloads.values()}
-_build_entry = frozen_dataclass_builder(payloads.InventoryEntry)
+_build_entry = payloads.frozen_dataclass_builder(payloads.InventoryEntry)
 _asdict = msgspec.structs.asdict
 
 

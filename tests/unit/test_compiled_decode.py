@@ -287,7 +287,7 @@ def test_frozen_dataclass_builders_build_what_the_constructors_build(event_type)
     for cls, instance in [(wire.Notification, note), (type(payload), payload),
                           *((payloads.InventoryEntry, e) for e in getattr(payload, "instances", ()))]:
         values = {f.name: getattr(instance, f.name) for f in dataclasses.fields(cls)}
-        built = compiled_decode.frozen_dataclass_builder(cls)(dict(values))
+        built = payloads.frozen_dataclass_builder(cls)(dict(values))
         plain = cls(**values)
         assert type(built) is cls
         assert built == plain and hash(built) == hash(plain) and repr(built) == repr(plain)
@@ -312,6 +312,6 @@ def test_other_classes_are_built_by_their_constructors():
     class Mutable:
         a: int
 
-    assert compiled_decode.frozen_dataclass_builder(Slotted)({"a": 1}) == Slotted(1)
-    assert compiled_decode.frozen_dataclass_builder(PostInit)({"a": 1}).a == 2
-    assert compiled_decode.frozen_dataclass_builder(Mutable)({"a": 1}) == Mutable(1)
+    assert payloads.frozen_dataclass_builder(Slotted)({"a": 1}) == Slotted(1)
+    assert payloads.frozen_dataclass_builder(PostInit)({"a": 1}).a == 2
+    assert payloads.frozen_dataclass_builder(Mutable)({"a": 1}) == Mutable(1)

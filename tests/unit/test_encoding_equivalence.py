@@ -178,10 +178,10 @@ def test_every_sample_decoded_encodes_as_the_plain_way(sample):
 
 # -- each trick on its own -----------------------------------------------------------------
 
-def test_a_payload_from_ordered_fields_is_the_constructors():
+def test_a_payload_from_the_frozen_dataclass_builder_is_the_constructors():
     fields = dataclasses.asdict(plain_instance_notification(
         HOST, EPOCH, an_event(Event.STARTED, 0), Observed(DomainState.RUNNING, 1)).payload)
-    built = payloads.from_ordered_fields(payloads.InstanceLifecyclePayload, dict(fields))
+    built = payloads.frozen_dataclass_builder(payloads.InstanceLifecyclePayload)(dict(fields))
     constructed = payloads.InstanceLifecyclePayload(**fields)
     assert built == constructed and hash(built) == hash(constructed)
     assert repr(built) == repr(constructed)
@@ -192,7 +192,7 @@ def test_a_payload_from_ordered_fields_is_the_constructors():
 
 
 def test_the_instance_payload_literal_holds_every_field_in_order():
-    """``instance_notification``'s dict literals are what from_ordered_fields relies
+    """``instance_notification``'s dict literals are what frozen_dataclass_builder relies
     on: every field, in declaration order, nothing else."""
     note = notifications.instance_notification(HOST, EPOCH, an_event(2, 0))
     for instance in (note, note.payload):
