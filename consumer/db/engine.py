@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import socket
+import weakref
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
@@ -52,10 +53,11 @@ def create(url: str, timeouts: Timeouts = Timeouts()) -> sa.Engine:
         return _sqlite(url, timeouts)
     options = {}
     connect_args = {}
-    if backend == "postgresql" and parsed.get_driver_name() == "psycopg2":
-        # A batch's UPDATEs of many instance rows in a few round trips (execute_batch)
-        # rather than one round trip per row.
-        options.update(executemany_mode="values_plus_batch", executemany_batch_page_size=500)
+    if backend == "postgresql" and parsed.get_driver_name() in ("psycopg2", "psycopg"):
+        if parsed.get_driver_name() == "psycopg2":
+            # A batch's UPDATEs of many instance rows in a few round trips (execute_batch)
+            # rather than one round trip per row.
+            options.update(executemany_mode="values_plus_batch", executemany_batch_page_size=500)
         connect_args = postgresql_connect_args(timeouts, dict(parsed.query))
     elif backend in ("mysql", "mariadb") and parsed.get_driver_name() == "pymysql":
         connect_args = mysql_connect_args(timeouts, dict(parsed.query))
@@ -65,7 +67,23 @@ def create(url: str, timeouts: Timeouts = Timeouts()) -> sa.Engine:
                               connect_args=connect_args, **options)
     if backend in ("mysql", "mariadb") and parsed.get_driver_name() == "pymysql":
         _bound_mysql_sessions(engine, timeouts)
+    if backend == "postgresql" and connect_args:
+        _, params = engine.dialect.create_connect_args(engine.url)
+        _LIBPQ_PARAMS[engine] = {**params, **connect_args}
     return engine
+
+
+# The libpq parameters of each PostgreSQL engine ``create`` made: its URL's and those of
+# its Timeouts, for connections of psycopg 3's own beside the engine's pool.
+_LIBPQ_PARAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def libpq_params(engine: sa.Engine) -> dict | None:
+    """The keyword arguments of ``psycopg.connect`` that reach the database of
+    ``engine`` as its own connections do: the same hosts (a multi-host URL's list, with
+    its target_session_attrs), credentials and ``Timeouts``. None: ``engine`` is not a
+    PostgreSQL engine made by ``create``."""
+    return _LIBPQ_PARAMS.get(engine)
 
 
 def postgresql_connect_args(timeouts: Timeouts, query: dict) -> dict:

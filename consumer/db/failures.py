@@ -24,6 +24,10 @@ that failed: the server answered that it is read-only (an old primary after a fa
 or a standby), or the connection was lost. New connections then go through the URL's
 host list again (libpq's ``target_session_attrs=read-write``); a pre-ping would not
 help, as a read-only server answers it.
+
+PostgreSQL's errors are read alike whether psycopg2 (the engine's pool) or psycopg 3 (the
+store's pipeline, ``postgresql_pipeline``) raised them: by SQLSTATE, or as the
+connection's failure when libpq raised them without one.
 """
 
 from __future__ import annotations
@@ -86,9 +90,9 @@ def classify(exc: sa_exc.DBAPIError) -> Failure:
     if exc.connection_invalidated:
         return Failure.UNAVAILABLE
     orig = exc.orig
-    pgcode = getattr(orig, "pgcode", None)
     module = type(orig).__module__
-    if module.startswith("psycopg2"):
+    if _is_postgresql(module):
+        pgcode = _sqlstate(orig)
         if pgcode is None:  # raised by libpq, not the server: the connection failed
             return Failure.UNAVAILABLE
         if pgcode in _PG_CONFLICT:
@@ -126,11 +130,22 @@ def discard_pool(exc: sa_exc.DBAPIError) -> bool:
         return True
     orig = exc.orig
     module = type(orig).__module__
-    if module.startswith("psycopg2"):
-        pgcode = getattr(orig, "pgcode", None)
+    if _is_postgresql(module):
+        pgcode = _sqlstate(orig)
         return pgcode is None or pgcode in _PG_READ_ONLY or pgcode[:2] == "08"
     if module.startswith("pymysql"):
         args = getattr(orig, "args", ())
         errno = args[0] if args and isinstance(args[0], int) else None
         return errno is None or errno in _MYSQL_CLIENT or errno in _MYSQL_READ_ONLY
     return False
+
+
+def _is_postgresql(module: str) -> bool:
+    """Whether an exception of ``module`` is psycopg2's or psycopg 3's."""
+    return module.split(".", 1)[0] in ("psycopg2", "psycopg")
+
+
+def _sqlstate(orig: BaseException) -> str | None:
+    """The server's SQLSTATE of a psycopg2 (``pgcode``) or psycopg 3 (``sqlstate``)
+    error; None when libpq raised it (the connection failed, not the statement)."""
+    return getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)

@@ -35,6 +35,8 @@ hosts = sa.Table(
     **MYSQL_TABLE,
 )
 
+# PostgreSQL: fillfactor 70 (migration 0005), so that rewriting a row is mostly a HOT
+# update that touches no index.
 instances = sa.Table(
     "instances", metadata,
     sa.Column("uuid", sa.String(36), primary_key=True),

@@ -276,15 +276,15 @@ def test_any_exception_while_applying_dead_letters_only_that_message(
         amqp_isolation, db_engine, topology_queue, run_service, wait_for, monkeypatch):
     """A defect of the store's own (simulated: folding one instance raises) costs the
     message that met it, with the exception as its reason, and nothing else."""
-    from consumer import store as store_module
+    from consumer import fold as fold_module
     cursed = str(uuid.uuid4())
-    fold = store_module._fold
+    fold_note = fold_module.fold_note
 
     def fold_or_raise(current, note, *args):
         if getattr(note.payload, "uuid", None) == cursed:
             raise KeyError("a defect")
-        return fold(current, note, *args)
-    monkeypatch.setattr(store_module, "_fold", fold_or_raise)
+        return fold_note(current, note, *args)
+    monkeypatch.setattr(fold_module, "fold_note", fold_or_raise)
     vms = [str(uuid.uuid4()) for _ in range(9)] + [cursed]
     for seq, vm in enumerate(vms, 1):
         amqp_isolation.publish(body(seq, vm), message_id=f"m{seq}")

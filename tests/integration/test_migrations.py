@@ -115,3 +115,12 @@ def test_names_compare_exactly_and_hold_any_character(empty_engine):
     assert vm_name == "日本語の名前 🚀"
     assert names == {"compute-1", "Compute-1", "compute-1.example"}
     assert found == []
+
+
+@pytest.mark.parametrize("empty_db_url", ["postgresql"], indirect=True)
+def test_instances_leave_room_for_hot_updates_on_postgresql(empty_engine):
+    migrate.sync(empty_engine)
+    with empty_engine.connect() as conn:
+        options = conn.exec_driver_sql(
+            "SELECT reloptions FROM pg_class WHERE relname = 'instances'").scalar()
+    assert options == ["fillfactor=70"]

@@ -1,6 +1,5 @@
 """consumer.apply_rules: which notification changes an instance row, and how."""
 
-import dataclasses
 import datetime
 
 import pytest
@@ -19,14 +18,14 @@ def row(**changes) -> InstanceRow:
     base = InstanceRow(uuid=UUID, name="vm-1", host="host-a", power_state="running",
                        deleted=False, epoch=100, seq=10, last_event_type="instance.started",
                        event_occurred_at=at(0))
-    return dataclasses.replace(base, **changes)
+    return base._replace(**changes)
 
 
 def obs(**changes) -> Observation:
     base = Observation(uuid=UUID, name="vm-1", host="host-a", epoch=100, seq=11,
                        occurred_at=at(1), event_type="instance.paused", power_state="paused",
                        deleted=False)
-    return dataclasses.replace(base, **changes)
+    return base._replace(**changes)
 
 
 # -- the host that owns the row: (epoch, seq) decides -------------------------------

@@ -51,6 +51,29 @@ def test_postgresql(pgcode, what, failure, discard):
     assert discard_pool(error) is discard
 
 
+@pytest.mark.parametrize(("pgcode", "what", "failure", "discard"), PG,
+                         ids=[f"{code}-{what}" for code, what, _, _ in PG])
+def test_postgresql_through_psycopg3(pgcode, what, failure, discard):
+    """psycopg 3's own errors (the store's pipeline), wrapped as the pipeline wraps
+    them: classified as psycopg2's of the same SQLSTATE are."""
+    import psycopg
+    from psycopg import errors
+    cls = psycopg.OperationalError if pgcode is None else errors.lookup(pgcode)
+    error = sa_exc.DBAPIError.instance(None, None, cls(what), psycopg.Error,
+                                       hide_parameters=True)
+    assert classify(error) is failure
+    assert discard_pool(error) is discard
+
+
+def test_psycopg3_duplicate_key_is_an_integrity_error_the_store_retries():
+    import psycopg
+    from psycopg import errors
+    error = sa_exc.DBAPIError.instance(None, None, errors.UniqueViolation("duplicate key"),
+                                       psycopg.Error, hide_parameters=True)
+    assert isinstance(error, sa_exc.IntegrityError)
+    assert classify(error) is Failure.REFUSED and not discard_pool(error)
+
+
 MYSQL = [
     (1969, "max_statement_time exceeded (MariaDB)", Failure.UNAVAILABLE, False),
     (3024, "max_execution_time exceeded (MySQL)", Failure.UNAVAILABLE, False),

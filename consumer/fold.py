@@ -1,0 +1,367 @@
+"""The fold of a batch of notifications into the rows to write. Pure: no I/O, table-tested.
+
+``Store`` reads what the fold needs and writes what it returns, in one transaction:
+1. ``Batch(notes)`` sorts the notes out (heartbeats; one note per ``(host, epoch, seq)``
+   key, a repeat within the batch counted as a duplicate);
+2. the store reads which of ``batch.keys`` the journal holds (``fresh`` are the others),
+   the instance rows ``instances_to_load(fresh)`` names (locked), the host rows
+   ``batch.host_names(fresh)`` names (locked), and the last words
+   ``words_wanted(fresh, rows)`` asks for (from the journal);
+3. ``fold(...)`` returns ``Writes``: the journal rows, the instance and host rows to
+   insert and to overwrite, the deleted rows to renumber, and the ``BatchResult``.
+
+``apply_rules`` decides each instance's change; this module decides the order in which
+the batch's notes meet the rows, and each host's position and liveness.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+from collections import Counter
+from typing import NamedTuple, Optional
+
+from lifecycle_common import timeutil
+from lifecycle_common.power_state import PowerState
+from lifecycle_common.wire import Notification
+from lifecycle_common.wire.payloads import (
+    HostHeartbeatPayload, HostInventoryPayload, InstanceLifecyclePayload)
+from consumer import apply_rules
+from consumer.apply_rules import InstanceRow, Observation, Outcome
+
+LOG = logging.getLogger(__name__)
+
+# Transitions that say the guest runs on the event's host (see apply_rules.is_newer).
+RUNS_HERE = frozenset({"started", "resumed"})
+
+Key = tuple[str, int, int]  # (host, epoch, seq)
+_OUTCOME_TEXT = {outcome: outcome.value for outcome in Outcome}
+
+
+@dataclasses.dataclass
+class BatchResult:
+    outcomes: Counter = dataclasses.field(default_factory=Counter)
+    duplicates: int = 0
+    heartbeats: int = 0
+    applied_at: datetime.datetime | None = None
+    # (event_type, occurred_at in seconds since the epoch) of each message applied:
+    # for counting by type and timing callback -> commit.
+    applied: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    # Seconds each host that beat in the batch is ahead of this consumer's clock (the
+    # moment its last heartbeat says, less when it arrived): reported, never decided on.
+    clock_offsets: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+class HostRow(NamedTuple):
+    """A ``hosts`` row; timestamps naive UTC, as stored."""
+    name: str
+    status: str
+    agent_status: str
+    libvirt_connected: bool
+    last_heartbeat_at: Optional[datetime.datetime]
+    epoch: int
+    last_seq: int
+    updated_at: datetime.datetime
+    clock_offset: Optional[float]
+
+
+class JournalRow(NamedTuple):
+    """A ``journal`` row; timestamps naive UTC, as stored. (Records are NamedTuples, as
+    in ``apply_rules``: one or more per event.)"""
+    host: str
+    epoch: int
+    seq: int
+    event_type: str
+    instance_uuid: Optional[str]
+    outcome: str
+    occurred_at: datetime.datetime
+    applied_at: datetime.datetime
+
+
+@dataclasses.dataclass
+class Writes:
+    """What one batch writes, in this order: ``start_over`` (for each ``(host,
+    epoch)``, that host's deleted rows of a greater epoch renumbered ``(epoch, 0)``),
+    the journal rows, the new instance rows and those overwritten (every row written
+    takes ``applied_at``), the new host rows and those overwritten."""
+    start_over: list[tuple[str, int]]
+    journal: list[JournalRow]
+    new_instances: list[InstanceRow]
+    changed_instances: list[InstanceRow]
+    new_hosts: list[HostRow]
+    changed_hosts: list[HostRow]
+    applied_at: datetime.datetime  # naive UTC
+    result: BatchResult
+
+
+class Batch:
+    """A batch's notes sorted out: its heartbeats, and its sequenced notes (events and
+    inventories) one per key, the last to arrive of each; a key repeated within the
+    batch is a duplicate."""
+
+    def __init__(self, notes: list[Notification]):
+        self.heartbeats: list[HostHeartbeatPayload] = []
+        self.sequenced: dict[Key, Notification] = {}
+        self.repeated = 0
+        self._fresh: tuple[frozenset, list[Notification]] | None = None
+        for note in notes:
+            p = note.payload
+            if isinstance(p, HostHeartbeatPayload):
+                self.heartbeats.append(p)
+            else:
+                key = (p.host, p.epoch, p.seq)
+                if key in self.sequenced:
+                    self.repeated += 1
+                self.sequenced[key] = note
+
+    @property
+    def keys(self) -> list[Key]:
+        return list(self.sequenced)
+
+    def fresh(self, journaled: set[Key]) -> list[Notification]:
+        """The sequenced notes the journal does not hold, in the order they apply in
+        (``in_order``)."""
+        journaled = frozenset(journaled)
+        if self._fresh is None or self._fresh[0] != journaled:
+            keys = [k for k in self.sequenced if k not in journaled]
+            self._fresh = (journaled, [self.sequenced[k] for k in in_order(keys, self.sequenced)])
+        return list(self._fresh[1])
+
+    def host_names(self, fresh: list[Notification]) -> list[str]:
+        """The hosts whose rows the fold may write: those of ``fresh`` and of the
+        heartbeats."""
+        return sorted({n.payload.host for n in fresh} | {hb.host for hb in self.heartbeats})
+
+
+def in_order(keys: list[Key], notes: dict[Key, Notification]) -> list[Key]:
+    """The batch's keys in the order they arrived, except that each host's own are in
+    its order: between hosts, arrival decides (no clock is compared); within a host,
+    ``(epoch, seq)``, where a host that starts over with a new state (an inventory
+    with new_state) puts what it said before it first, whatever its epochs."""
+    by_host: dict[str, list] = {}
+    for key in keys:
+        by_host.setdefault(key[0], []).append(key)
+    starting_over = {k[0] for k in keys if _is_new_state(notes[k])}
+    ordered = {}
+    for host, own in by_host.items():
+        restart = None
+        if host in starting_over:
+            restart = next(i for i, k in enumerate(own) if _is_new_state(notes[k]))
+        if restart is None:
+            ordered[host] = iter(sorted(own))
+        else:
+            ordered[host] = iter(sorted(own[:restart]) + sorted(own[restart:]))
+    return [next(ordered[key[0]]) for key in keys]
+
+
+def instances_to_load(fresh: list[Notification]) -> tuple[set[str], set[str]]:
+    """What the fold of ``fresh`` reads: the rows of these uuids, and every row not
+    deleted of these hosts (an inventory is the truth for its host)."""
+    uuids: set[str] = set()
+    inventory_hosts: set[str] = set()
+    for note in fresh:
+        p = note.payload
+        if isinstance(p, InstanceLifecyclePayload):
+            uuids.add(p.uuid)
+        elif isinstance(p, HostInventoryPayload):
+            uuids.update(e.uuid for e in p.instances)
+            inventory_hosts.add(p.host)
+    return uuids, inventory_hosts
+
+
+def words_wanted(fresh: list[Notification], rows: dict[str, InstanceRow]) -> set[tuple[str, str]]:
+    """The ``(uuid, host)`` pairs whose last word (the newest ``(epoch, seq)`` the host
+    said about the instance, from the journal) the fold needs: a note about an instance
+    another host owns."""
+    wanted: set[tuple[str, str]] = set()
+    for note in fresh:
+        p = note.payload
+        if isinstance(p, InstanceLifecyclePayload):
+            uuids = (p.uuid,)
+        elif isinstance(p, HostInventoryPayload):
+            uuids = tuple(e.uuid for e in p.instances)
+        else:
+            continue
+        for uuid in uuids:
+            row = rows.get(uuid)
+            if row is not None and row.host != p.host:
+                wanted.add((uuid, p.host))
+    return wanted
+
+
+def said(words: dict, uuid: str, host: str, epoch: int, seq: int) -> None:
+    """Record in ``words`` that ``host`` said ``(epoch, seq)`` about ``uuid`` (the
+    newest counts)."""
+    key = (uuid, host)
+    if key not in words or (epoch, seq) > words[key]:
+        words[key] = (epoch, seq)
+
+
+def fold(batch: Batch, journaled: set[Key], rows: dict[str, InstanceRow],
+         words: dict[tuple[str, str], tuple[int, int]], hosts: dict[str, HostRow],
+         now: datetime.datetime) -> Writes:
+    """What applying ``batch`` writes, given the keys the journal holds, the rows
+    ``instances_to_load`` names as they are, the last words ``words_wanted`` asks for,
+    the host rows ``batch.host_names`` names, and ``now`` (aware)."""
+    journaled = journaled & batch.sequenced.keys()
+    result = BatchResult(applied_at=now, duplicates=batch.repeated + len(journaled),
+                         heartbeats=len(batch.heartbeats))
+    fresh = batch.fresh(journaled)
+    start_over = [(n.payload.host, n.payload.epoch) for n in fresh if _is_new_state(n)]
+    original = _started_over_deleted(rows, start_over)
+    current: dict[str, Optional[InstanceRow]] = dict(original)
+    words = dict(words)
+    applied_at = naive_utc(now)
+    journal_rows = []
+    counted = []  # what sets each host's position (not what came before a new state)
+    outcomes = {outcome: 0 for outcome in Outcome}
+    applied = result.applied
+    for note in fresh:
+        p = note.payload
+        if isinstance(p, HostInventoryPayload) and p.new_state:
+            _start_over(current, p.host, p.epoch)
+            counted = [q for q in counted if q.host != p.host]
+        counted.append(p)
+        occurred_at = timeutil.parse(p.occurred_at)  # aware, in UTC
+        outcome, uuid = fold_note(current, note, occurred_at, words)
+        outcomes[outcome] += 1
+        if outcome is Outcome.APPLIED:
+            applied.append((note.event_type, occurred_at.timestamp()))
+        journal_rows.append(JournalRow(
+            p.host, p.epoch, p.seq, note.event_type, uuid, _OUTCOME_TEXT[outcome],
+            occurred_at.replace(tzinfo=None), applied_at))
+    result.outcomes.update({o: n for o, n in outcomes.items() if n})
+
+    new_instances, changed_instances = [], []
+    for uuid, row in current.items():
+        if row is not None and row != original.get(uuid):
+            (changed_instances if uuid in original else new_instances).append(row)
+    restarted = {p.host for p in counted if isinstance(p, HostInventoryPayload) and p.new_state}
+    new_hosts, changed_hosts, result.clock_offsets = _hosts(
+        counted, batch.heartbeats, hosts, now, restarted)
+    return Writes(start_over, journal_rows, new_instances, changed_instances,
+                  new_hosts, changed_hosts, applied_at, result)
+
+
+def fold_note(current: dict[str, Optional[InstanceRow]], note: Notification,
+              occurred_at: datetime.datetime, words: dict) -> tuple[Outcome, str | None]:
+    """Apply one notification to the in-memory rows; return its outcome and the uuid it
+    is about (None for an inventory). ``words`` learns what the note's host said."""
+    p = note.payload
+    if isinstance(p, InstanceLifecyclePayload):
+        if p.transition == "ignored":
+            return Outcome.IGNORED, p.uuid
+        obs = Observation(
+            uuid=p.uuid, name=p.name, host=p.host, epoch=p.epoch, seq=p.seq,
+            occurred_at=occurred_at, event_type=note.event_type,
+            power_state=p.power_state, deleted=p.transition == "undefined",
+            runs_here=p.transition in RUNS_HERE)
+        current[p.uuid], outcome = apply_rules.apply(
+            current.get(p.uuid), obs, words.get((p.uuid, p.host)))
+        said(words, p.uuid, p.host, p.epoch, p.seq)
+        return outcome, p.uuid
+    # An inventory: the truth for its host.
+    listed = set()
+    for entry in p.instances:
+        listed.add(entry.uuid)
+        obs = Observation(
+            uuid=entry.uuid, name=entry.name, host=p.host, epoch=p.epoch, seq=p.seq,
+            occurred_at=occurred_at, event_type=note.event_type,
+            power_state=entry.power_state, deleted=False,
+            runs_here=entry.power_state == PowerState.RUNNING.value)
+        current[entry.uuid], _ = apply_rules.apply(
+            current.get(entry.uuid), obs, words.get((entry.uuid, p.host)))
+        said(words, entry.uuid, p.host, p.epoch, p.seq)
+    for uuid, row in list(current.items()):
+        if uuid not in listed and row is not None:
+            gone = apply_rules.vanished(row, p.host, p.epoch, p.seq, occurred_at)
+            if gone is not None:
+                current[uuid] = gone
+    return Outcome.APPLIED, None
+
+
+def naive_utc(moment: datetime.datetime) -> datetime.datetime:
+    """Datetimes are stored naive, in UTC, on every backend."""
+    return moment.astimezone(timeutil.UTC).replace(tzinfo=None)
+
+
+def _is_new_state(note: Notification) -> bool:
+    p = note.payload
+    return isinstance(p, HostInventoryPayload) and p.new_state
+
+
+def _started_over_deleted(rows: dict[str, InstanceRow],
+                          start_over: list[tuple[str, int]]) -> dict[str, InstanceRow]:
+    """``rows`` as they are once ``Writes.start_over`` has renumbered the deleted rows
+    of each host starting over (the store writes that for the rows it did not load)."""
+    if not start_over:
+        return rows
+    rows = dict(rows)
+    for host, epoch in start_over:
+        for uuid, row in rows.items():
+            if row.deleted and row.host == host and row.epoch > epoch:
+                rows[uuid] = row._replace(epoch=epoch, seq=0)
+    return rows
+
+
+def _start_over(current: dict[str, Optional[InstanceRow]], host: str, epoch: int) -> None:
+    """A host starts over with a new state (its state directory was new or lost): its
+    epoch is its newest, whatever its value. Its rows marked with a greater epoch (the
+    counters of an earlier state, started with a clock that was ahead) yield to it."""
+    moved = 0
+    for uuid, row in current.items():
+        if row is not None and row.host == host and row.epoch > epoch:
+            current[uuid] = row._replace(epoch=epoch, seq=0)
+            moved += 1
+    if moved:
+        LOG.warning("host %s starts over with a new state at epoch %d, below the epoch of "
+                    "%d of its instances (an earlier state of it started with a clock "
+                    "ahead): they now yield to its new epoch", host, epoch, moved)
+
+
+def _hosts(payloads: list, heartbeats: list[HostHeartbeatPayload], existing: dict[str, HostRow],
+           now: datetime.datetime, restarted: set[str]
+           ) -> tuple[list[HostRow], list[HostRow], dict[str, float]]:
+    """Each host's position (the newest ``(epoch, seq)`` it was heard at) and, from its
+    heartbeats, its liveness: a heartbeat's arrival here, on this consumer's clock, is
+    what keeps a host up (never the moment the host's clock wrote in it). A heartbeat
+    of an older epoch than the host's (a redelivery from before a restart) changes
+    nothing; within an epoch the last to arrive wins. ``restarted``: hosts that started
+    over with a new state in this batch: their position is set, even lower. Returns the
+    new rows, the rows overwritten, and each beating host's clock offset."""
+    stamp = naive_utc(now)
+    newest: dict[str, tuple[int, int]] = {}
+    for p in payloads:
+        newest[p.host] = max(newest.get(p.host, (0, 0)), (p.epoch, p.seq))
+    beats: dict[str, HostHeartbeatPayload] = {}
+    for hb in heartbeats:
+        position = (hb.epoch, hb.last_seq)
+        if hb.host in restarted and hb.epoch != newest[hb.host][0]:
+            continue  # from before the host started over
+        newest[hb.host] = max(newest.get(hb.host, (0, 0)), position)
+        if hb.host not in beats or hb.epoch >= beats[hb.host].epoch:
+            beats[hb.host] = hb  # the last to arrive of the newest epoch
+    inserts, updates = [], []
+    offsets = {}
+    for name in sorted(newest):
+        row = existing.get(name)
+        epoch, seq = newest[name]
+        if row is None:
+            values = HostRow(name=name, status="up", agent_status="running",
+                             libvirt_connected=True, last_heartbeat_at=None, epoch=epoch,
+                             last_seq=seq, updated_at=stamp, clock_offset=None)
+        else:
+            values = row._replace(updated_at=stamp)
+            if name in restarted or (epoch, seq) > (row.epoch, row.last_seq):
+                values = values._replace(epoch=epoch, last_seq=seq)
+        hb = beats.get(name)
+        if hb is not None and hb.epoch >= values.epoch:
+            offset = (timeutil.parse(hb.occurred_at) - now).total_seconds()
+            offsets[name] = offset
+            values = values._replace(
+                last_heartbeat_at=stamp, agent_status=hb.status,
+                libvirt_connected=hb.libvirt_connected, clock_offset=offset,
+                status="down" if hb.status == "stopping" else "up")
+        (inserts if row is None else updates).append(values)
+    return inserts, updates, offsets
