@@ -35,7 +35,10 @@ delivered message. ``read_available`` takes whatever the socket holds in one ``r
 and splits it into frames itself, handing each to py-amqp's own frame handler
 (callbacks run there, as under ``drain_events``). An incomplete last frame is left in
 py-amqp's read buffer, which its own reads take first, so the two ways of reading can
-be mixed on one connection. Over TLS the socket cannot be read without waiting, so
+be mixed on one connection. The publisher confirms among them (``basic.ack``,
+``basic.nack``: most of what a publishing connection reads) go straight to the channel's
+callbacks (``handle_confirm``), every other frame through py-amqp's handler. Over TLS
+the socket cannot be read without waiting, so
 frames are read one by one with py-amqp, for as long as the socket or the TLS layer's
 own buffer holds bytes.
 """
@@ -45,6 +48,7 @@ from __future__ import annotations
 import select
 import socket
 import struct
+import weakref
 from typing import Optional
 
 import amqp
@@ -183,9 +187,11 @@ def read_available(connection: amqp.Connection) -> int:
 
 
 def _handle_frames(connection: amqp.Connection, transport, buf: bytes) -> int:
-    """Hand each whole frame of ``buf`` to py-amqp; keep the rest in its buffer, also
-    when a callback raises (what follows the failing frame is not lost)."""
+    """Hand each whole frame of ``buf`` to py-amqp (a publisher confirm to
+    ``handle_confirm`` first); keep the rest in its buffer, also when a callback raises
+    (what follows the failing frame is not lost)."""
     offset, handled, end = 0, 0, len(buf)
+    in_content = _in_content(connection)
     try:
         while end - offset >= _FRAME_HEAD.size:
             frame_type, channel, size = _FRAME_HEAD.unpack_from(buf, offset)
@@ -197,10 +203,66 @@ def _handle_frames(connection: amqp.Connection, transport, buf: bytes) -> int:
                                       f"after a type {frame_type} frame")
             offset = start + size + 1
             handled += 1
-            connection.on_inbound_frame((frame_type, channel, buf[start:start + size]))
+            if (frame_type == _METHOD and size == _CONFIRM.size and channel not in in_content
+                    and handle_confirm(connection, channel, buf, start)):
+                continue
+            if connection.on_inbound_frame((frame_type, channel, buf[start:start + size])):
+                in_content.discard(channel)  # a whole method handled
+            elif frame_type != _HEARTBEAT:
+                in_content.add(channel)  # a content begun (basic.return): header, body next
     finally:
         transport._read_buffer = buf[offset:]
     return handled
+
+
+# -- publisher confirms ---------------------------------------------------------------
+
+_HEARTBEAT = 8
+_CONFIRM = struct.Struct(">HHQB")  # class, method, delivery tag, bits (multiple first)
+_BASIC_ACK, _BASIC_NACK = 80, 120
+_CONFIRM_EVENTS = {_BASIC_ACK: "basic_ack", _BASIC_NACK: "basic_nack"}
+_CONFIRM_SIGS = {_BASIC_ACK: (_BASIC_CLASS, _BASIC_ACK), _BASIC_NACK: (_BASIC_CLASS, _BASIC_NACK)}
+# Per connection: the channels whose content (a returned message's header and body)
+# py-amqp is in the middle of; a method frame there is py-amqp's to refuse.
+_content_channels: "weakref.WeakKeyDictionary[object, set[int]]" = weakref.WeakKeyDictionary()
+
+
+def _in_content(connection) -> set[int]:
+    try:
+        return _content_channels.setdefault(connection, set())
+    except TypeError:  # not weakly referenceable (a test's stand-in): nothing kept
+        return set()
+
+
+def handle_confirm(connection: amqp.Connection, channel_id: int, buf: bytes,
+                   offset: int) -> bool:
+    """If the method frame payload at ``buf[offset:offset + 13]`` is a ``basic.ack`` or
+    ``basic.nack`` on an open channel of ``connection``, run that channel's
+    ``basic_ack``/``basic_nack`` event callbacks with ``(delivery_tag, multiple)``,
+    exactly as py-amqp's ``Channel._on_basic_ack`` would, and return True; otherwise do
+    nothing and return False (py-amqp handles the frame, and raises what it raises).
+
+    The same effect as py-amqp's own handling (tests/unit/test_amqp_read.py compares
+    them): its frame handler counts the frame in ``bytes_recv`` (its heartbeat check
+    reads that) and its channel dispatch decodes the arguments with its generic
+    ``loads`` and looks up the method's listeners. A confirm is one 13-byte payload
+    read with one ``struct`` call: measured here (``timeit``, one ack frame to a
+    callback that does nothing, best of 5, on a busy 2-core machine), 0.8 us against
+    3.9 us through py-amqp's ``on_inbound_frame``. Under a burst the broker sends a
+    confirm per message or per few messages, so this is a good part of the
+    publisher's reading. A channel closing, absent, or with a one-shot
+    waiter on the method (py-amqp's own confirm wait) is left to py-amqp."""
+    cls, method, delivery_tag, bits = _CONFIRM.unpack_from(buf, offset)
+    if cls != _BASIC_CLASS or method not in _CONFIRM_EVENTS:
+        return False
+    channels = getattr(connection, "channels", None)
+    ch = channels.get(channel_id) if channels else None
+    if ch is None or ch.is_closing or _CONFIRM_SIGS[method] in ch._pending:
+        return False
+    connection.bytes_recv += 1
+    for callback in ch.events[_CONFIRM_EVENTS[method]]:
+        callback(delivery_tag, bool(bits & 1))
+    return True
 
 
 def _read_available_frame_by_frame(connection: amqp.Connection) -> int:

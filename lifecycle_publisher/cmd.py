@@ -28,11 +28,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(conf) -> int:
-    from lifecycle_publisher.agent import Agent  # imports libvirt: after option checks
-
     memory.limit_malloc_arenas()  # before the agent starts its threads
     try:
-        agent = when_outbox_writable(lambda: Agent(conf), conf.host, conf.state_path)
+        agent = when_outbox_writable(lambda: build_agent(conf), conf.host, conf.state_path)
     except metrics_http.BindError as exc:
         return common.bind_error("lifecycle-agent", conf, exc)
     except HostMismatch as exc:
@@ -41,6 +39,74 @@ def _run(conf) -> int:
     if agent is None:  # asked to stop while the disk refused
         return 0
     return common.serve(agent)
+
+
+def build_agent(conf):
+    """The agent of this configuration, its parts wired (``build_parts``)."""
+    from lifecycle_publisher.agent import Agent  # imports libvirt: after option checks
+    return Agent(build_parts(conf))
+
+
+def build_parts(conf):
+    """The composition root: the configuration read once, each part built and wired to
+    the others. Opens the outbox (OutboxUnwritable on a full disk, HostMismatch over
+    another host's state) and takes the new epoch.
+
+    libvirt's callback -> ``Inbox`` (a queue and the worker's wake-up) -> the worker
+    thread, which steps the ``OutboxWriter`` and publishes what it wrote (``Publisher``
+    with the writer as its source); the main thread (``Agent``) hears of a lost
+    libvirt connection and of an inventory wanted through ``AgentState``."""
+    # Imported here: they import libvirt and kombu, after the options are checked.
+    from lifecycle_common import broker
+    from lifecycle_publisher.agent import AgentState, Parts, Settings, heartbeat_body
+    from lifecycle_publisher.domain_event import Sequencer
+    from lifecycle_publisher.event_source import EventSource
+    from lifecycle_publisher.outbox import Checkpointer, Outbox
+    from lifecycle_publisher.outbox_writer import OutboxWriter
+    from lifecycle_publisher.publisher import Publisher
+    from lifecycle_publisher.wakeup import Inbox, Wakeup
+
+    agent_opts = conf.agent
+    settings = Settings(
+        host=conf.host, state_path=conf.state_path,
+        heartbeat_interval=agent_opts.heartbeat_interval,
+        inventory_interval=agent_opts.inventory_interval,
+        reconnect_interval_max=conf.libvirt.reconnect_interval_max,
+        shutdown_timeout=agent_opts.shutdown_timeout,
+        outbox_age_degraded_after=conf.health.outbox_age_degraded_after,
+        outbox_age_failing_after=conf.health.outbox_age_failing_after,
+        metrics_bind=((conf.metrics.bind_host, conf.metrics.bind_port)
+                      if conf.metrics.bind_port else None))
+    outbox = Outbox(outbox_path(conf.state_path), agent_opts.outbox_synchronous,
+                    auto_checkpoint=False)
+    try:
+        outbox.claim(conf.host)  # HostMismatch: another host's state
+        opened = outbox.open_epoch()
+    finally:
+        outbox.close()  # this thread's connection: the worker has its own
+    if opened.fresh:
+        LOG.info("host %s: a new state in %s: epoch %d taken from the clock, sequence "
+                 "from 1", conf.host, conf.state_path, opened.epoch)
+    sequencer = Sequencer(opened.next_seq)
+    state = AgentState(conf.host)
+    inbox = Inbox(Wakeup())
+    source = EventSource(conf.libvirt.connection_uri, sequencer, inbox.put,
+                         on_lost=state.libvirt_lost)
+    writer = OutboxWriter(inbox, outbox, conf.host, opened.epoch, observe=source.observe,
+                          stopped_delay=agent_opts.stopped_event_delay,
+                          ask_inventory=state.ask_inventory)
+    publisher = Publisher(
+        outbox, broker.Connector(broker.settings(conf)), conf.control_exchange,
+        [f"{topic}.info" for topic in conf.oslo_messaging_notifications.topics],
+        agent_opts.publish_window, agent_opts.broker_retry_interval_max,
+        lambda: heartbeat_body(settings, opened.epoch, sequencer, state, source),
+        agent_opts.heartbeat_interval, inbox.wake, user_id=agent_opts.broker_user or None,
+        confirm_timeout=agent_opts.confirm_timeout, source=writer,
+        on_source_error=lambda exc: state.failed("the outbox writer", exc))
+    return Parts(settings=settings, outbox=outbox, epoch=opened.epoch,
+                 new_state=opened.fresh, sequencer=sequencer, state=state, inbox=inbox,
+                 source=source, writer=writer, publisher=publisher,
+                 checkpointer=Checkpointer(outbox))
 
 
 def when_outbox_writable(build: Callable[[], T], host: str, state_path: str,

@@ -135,6 +135,11 @@ class ConfirmLedger:
         self._unroutable_rounds += unroutable
         return [(row, sorted(self._retry_keys.pop(row))) for row in sorted(rows)]
 
+    @property
+    def retrying(self) -> bool:
+        """Whether any row waits for a retry (``due`` may hand something out)."""
+        return bool(self._retry)
+
     def next_retry(self) -> Optional[float]:
         return min(self._retry.values(), default=None)
 

@@ -17,7 +17,8 @@ class DomainEvent:
     name: str
     event: int
     detail: int
-    # libvirt's domain object, to read the state after the event off libvirt's thread.
+    # libvirt's domain object, to read the state after the event off libvirt's thread;
+    # None when the event needs no read (outbox_writer.state_read_needed).
     domain: object = dataclasses.field(default=None, compare=False, repr=False)
 
 

@@ -1,8 +1,9 @@
 """libvirt: the event loop thread, the connection, the lifecycle callback, inventories.
 
 The callback runs on libvirt's event loop thread. It only stamps the event (a
-sequence number and the time) and hands it over to a queue; nothing there blocks,
-logs or talks to libvirt over the wire.
+sequence number and the time) and hands it over to the agent's inbox (a queue, and a
+wake-up of the worker once per batch); nothing there blocks, logs or talks to libvirt
+over the wire.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from lifecycle_common.threads import named_thread
 from lifecycle_publisher import translation
 from lifecycle_publisher.errors import LibvirtUnavailable
 from lifecycle_publisher.libvirt_codes import JobType
+from lifecycle_publisher.outbox_writer import state_read_needed
 from lifecycle_publisher.translation import Observed
 
 LOG = logging.getLogger(__name__)
@@ -127,10 +129,13 @@ class EventSource:
         self._on_lost(_CLOSE_REASONS.get(reason, f"reason {reason}"))
 
     def _on_lifecycle(self, conn, dom, event, detail, opaque) -> None:
-        # libvirt's thread: stamp and hand over, nothing else.
+        # libvirt's thread: stamp and hand over, nothing else. The domain object goes
+        # along only when it is to be read after the event: otherwise it is released
+        # here, as any callback's is, not on the worker's thread.
         self._deliver(DomainEvent(
             seq=self._sequencer.next(), occurred_at=time.time(),
-            uuid=dom.UUIDString(), name=dom.name(), event=event, detail=detail, domain=dom))
+            uuid=dom.UUIDString(), name=dom.name(), event=event, detail=detail,
+            domain=dom if state_read_needed(event, detail) else None))
 
     def observe(self, events: list[DomainEvent]) -> dict[str, Observed]:
         """Each event's domain as it is now (one read per domain, however many events

@@ -130,7 +130,7 @@ def _disk_metrics(agent: "Agent") -> Iterator:
 def agent_health(agent: "Agent") -> health.Report:
     """The agent's health now: libvirt, the broker, its threads, the outbox's age and
     its disk."""
-    h = agent.conf.health
+    settings = agent.settings
     now = time.monotonic()
     _, oldest = agent.outbox.depth()
     dead = [name for name, is_alive in agent.thread_states().items() if not is_alive]
@@ -150,8 +150,8 @@ def agent_health(agent: "Agent") -> health.Report:
                      now, "events wait in the outbox"),
         health.threads("threads", dead, agent.failure),
         health.age("outbox", "outbox row", None if oldest is None else max(0.0, time.time() - oldest),
-                   h.outbox_age_degraded_after,
-                   None if broker_away else h.outbox_age_failing_after,
+                   settings.outbox_age_degraded_after,
+                   None if broker_away else settings.outbox_age_failing_after,
                    "the broker is away or blocks the agent"),
         disk_check(agent.outbox.path, agent.writer.outage.current, agent.outbox.held(), now),
     ])

@@ -8,8 +8,17 @@ throughput does not depend on the round trip to the broker. Every message carrie
 AMQP ``user_id`` of the user the agent logged in as, which RabbitMQ checks: a consumer
 can then tell which broker user spoke for which host.
 
-One thread owns the AMQP connection: py-amqp is not thread-safe. ``broker.Connector``
-opens it (TLS, login method, failover); py-amqp reads the broker's frames (confirms,
+One thread owns the AMQP connection: py-amqp is not thread-safe. In the agent it is
+also the thread that writes the outbox: each turn of the loop first steps the outbox
+writer (its ``source``: what libvirt's callback handed over is translated and written,
+one transaction), then sends the rows just written from memory, without reading them
+back, while nothing older waits in the outbox (the outbox is read otherwise: after a
+reconnection, while blocked, past ``FRESH_MAX``). One thread, one ``poll`` over the
+broker's socket and the inbox's wake-up: an event costs one cross-thread wake-up (the
+callback's) instead of two, and no outbox read. The loop never waits on the socket to
+send, and a connection is opened on a thread of its own while the writer goes on, so a
+stalled broker never holds up the outbox. ``broker.Connector`` opens the connection
+(TLS, login method, failover); py-amqp reads the broker's frames (confirms,
 returns, heartbeats, ``connection.blocked``); the publishes themselves are framed by
 ``amqp_frames`` and written in one system call per round, without waiting: what the
 socket does not take is written when it has room, and a broker that takes nothing of
@@ -33,7 +42,7 @@ import logging
 import select
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
 import amqp
 import kombu
@@ -42,17 +51,21 @@ import kombu.exceptions
 from lifecycle_common import amqp_frames, broker, health
 from lifecycle_common.amqp_frames import PublishFramer
 from lifecycle_common.retry import backoff
+from lifecycle_common.threads import named_thread
 from lifecycle_publisher.confirms import ConfirmLedger
 from lifecycle_publisher.errors import BrokerUnavailable, OutboxUnwritable
 from lifecycle_publisher.outbox import Outbox
+from lifecycle_publisher.outbox_writer import Written
 from lifecycle_publisher.wakeup import Wakeup
 
 LOG = logging.getLogger(__name__)
 
 # Confirmed rows are deleted from the outbox in one transaction per half window under
-# load, and otherwise at most this often: a delete per event would cost a SQLite
-# transaction per event at low rates. A crash can therefore republish up to this much
-# of confirmed events; consumers drop them as duplicates (host, epoch, seq).
+# load, and otherwise this long after the first of them was sent (when their confirms
+# are read, if the window had room: see Publisher._wants_frames): a delete per event
+# would cost a SQLite transaction per event at low rates. A crash can therefore
+# republish up to this much of confirmed events; consumers drop them as duplicates
+# (host, epoch, seq).
 DELETE_INTERVAL = 0.2
 
 _BROKER_ERRORS = (OSError, amqp.exceptions.AMQPError, kombu.exceptions.KombuError)
@@ -63,14 +76,42 @@ _BROKER_ERRORS = (OSError, amqp.exceptions.AMQPError, kombu.exceptions.KombuErro
 # clears. Moving costs a reconnection and the window sent again.
 BLOCKED_GIVE_UP = 10
 
+# Rows written and kept in memory for the next send, at most; past it (the broker is
+# slower than the writer), they are read from the outbox in their turn instead.
+FRESH_MAX = 4096
+
+HEARTBEAT_TICK = 1.0  # seconds between py-amqp's heartbeat checks, at most
+
+
+class RowSource(Protocol):
+    """What feeds the publisher's loop: the outbox writer (``OutboxWriter``)."""
+
+    def step(self) -> Written: ...
+    def deadline(self) -> Optional[float]: ...
+    def write_rest(self) -> None: ...
+
 
 class Publisher:
     def __init__(self, outbox: Outbox, connector: broker.Connector, exchange: str,
                  routing_keys: list[str], window: int, retry_max: float,
                  heartbeat: Callable[[], Optional[bytes]], heartbeat_interval: float,
-                 wake: Wakeup, user_id: Optional[str] = None, confirm_timeout: float = 30.0):
+                 wake: Wakeup, user_id: Optional[str] = None, confirm_timeout: float = 30.0,
+                 source: Optional[RowSource] = None,
+                 on_source_error: Callable[[BaseException], None] = lambda exc: None):
         """``user_id``: the user to stamp on every message; None: the user each
-        connection logged in as (``BrokerSettings.login_user``)."""
+        connection logged in as (``BrokerSettings.login_user``).
+
+        ``source``: the outbox writer, stepped on this thread at every turn of the loop
+        (``wake`` is then the inbox's: set for each batch of events handed over), whose
+        rows are sent as written, without reading them back. None: another thread
+        writes the outbox and sets ``wake`` after each commit. A source that raises
+        (a corrupt outbox, a defect) is stepped no more: ``on_source_error`` is told
+        (it must only record it and wake the agent, which stops), a heartbeat goes at
+        once (saying "degraded"), and the publisher goes on with what the outbox holds
+        until it is stopped."""
+        self._source = source
+        self._on_source_error = on_source_error
+        self._source_done = source is None  # its STOP reached: all before it written
         self._outbox = outbox
         self._connector = connector
         self._exchange = exchange
@@ -113,13 +154,15 @@ class Publisher:
     # -- state of one connection ------------------------------------------------
     def _reset_session(self) -> None:
         self.ledger.connection_lost()
-        self._delete_at = 0.0                    # when to delete confirmed rows at the latest
+        self._settle_at: Optional[float] = None  # when to read confirms and delete, at the latest
+        self._tick_at = 0.0                      # when py-amqp's heartbeat check is due
         self._out: list[bytes] = []              # framed publishes not yet written
         self._unwritten = b""                    # what the socket has not taken yet
         self._waiting_to_write_since = 0.0       # when the socket last took something
         self._nacks_at_start = self.ledger.nacks
         self._cursor = 0                         # last outbox row id sent
         self._more = True                        # the outbox may hold unsent rows
+        self._fresh: list[tuple[int, bytes]] = []  # written since, not sent: (id, body)
         self._next_heartbeat = 0.0
         self._farewell_sent = False              # the heartbeat saying "stopping"
 
@@ -127,6 +170,8 @@ class Publisher:
         """Thread body: connect, publish, reconnect with back-off, until stopped."""
         try:
             self._run()
+            if not self._source_done:
+                self._source.write_rest()  # a stop that did not wait for the writes
         finally:
             self._outbox.close()  # this thread's connection
 
@@ -145,11 +190,55 @@ class Publisher:
                 delay = backoff(attempt, self._retry_max)
                 LOG.warning("broker unavailable (%s); %d events wait in the outbox; "
                             "retrying in %.1fs", exc, self._outbox.pending(), delay)
-                self._shutdown_asked.wait(delay)
+                self._pause(delay)
                 if self._drain_deadline is not None:
                     LOG.warning("stopping without a broker connection; %d events stay in "
                                 "the outbox for the next start", self._outbox.pending())
                     return
+
+    def _pause(self, delay: float) -> None:
+        """Wait ``delay`` seconds, or less if asked to stop or drain; the source goes on
+        writing the outbox meanwhile."""
+        until = time.monotonic() + delay
+        while not self._shutdown_asked.is_set():
+            now = time.monotonic()
+            if now >= until:
+                return
+            self._wake.wait(self._source_timeout(until - now))
+            self._wake.clear()
+            self._feed()
+
+    def _source_timeout(self, longest: float) -> float:
+        deadline = self._source.deadline() if self._source is not None else None
+        if deadline is None:
+            return longest
+        return max(0.0, min(longest, deadline - time.monotonic()))
+
+    def _feed(self) -> None:
+        """Step the source: write what the inbox holds, and keep the rows written for
+        the next send while the outbox holds nothing else unsent (else they are read
+        from the outbox in their turn)."""
+        if self._source_done:
+            return
+        try:
+            written = self._source.step()
+        except Exception as exc:  # noqa: BLE001 - the agent is told, and stops
+            self._source_done = True  # nothing more is written: a drain does not wait
+            self._on_source_error(exc)
+            self.heartbeat_now()
+            return
+        if written.stopped:
+            self._source_done = True
+        rows = written.rows
+        if rows is None:  # their keys unknown: read from the outbox
+            self._fresh.clear()
+            self._more = True
+        elif rows:
+            if self._more or len(self._fresh) + len(rows) > FRESH_MAX:
+                self._fresh.clear()  # the outbox has them: read in order, in their turn
+                self._more = True
+            else:
+                self._fresh += rows
 
     def stop(self) -> None:
         """Stop now, leaving whatever is unconfirmed in the outbox."""
@@ -174,18 +263,9 @@ class Publisher:
     def _session(self) -> None:
         self._reset_session()
         self.connected_once = False
-        try:
-            conn, connected_to = self._connector.connect()
-        except broker.BrokerConnectError as exc:
-            raise BrokerUnavailable(str(exc)) from exc
+        conn, connected_to, channel = self._open()
         where = self._where = broker.describe(self._connector.settings, connected_to)
         try:
-            try:
-                channel = conn.channel()
-                _declare_exchange(channel, self._exchange)
-                channel.confirm_select()
-            except _BROKER_ERRORS as exc:
-                raise BrokerUnavailable(f"{where}: {broker.explain(exc)}") from exc
             user_id = self._user_id or self._connector.settings.login_user(connected_to)
             framer = PublishFramer(channel.channel_id, self._exchange,
                                    conn.connection.frame_max, user_id=user_id)
@@ -206,13 +286,63 @@ class Publisher:
             # A frame left half written: the broker could not read a close after it.
             broker.release(conn, handshake=not self._unwritten)
 
+    def _open(self) -> tuple[kombu.Connection, object, object]:
+        """A connection, its channel in confirm mode and the exchange declared: on a
+        thread of its own (``broker-connect``) when there is a source, so that the
+        outbox goes on being written while a broker takes its time to answer (up to
+        the connect timeout, then the handshake); BrokerUnavailable if it fails."""
+        if self._source is None:
+            return self._connect()
+        outcome: dict = {}
+
+        def attempt() -> None:
+            try:
+                outcome["opened"] = self._connect()
+            except BaseException as exc:  # noqa: BLE001 - raised on this thread below
+                outcome["error"] = exc
+            finally:
+                outcome["done"] = True
+                self._wake.set()
+        named_thread(attempt, "broker-connect", daemon=True).start()
+        while "done" not in outcome:
+            self._wake.wait(self._source_timeout(1.0))
+            self._wake.clear()
+            self._feed()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["opened"]
+
+    def _connect(self) -> tuple[kombu.Connection, object, object]:
+        try:
+            conn, connected_to = self._connector.connect()
+        except broker.BrokerConnectError as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+        where = broker.describe(self._connector.settings, connected_to)
+        try:
+            channel = conn.channel()
+            _declare_exchange(channel, self._exchange)
+            channel.confirm_select()
+        except _BROKER_ERRORS as exc:
+            broker.release(conn)
+            raise BrokerUnavailable(f"{where}: {broker.explain(exc)}") from exc
+        except BaseException:
+            broker.release(conn)
+            raise
+        return conn, connected_to, channel
+
     def _loop(self, conn: kombu.Connection, framer: PublishFramer, where: str) -> None:
         transport = conn.connection  # the py-amqp Connection
         blocked = self.blocked
+        # py-amqp asks for its heartbeat check "on the order of once per second"; a
+        # check every turn cost a poll and 2 us of Python per event at low rates.
+        heartbeat_tick = min(HEARTBEAT_TICK, (transport.heartbeat or HEARTBEAT_TICK) / 4)
         while True:
+            if self._source is not None:
+                self._wake.clear()  # before the inbox is looked at: a later put wakes again
+                self._feed()
             if self._drain_deadline is not None:
-                settled = (not self.ledger.in_flight and not self._more and self._farewell_sent
-                           and not self._unwritten)
+                settled = (self._source_done and not self.ledger.in_flight and not self._more
+                           and not self._fresh and self._farewell_sent and not self._unwritten)
                 if settled or blocked.is_blocked or time.monotonic() > self._drain_deadline:
                     if blocked.is_blocked and not settled:
                         LOG.warning("stopping while %s blocks the connection (%s): %d "
@@ -228,10 +358,15 @@ class Publisher:
                 else:
                     self._send(framer)
                 self._write(transport)
+                if self._settle_at is None and (self.ledger.in_flight or self.ledger.done_count):
+                    self._settle_at = time.monotonic() + DELETE_INTERVAL
                 self._wait(transport)
-                amqp_frames.read_available(transport)  # confirms, returns, blocked
-                if not self._unwritten and amqp_frames.writable(transport):
-                    conn.heartbeat_check()  # (a heartbeat frame never waits for room)
+                if self._reads_now():
+                    amqp_frames.read_available(transport)  # confirms, returns, blocked
+                if time.monotonic() >= self._tick_at:  # py-amqp's heartbeats, ~1/s
+                    self._tick_at = time.monotonic() + heartbeat_tick
+                    if not self._unwritten and amqp_frames.writable(transport):
+                        conn.heartbeat_check()  # (a heartbeat frame never waits for room)
             except _BROKER_ERRORS as exc:
                 self._flush_done()
                 raise BrokerUnavailable(f"{where}: {broker.explain(exc)}") from exc
@@ -248,9 +383,11 @@ class Publisher:
                         "next broker")
             else:
                 self._check_progress(where, now)
-            if self.ledger.done_count >= self._window // 2 or (
-                    self.ledger.done_count and now >= self._delete_at):
+            if self.ledger.done_count >= self._window // 2:
                 self._flush_done()
+            elif self._settle_at is not None and now >= self._settle_at:
+                self._flush_done()
+                self._settle_at = now + DELETE_INTERVAL if self.ledger.in_flight else None
 
     def _check_progress(self, where: str, now: float) -> None:
         """BrokerUnavailable if the broker has taken nothing written, confirmed nothing
@@ -276,7 +413,10 @@ class Publisher:
     def _hold(self) -> None:
         """While blocked: rows the writer commits wait in the outbox (read once the
         broker unblocks); the wake-up it sent is taken so as not to spin."""
-        if self._wake.is_set():
+        if self._source is not None:
+            self._fresh.clear()  # sent from the outbox once unblocked
+            self._more = True
+        elif self._wake.is_set():
             self._wake.clear()
             self._more = True
 
@@ -300,7 +440,8 @@ class Publisher:
         what waits to be written, the writer commits new rows, or a stop, whichever
         comes first: no polling."""
         if not self._unwritten:
-            self._wake.wait(self._idle_timeout(), also=transport.sock)
+            self._wake.wait(self._idle_timeout(),
+                            also=transport.sock if self._wants_frames() else None)
             return
         if self._wake.is_set():
             return
@@ -309,49 +450,82 @@ class Publisher:
         poller.register(transport.sock, select.POLLIN | select.POLLOUT)
         poller.poll(int(self._idle_timeout() * 1000))
 
+    def _wants_frames(self) -> bool:
+        """Whether to wake for the broker's frames as they come. Not while the window
+        has room, with a source: the confirms are read at the next turn anyway, which
+        the next event or ``_settle_at`` (``DELETE_INTERVAL`` after the send, when the
+        confirmed rows are deleted) brings. At a few events a second that saves a
+        wake-up per event (the confirm's, 20 to 36 us of CPU each here, and more than
+        the reading itself); what a confirm settles waits for the delete anyway, and a
+        frame that matters sooner (a close, ``connection.blocked``) is read within
+        that interval too, or the idle second."""
+        return (self._source is None or self._drain_deadline is not None
+                or self.blocked.is_blocked or self.ledger.room < self._window // 2
+                or self._stop.is_set())
+
+    def _reads_now(self) -> bool:
+        """Whether to read the broker's frames at this turn: whenever they are waited
+        for (``_wants_frames``), and otherwise when the confirms are to be settled or
+        py-amqp's heartbeat check is due (at least once a second), not at every event:
+        a read that finds one confirm costs a system call and the confirm's handling,
+        ten confirms read at once cost about the same."""
+        if self._wants_frames() or self._unwritten:
+            return True
+        now = time.monotonic()
+        return now >= self._tick_at or (self._settle_at is not None and now >= self._settle_at)
+
     def _idle_timeout(self) -> float:
         now = time.monotonic()
         if self.blocked.is_blocked:  # nothing is sent: no heartbeat or retry is due
-            return 1.0
+            return self._source_timeout(1.0)
         deadlines = [self._next_heartbeat]
+        if self._source is not None and (deadline := self._source.deadline()) is not None:
+            deadlines.append(deadline)
         next_retry = self.ledger.next_retry()
         if next_retry is not None:
             deadlines.append(next_retry)
-        if self.ledger.done_count:
-            deadlines.append(self._delete_at)
+        if self._settle_at is not None:
+            deadlines.append(self._settle_at)
+        deadlines.append(self._tick_at)
         return max(0.0, min(min(deadlines) - now, 1.0))
 
     def _send(self, framer: PublishFramer) -> None:
         now = time.monotonic()
-        farewell = self._drain_deadline is not None and not self._farewell_sent
+        # The farewell once everything before the stop is written: it is the last word.
+        farewell = (self._drain_deadline is not None and not self._farewell_sent
+                    and self._source_done)
         if farewell or now >= self._next_heartbeat:
-            self._farewell_sent = self._drain_deadline is not None
+            self._farewell_sent = self._drain_deadline is not None and self._source_done
             body = self._heartbeat()
             for key in self._routing_keys if body is not None else ():
                 self._publish(framer, None, body, key, mandatory=False)
             self.heartbeats_sent += body is not None
             self._next_heartbeat = now + self._heartbeat_interval
-        due = dict(self.ledger.due(now))
+        due = dict(self.ledger.due(now)) if self.ledger.retrying else None
         if due:
             rows = self._outbox.fetch_ids(list(due))
             for row in rows:
                 for key in due[row.id]:
                     self._publish(framer, row.id, row.body, key, mandatory=True)
             self.ledger.forget(set(due) - {row.id for row in rows})
-        if self._wake.is_set():
+        if self._source is None and self._wake.is_set():
             self._wake.clear()
             self._more = True
         keys = len(self._routing_keys)
         room = self.ledger.room
         # Refill by quarter windows under load (one outbox read each), at once when idle.
         wanted = keys if not self.ledger.in_flight else self._refill
-        if not self._more or room < wanted:
+        if not (self._more or self._fresh) or room < wanted:
             return
-        rows = self._outbox.fetch_after(self._cursor, room // keys)
-        for row in rows:
-            self._publish_row(framer, row.id, row.body)
-            self._cursor = row.id
-        self._more = len(rows) == room // keys
+        count = room // keys
+        if self._more:  # (nothing is fresh then)
+            rows = [(row.id, row.body) for row in self._outbox.fetch_after(self._cursor, count)]
+            self._more = len(rows) == count
+        else:
+            rows, self._fresh = self._fresh[:count], self._fresh[count:]
+        for row_id, body in rows:
+            self._publish_row(framer, row_id, body)
+            self._cursor = row_id
 
     def _publish_row(self, framer: PublishFramer, row_id: int, body: bytes) -> None:
         for key in self.ledger.keys_for(row_id):
@@ -367,8 +541,6 @@ class Publisher:
 
     # -- broker callbacks, run inside read_available on this thread ---------------
     def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
-        if not self.ledger.done_count:
-            self._delete_at = time.monotonic() + DELETE_INTERVAL
         self.ledger.acked(delivery_tag, multiple, time.monotonic())
 
     def _on_nack(self, delivery_tag: int, multiple: bool) -> None:

@@ -12,7 +12,7 @@ from oslo_config import cfg
 
 from lifecycle_common import wire
 from lifecycle_publisher import config as agent_config
-from lifecycle_publisher.agent import Agent
+from lifecycle_publisher.cmd import build_agent
 from lifecycle_publisher.outbox import Outbox
 from tests.conftest import ServiceThread
 
@@ -33,7 +33,7 @@ def make_conf(state_path, exchange: str, transport_url: str, **agent_opts) -> cf
 
 class RunningAgent(ServiceThread):
     def __init__(self, conf):
-        self.agent = Agent(conf)
+        self.agent = build_agent(conf)
         super().__init__(self.agent, name="agent")
 
 
@@ -273,7 +273,7 @@ def test_a_corrupt_outbox_found_while_running_degrades_the_heartbeat_and_the_age
     running.thread.join(30)
     assert not running.thread.is_alive(), "the agent did not exit"
     assert running.exit_status == 1
-    assert ("thread outbox-writer found the outbox corrupt: outbox %s: database disk image "
+    assert ("the outbox writer found the outbox corrupt: outbox %s: database disk image "
             "is malformed" % path) in caplog.text
     assert "agent exits with status 1" in caplog.text
     assert not os.path.exists(path)
@@ -291,10 +291,10 @@ def test_a_dead_publisher_makes_the_agent_exit_non_zero(
     wait_for(received.inventories, timeout=10, message="the start inventory")
     caplog.set_level(logging.INFO, logger="lifecycle_publisher.agent")
 
-    def broken(*args):
+    def broken(*args, **kwargs):
         raise RuntimeError("a defect")
-    running.agent.outbox.fetch_after = broken
-    running.agent._wake.set()
+    running.agent.publisher._publish = broken
+    running.agent.publisher.heartbeat_now()
     running.thread.join(30)
     assert running.exit_status == 1
     assert "thread publisher died: RuntimeError: a defect" in caplog.text
@@ -364,3 +364,55 @@ def test_a_broker_that_stops_confirming_is_given_up_for_the_next_one(
     assert [n.event_type for n in events][:2] == ["instance.defined", "instance.started"]
     wait_for(lambda: running.agent.outbox.pending() == 0, timeout=10, message="outbox empty")
     assert f"127.0.0.1:{tcp_forwarder.port}" in caplog.text  # the one given up, named
+
+
+def test_events_are_written_while_a_silent_broker_holds_a_connection_attempt(
+        tmp_path, libvirt_conn, domain, agents, outbox, wait_for):
+    """A broker that takes the TCP connection and never answers holds a connection
+    attempt for the connect timeout: the outbox goes on being written meanwhile (the
+    attempt runs on a thread of its own), so every event is durable at once."""
+    import socket
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # connections complete in the backlog; nothing is ever said
+    try:
+        url = f"rabbit://guest:guest@127.0.0.1:{silent.getsockname()[1]}/"
+        running = agents(make_conf(tmp_path, "silent-exchange", url))
+        wait_for(lambda: outbox.pending() >= 1, timeout=10, message="the start inventory")
+        dom = domain()
+        dom.create()
+        dom.suspend()
+        started = time.monotonic()
+        wait_for(lambda: outbox.pending() >= 4, timeout=10,
+                 message=lambda: f"the 3 events in the outbox, have {outbox.pending()}")
+        assert time.monotonic() - started < 2.0  # not after the 5 s connect timeout
+        assert not running.agent.publisher.connected.is_set()
+    finally:
+        silent.close()
+
+
+def test_events_are_sent_as_written_without_reading_the_outbox_back(
+        tmp_path, amqp_isolation, bound_queue, libvirt_conn, domain, agents, wait_for):
+    """Once the publisher has caught up with the outbox, the rows the writer commits
+    are sent from memory: the outbox is not read for them."""
+    probe = Outbox(os.path.join(tmp_path, "probe.sqlite"))
+    says_keys = probe.append([(1, "instance.started", b"{}")]) is not None
+    probe.close()
+    if not says_keys:
+        pytest.skip("Outbox.append does not return the keys of the rows it writes")
+    received = Received(amqp_isolation, bound_queue)
+    running = agents(make_conf(tmp_path, amqp_isolation.exchange, amqp_isolation.transport_url))
+    wait_for(received.inventories, timeout=10, message="the start inventory")
+    outbox = running.agent.outbox
+    reads = []
+    fetch_after = outbox.fetch_after
+    outbox.fetch_after = lambda *args: reads.append(args) or fetch_after(*args)
+    dom = domain()
+    vm = dom.UUIDString()
+    dom.create()
+    for _ in range(10):
+        dom.suspend()
+        dom.resume()
+    wait_for(lambda: len(received.instance_events(vm)) == 22, timeout=10,
+             message=lambda: f"22 events, have {len(received.instance_events(vm))}")
+    assert reads == []

@@ -108,3 +108,88 @@ def test_a_closed_connection_is_an_error(pair):
     broker.close()
     with pytest.raises(OSError, match="closed"):
         amqp_frames.read_available(conn)
+
+
+# -- publisher confirms, read without py-amqp's generic dispatch -----------------------
+
+def real_connection(sock: socket.socket):
+    """A py-amqp Connection (never connected) on ``sock``, with channel 1 open and its
+    confirm callbacks recording what they are told."""
+    import amqp
+    from amqp.method_framing import frame_handler
+
+    conn = amqp.Connection("127.0.0.1:1")
+    conn.transport = FakeConnection(sock).transport
+    conn.channels = {}
+    channel = amqp.Channel(conn, 1)
+    seen: list[tuple] = []
+    channel.events["basic_ack"].add(lambda tag, multiple: seen.append(("ack", tag, multiple)))
+    channel.events["basic_nack"].add(lambda tag, multiple: seen.append(("nack", tag, multiple)))
+    channel.events["basic_return"].add(
+        lambda exc, exchange, key, message: seen.append(("return", key, message.body)))
+    conn.on_inbound_frame = frame_handler(conn, conn.on_inbound_method)
+    return conn, channel, seen
+
+
+def confirm(method: int, tag: int, bits: int, channel: int = 1) -> bytes:
+    return frame(1, channel, struct.pack(">HHQB", 60, method, tag, bits))
+
+
+CONFIRMS = [confirm(80, 1, 0), confirm(80, 7, 1), confirm(120, 8, 0), confirm(120, 9, 3),
+            confirm(80, 2**64 - 1, 1)]
+
+
+def test_confirms_have_the_effect_py_amqps_handler_has(pair):
+    ours, broker = pair
+    fast, _, fast_seen = real_connection(ours)
+    broker.sendall(b"".join(CONFIRMS))
+    assert amqp_frames.read_available(fast) == len(CONFIRMS)
+
+    slow, _, slow_seen = real_connection(ours)
+    for data in CONFIRMS:
+        slow.on_inbound_frame((data[0], 1, data[7:-1]))
+    assert fast_seen == slow_seen == [("ack", 1, False), ("ack", 7, True), ("nack", 8, False),
+                                      ("nack", 9, True), ("ack", 2**64 - 1, True)]
+    assert fast.bytes_recv == slow.bytes_recv == len(CONFIRMS)  # its heartbeat check
+
+
+def returned(channel: int = 1) -> list[bytes]:
+    """basic.return of a 3-byte message: method, header, body frames."""
+    args = (struct.pack(">H", 312) + bytes((8,)) + b"NO_ROUTE" + bytes((2,)) + b"ex"
+            + bytes((6,)) + b"a.info")
+    header = struct.pack(">HHQH", 60, 0, 3, 0)
+    return [frame(1, channel, struct.pack(">HH", 60, 50) + args), frame(2, channel, header),
+            frame(3, channel, b"abc")]
+
+
+def test_a_return_then_its_ack_are_seen_in_order(pair):
+    ours, broker = pair
+    conn, _, seen = real_connection(ours)
+    method, header, body = returned()
+    broker.sendall(method + header)  # the content split over two reads
+    amqp_frames.read_available(conn)
+    broker.sendall(body + confirm(80, 5, 0))
+    amqp_frames.read_available(conn)
+    assert seen == [("return", "a.info", b"abc"), ("ack", 5, False)]
+
+
+def test_an_ack_inside_a_content_is_left_to_py_amqp_which_refuses_it(pair):
+    ours, broker = pair
+    conn, _, seen = real_connection(ours)
+    method, header, _ = returned()
+    broker.sendall(method + header + confirm(80, 5, 0))
+    with pytest.raises(UnexpectedFrame):
+        amqp_frames.read_available(conn)
+    assert seen == []
+
+
+def test_a_confirm_on_a_closing_or_unknown_channel_is_left_to_py_amqp(pair):
+    ours, broker = pair
+    conn, channel, seen = real_connection(ours)
+    channel.is_closing = True
+    broker.sendall(confirm(80, 5, 0))
+    amqp_frames.read_available(conn)  # py-amqp ignores it, with a warning
+    assert seen == [] and conn.bytes_recv == 1
+    broker.sendall(confirm(80, 6, 0, channel=2))
+    with pytest.raises(KeyError):  # py-amqp's own error for a channel it does not know
+        amqp_frames.read_available(conn)

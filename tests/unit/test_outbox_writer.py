@@ -1,16 +1,17 @@
 """The outbox writer: events reach the outbox translated, with the state read after
 them; a held STOPPED is dropped by a later event and written when due or at stop."""
 
-import queue
 import threading
 import time
 
 from lifecycle_common import wire
 from lifecycle_publisher.domain_event import DomainEvent
-from lifecycle_publisher.libvirt_codes import DomainState, Event, StartedDetail, StoppedDetail
+from lifecycle_publisher.libvirt_codes import (DomainState, Event, ShutdownDetail, StartedDetail,
+                                              StoppedDetail, SuspendedDetail)
 from lifecycle_publisher.outbox import Outbox
 from lifecycle_publisher.outbox_writer import STOP, OutboxWriter
 from lifecycle_publisher.translation import Observed
+from lifecycle_publisher.wakeup import Inbox, Wakeup
 
 UUID = "6695eb01-f6a4-8304-79aa-97f2502e193f"
 
@@ -21,9 +22,9 @@ def ev(seq, event, detail):
 
 
 def run_writer(tmp_path, stopped_delay=0.0, observe=lambda events: {}):
-    q = queue.SimpleQueue()
+    q = Inbox(Wakeup())
     outbox = Outbox(str(tmp_path / "outbox.sqlite"))
-    writer = OutboxWriter(q, outbox, "h1", 7, threading.Event(), observe=observe,
+    writer = OutboxWriter(q, outbox, "h1", 7, observe=observe,
                           stopped_delay=stopped_delay)
     thread = threading.Thread(target=writer.run)
     thread.start()
@@ -34,23 +35,61 @@ def written(outbox):
     return [wire.decode(r.body) for r in outbox.fetch_after(0, 100)]
 
 
-def test_events_are_written_with_the_state_read_after_them(tmp_path):
+def test_an_event_that_does_not_say_the_power_state_is_written_with_the_state_read_after_it(
+        tmp_path):
     seen = []
 
     def observe(events):
         seen.extend(e.seq for e in events)
-        return {UUID: Observed(DomainState.PAUSED, 1)}
+        return {UUID: Observed(DomainState.SHUTOFF, 1)}
 
     q, outbox, thread = run_writer(tmp_path, observe=observe)
-    q.put(ev(1, Event.STARTED, StartedDetail.BOOTED))
+    q.put(ev(1, Event.SHUTDOWN, ShutdownDetail.FINISHED))
     q.put(STOP)
     thread.join(10)
     [note] = written(outbox)
     assert seen == [1]
-    assert note.event_type == "instance.started"
-    assert note.payload.libvirt_state == "PAUSED" and note.payload.libvirt_reason == 1
-    assert note.payload.power_state == "paused"  # level-triggered
+    assert note.event_type == "instance.shutting_down"
+    assert note.payload.libvirt_state == "SHUTOFF" and note.payload.libvirt_reason == 1
+    assert note.payload.power_state == "shutdown"  # level-triggered
     assert note.payload.host == "h1" and note.payload.epoch == 7 and note.payload.seq == 1
+
+
+def test_events_that_say_the_power_state_are_written_without_a_read(tmp_path):
+    seen = []
+
+    def observe(events):
+        seen.extend(e.seq for e in events)
+        return {}
+
+    q, outbox, thread = run_writer(tmp_path, observe=observe)
+    q.put(ev(1, Event.STARTED, StartedDetail.BOOTED))
+    q.put(ev(2, Event.SUSPENDED, SuspendedDetail.PAUSED))
+    q.put(ev(3, Event.SUSPENDED, SuspendedDetail.MIGRATED))  # its migration job is read
+    q.put(STOP)
+    thread.join(10)
+    notes = written(outbox)
+    assert seen == [3]
+    assert [(n.event_type, n.payload.power_state, n.payload.libvirt_state) for n in notes] == [
+        ("instance.started", "running", None), ("instance.paused", "paused", None),
+        ("instance.paused", "paused", None)]
+
+
+def test_a_step_says_which_rows_it_wrote(tmp_path):
+    q = Inbox(Wakeup())
+    outbox = Outbox(str(tmp_path / "outbox.sqlite"))
+    writer = OutboxWriter(q, outbox, "h1", 7)
+    q.put(ev(1, Event.STARTED, StartedDetail.BOOTED))
+    q.put(ev(2, Event.RESUMED, 0))
+    step = writer.step()
+    assert not step.stopped
+    if step.rows is not None:  # an outbox that says the keys of the rows it wrote
+        assert [(key, body) for key, body in step.rows] == [
+            (r.id, r.body) for r in outbox.fetch_after(0, 10)]
+    assert writer.step().rows == []  # nothing more in the inbox
+    q.put(STOP)
+    assert writer.step().stopped
+    outbox.close()
 
 
 def test_held_stop_is_dropped_by_a_restart(tmp_path):
@@ -82,8 +121,8 @@ def test_held_stop_is_written_at_shutdown(tmp_path):
 
 def test_what_is_written_is_counted_by_transition(tmp_path):
     from lifecycle_publisher.domain_event import Inventory
-    q = queue.SimpleQueue()
-    writer = OutboxWriter(q, Outbox(str(tmp_path / "outbox.sqlite")), "h1", 7, threading.Event())
+    q = Inbox(Wakeup())
+    writer = OutboxWriter(q, Outbox(str(tmp_path / "outbox.sqlite")), "h1", 7)
     thread = threading.Thread(target=writer.run)
     thread.start()
     q.put(Inventory(seq=1, occurred_at=time.time(), reason="start", domains=()))
@@ -111,10 +150,10 @@ def test_on_a_full_disk_the_writer_counts_what_it_loses_stays_up_and_recovers(
 
     caplog.set_level(logging.INFO, logger="lifecycle_publisher.outbox_writer")
     with tmpfs.small_tmpfs(str(tmp_path / "mnt"), size="1m") as mount:
-        q = queue.SimpleQueue()
+        q = Inbox(Wakeup())
         outbox = Outbox(os.path.join(mount, "outbox.sqlite"))
         asked = threading.Event()
-        writer = OutboxWriter(q, outbox, "h1", 7, threading.Event(), ask_inventory=asked.set,
+        writer = OutboxWriter(q, outbox, "h1", 7, ask_inventory=asked.set,
                               outage=OutboxOutage(retry_max=0.2))
         thread = threading.Thread(target=writer.run)
         thread.start()

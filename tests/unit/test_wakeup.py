@@ -58,3 +58,18 @@ def test_the_timeout_still_ends_the_wait(high_socket_pair):
     started = time.monotonic()
     assert wake.wait(0.05, also=high_socket_pair[0]) is False
     assert 0.04 < time.monotonic() - started < 2.0
+
+
+def test_an_inbox_wakes_its_worker_once_per_batch_and_again_for_what_is_left():
+    from lifecycle_publisher.wakeup import Inbox
+    wake = Wakeup()
+    inbox = Inbox(wake)
+    for item in range(5):
+        inbox.put(item)
+    assert wake.wait(0) is True
+    wake.clear()  # the worker, before it takes
+    assert inbox.take(3) == [0, 1, 2]
+    assert wake.wait(0) is True  # two are left: the worker comes back for them
+    wake.clear()
+    assert inbox.take(3) == [3, 4]
+    assert wake.wait(0.01) is False and inbox.empty()
