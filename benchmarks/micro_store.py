@@ -5,7 +5,13 @@
 fills the queue. Prints per batch: wall ms, client CPU ms, server CPU ms (every postgres
 process, as benchmarks.harness.postgres_cpu_seconds), and per event in us.
 
-usage: python -m benchmarks.micro_store MODE [steps]   MODE: portable | pipelined
+usage: python -m benchmarks.micro_store MODE [steps]   MODE: portable | pipelined | statements
+
+``statements``: the pipelined store's statements sent one at a time (no pipeline), the
+server process's CPU of each read from /proc/<pid>/schedstat (nanoseconds), summed per
+kind of statement and given per event; then the floor on this machine: a bare INSERT of
+500 rows (one bigint key) and a bare UPDATE by primary key of 500 of 10,000 rows, each
+from one unnest of binary arrays, per row.
 """
 import os
 import subprocess
@@ -41,7 +47,7 @@ def main():
         for stmt in filter(None, os.environ.get("BENCH_SQL", "").split(";")):
             with engine.begin() as conn:
                 conn.exec_driver_sql(stmt)
-        store = Store(engine, pipelined=(mode == "pipelined"))
+        store = Store(engine, pipelined=(mode != "portable"))
         hosts = [f"bench-h{i:02d}" for i in range(HOSTS)]
         uuids = {h: [f"{i:08d}-0000-4000-8000-{j:012d}" for j in range(DOMAINS)]
                  for i, h in enumerate(hosts)}
@@ -86,18 +92,22 @@ def main():
                 except FileNotFoundError:
                     pass
             return total / os.sysconf("SC_CLK_TCK")
-        postgres_cpu_seconds = backend_cpu  # noqa: F811 - this database's backends only
-        srv0, cpu0, wall0 = postgres_cpu_seconds(), time.process_time(), time.perf_counter()
+        if mode == "statements":
+            _per_statement(store, rest, n)
+            return
+        all0 = postgres_cpu_seconds()  # every postgres process (as the apply benchmark)
+        srv0, cpu0, wall0 = backend_cpu(), time.process_time(), time.perf_counter()
         for b in rest:
             result = store.apply_batch(b)
             assert result.duplicates == 0, result
         wall = time.perf_counter() - wall0
         cpu = time.process_time() - cpu0
-        srv = postgres_cpu_seconds() - srv0
+        srv = backend_cpu() - srv0
+        every = postgres_cpu_seconds() - all0
         print(f"{mode}: {len(rest)} batches, {n} events: {n / wall:.0f} ev/s; per batch "
               f"wall {wall / len(rest) * 1e3:.2f} ms, client CPU {cpu / len(rest) * 1e3:.2f} ms, "
               f"server CPU {srv / len(rest) * 1e3:.2f} ms; per event client {cpu / n * 1e6:.1f} us, "
-              f"server {srv / n * 1e6:.1f} us")
+              f"server {srv / n * 1e6:.1f} us (every postgres process: {every / n * 1e6:.1f} us)")
         # the batches again: every one a duplicate
         t0 = time.perf_counter()
         for b in batches[-4:]:
@@ -107,6 +117,95 @@ def main():
         engine.dispose()
     finally:
         subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--force", name], check=True)
+
+
+def _server_ns(pid: int) -> int:
+    """CPU nanoseconds the server process ``pid`` has run (/proc/<pid>/schedstat)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0])
+
+
+def _per_statement(store, batches, events: int) -> None:
+    """Apply ``batches`` through the pipelined store's transaction, each statement sent
+    and awaited alone, and print the server's CPU per event for each kind."""
+    import collections
+    from consumer.db import postgresql_pipeline as pp
+    spent: collections.Counter = collections.Counter()
+    calls: collections.Counter = collections.Counter()
+    names = {v: k for k, v in vars(pp).items() if isinstance(v, str) and k.isupper()}
+
+    class Timed(pp.PipelinedTransaction):
+        def __init__(self, conn):
+            super().__init__(conn)
+            pid = conn.info.backend_pid
+            real = conn.execute
+
+            class Proxy:
+                def __getattr__(self, name):
+                    return getattr(conn, name)
+
+                def pipeline(self):
+                    import contextlib
+                    return contextlib.nullcontext()
+
+                def execute(self, query, params=None, prepare=None):
+                    before = _server_ns(pid)
+                    cursor = real(query, params, prepare=prepare)
+                    cursor.fetchall() if cursor.description else None
+                    cursor.scroll(0, "absolute") if cursor.description else None
+                    kind = names.get(query, query)
+                    spent[kind] += _server_ns(pid) - before
+                    calls[kind] += 1
+                    return cursor
+            self._conn = Proxy()
+
+    real_transaction = pp.PipelinedTransaction
+    pp.PipelinedTransaction = Timed
+    try:
+        for b in batches:
+            store.apply_batch(b)
+    finally:
+        pp.PipelinedTransaction = real_transaction
+    total = sum(spent.values())
+    print(f"statements one at a time, {len(batches)} batches, {events} events: server CPU "
+          f"{total / events / 1e3:.1f} us per event")
+    for kind, ns in spent.most_common():
+        print(f"  {kind:22s} {ns / events / 1e3:5.1f} us per event  ({calls[kind]} calls)")
+    _floor(store)
+
+
+def _floor(store) -> None:
+    """What a bare INSERT and a bare UPDATE of 500 rows cost the server here, per row."""
+    import psycopg
+    from consumer.db import postgresql_pipeline as pp
+    conn = store._pipelined._connection()
+    pid = conn.info.backend_pid
+    conn.execute("CREATE TABLE floor_t (k int8 PRIMARY KEY, v int8) WITH (fillfactor = 70)")
+    conn.execute("INSERT INTO floor_t SELECT g, 0 FROM generate_series(1, 10000) g")
+    rounds, size = 40, 500
+    ins = upd = 0
+    for r in range(rounds):
+        keys = pp.int8_array(list(range(100000 + r * size, 100000 + (r + 1) * size)))
+        before = _server_ns(pid)
+        conn.execute("INSERT INTO floor_t SELECT k, 0 FROM unnest(%b::int8[]) AS k",
+                     (keys,), prepare=True)
+        ins += _server_ns(pid) - before
+        keys = pp.int8_array(list(range(1 + (r * size) % 9500, 1 + (r * size) % 9500 + size)))
+        before = _server_ns(pid)
+        conn.execute("UPDATE floor_t SET v = v + 1 FROM unnest(%b::int8[]) AS u(k) "
+                     "WHERE floor_t.k = u.k", (keys,), prepare=True)
+        upd += _server_ns(pid) - before
+    n = rounds * size
+    print(f"floor (autocommit, {rounds} x {size} rows): INSERT {ins / n / 1e3:.1f} us a row, "
+          f"UPDATE by key {upd / n / 1e3:.1f} us a row")
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname=conn.info.dbname,
+                         autocommit=True) as other:
+        pid2 = other.info.backend_pid
+        before = _server_ns(pid2)
+        for _ in range(200):
+            other.execute("SELECT 1", prepare=True)
+        print(f"floor: a statement's round trip (SELECT 1, prepared) "
+              f"{(_server_ns(pid2) - before) / 200 / 1e3:.1f} us")
 
 
 if __name__ == "__main__":
