@@ -2,10 +2,13 @@
 
 10,000 instances on 20 hosts (start inventories), then batches of 500 state changes
 (suspend, resume, destroy, create; for step: for domain: for host), as benchmarks/apply.py
-fills the queue. Prints per batch: wall ms, client CPU ms, server CPU ms (every postgres
-process, as benchmarks.harness.postgres_cpu_seconds), and per event in us.
+fills the queue. Prints per batch: wall ms, client CPU ms, server CPU ms (the database's
+own server processes), and per event in us; and per event, every postgres process's CPU
+(as benchmarks.harness.postgres_cpu_seconds counts it: walwriter, checkpointer and the
+others too, and any other database's work on the machine meanwhile).
 
 usage: python -m benchmarks.micro_store MODE [steps]   MODE: portable | pipelined | statements
+(MICRO_STORE_BATCH=N in the environment: batches of N rather than 500)
 
 ``statements``: the pipelined store's statements sent one at a time (no pipeline), the
 server process's CPU of each read from /proc/<pid>/schedstat (nanoseconds), summed per
@@ -13,6 +16,8 @@ kind of statement and given per event; then the floor on this machine: a bare IN
 500 rows (one bigint key) and a bare UPDATE by primary key of 500 of 10,000 rows, each
 from one unnest of binary arrays, per row.
 """
+import collections
+import contextlib
 import os
 import subprocess
 import sys
@@ -29,7 +34,8 @@ from lifecycle_common import wire
 
 from benchmarks.harness import postgres_cpu_seconds
 
-HOSTS, DOMAINS, BATCH = 20, 500, 500
+HOSTS, DOMAINS = 20, 500
+BATCH = int(os.environ.get("MICRO_STORE_BATCH", "500"))  # [consumer] batch_size
 EPOCH = 1_700_000_000
 STEPS = [(Event.SUSPENDED, SuspendedDetail.PAUSED), (Event.RESUMED, ResumedDetail.UNPAUSED),
          (Event.STOPPED, StoppedDetail.DESTROYED), (Event.STARTED, StartedDetail.BOOTED)]
@@ -128,7 +134,6 @@ def _server_ns(pid: int) -> int:
 def _per_statement(store, batches, events: int) -> None:
     """Apply ``batches`` through the pipelined store's transaction, each statement sent
     and awaited alone, and print the server's CPU per event for each kind."""
-    import collections
     from consumer.db import postgresql_pipeline as pp
     spent: collections.Counter = collections.Counter()
     calls: collections.Counter = collections.Counter()
@@ -141,18 +146,18 @@ def _per_statement(store, batches, events: int) -> None:
             real = conn.execute
 
             class Proxy:
+                """The connection, but for ``pipeline`` (none: each statement is sent,
+                run and its results read before ``execute`` returns) and ``execute``
+                (timed)."""
                 def __getattr__(self, name):
                     return getattr(conn, name)
 
                 def pipeline(self):
-                    import contextlib
                     return contextlib.nullcontext()
 
                 def execute(self, query, params=None, prepare=None):
                     before = _server_ns(pid)
                     cursor = real(query, params, prepare=prepare)
-                    cursor.fetchall() if cursor.description else None
-                    cursor.scroll(0, "absolute") if cursor.description else None
                     kind = names.get(query, query)
                     spent[kind] += _server_ns(pid) - before
                     calls[kind] += 1

@@ -252,11 +252,12 @@ def fold_note(current: dict[str, Optional[InstanceRow]], note: Notification,
     if isinstance(p, InstanceLifecyclePayload):
         if p.transition == "ignored":
             return Outcome.IGNORED, p.uuid
-        obs = Observation(
-            uuid=p.uuid, name=p.name, host=p.host, epoch=p.epoch, seq=p.seq,
-            occurred_at=occurred_at, event_type=note.event_type,
-            power_state=p.power_state, deleted=p.transition == "undefined",
-            runs_here=p.transition in RUNS_HERE)
+        transition = p.transition
+        # Positional (by keyword: twice as long, 1.3 us against 0.6): uuid, name, host,
+        # epoch, seq, occurred_at, event_type, power_state, deleted, runs_here.
+        obs = Observation(p.uuid, p.name, p.host, p.epoch, p.seq, occurred_at,
+                          note.event_type, p.power_state, transition == "undefined",
+                          transition in RUNS_HERE)
         current[p.uuid], outcome = apply_rules.apply(
             current.get(p.uuid), obs, words.get((p.uuid, p.host)))
         said(words, p.uuid, p.host, p.epoch, p.seq)

@@ -4,7 +4,7 @@ a test checks that the migrations produce exactly these definitions."""
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
+from sqlalchemy.dialects import mysql, postgresql
 
 from lifecycle_common.wire.limits import EVENT_TYPE_LENGTH, HOST_LENGTH, NAME_LENGTH
 
@@ -19,9 +19,19 @@ MYSQL_TABLE = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 # Microseconds on every backend (MySQL/MariaDB DATETIME defaults to whole seconds).
 Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
+
+
+def exact_text(length: int) -> sa.types.TypeEngine:
+    """A host name or uuid column: a key, compared byte by byte on PostgreSQL (the "C"
+    collation, migration 0006: its btrees compare with memcmp, not strcoll), as it is on
+    MariaDB (utf8mb4_bin) and SQLite."""
+    return sa.String(length).with_variant(postgresql.VARCHAR(length, collation="C"),
+                                          "postgresql")
+
+
 hosts = sa.Table(
     "hosts", metadata,
-    sa.Column("name", sa.String(HOST_LENGTH), primary_key=True),
+    sa.Column("name", exact_text(HOST_LENGTH), primary_key=True),
     sa.Column("status", sa.String(8), nullable=False),           # up, down
     sa.Column("agent_status", sa.String(16), nullable=False),     # running, stopping
     sa.Column("libvirt_connected", sa.Boolean, nullable=False),
@@ -39,9 +49,9 @@ hosts = sa.Table(
 # update that touches no index.
 instances = sa.Table(
     "instances", metadata,
-    sa.Column("uuid", sa.String(36), primary_key=True),
+    sa.Column("uuid", exact_text(36), primary_key=True),
     sa.Column("name", sa.String(NAME_LENGTH), nullable=False),
-    sa.Column("host", sa.String(HOST_LENGTH), nullable=False, index=True),
+    sa.Column("host", exact_text(HOST_LENGTH), nullable=False, index=True),
     sa.Column("power_state", sa.String(16), nullable=False),
     sa.Column("deleted", sa.Boolean, nullable=False),
     sa.Column("epoch", sa.BigInteger, nullable=False),             # of the event that set the row
@@ -55,11 +65,11 @@ instances = sa.Table(
 # One row per applied message: applying is idempotent, and the journal is the audit.
 journal = sa.Table(
     "journal", metadata,
-    sa.Column("host", sa.String(HOST_LENGTH), primary_key=True),
+    sa.Column("host", exact_text(HOST_LENGTH), primary_key=True),
     sa.Column("epoch", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("event_type", sa.String(EVENT_TYPE_LENGTH), nullable=False),
-    sa.Column("instance_uuid", sa.String(36), nullable=True),
+    sa.Column("instance_uuid", exact_text(36), nullable=True),
     sa.Column("outcome", sa.String(16), nullable=False),           # applied, stale, ignored
     sa.Column("occurred_at", Timestamp, nullable=False),
     sa.Column("applied_at", Timestamp, nullable=False, index=True),

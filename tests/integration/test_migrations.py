@@ -6,6 +6,7 @@ import datetime
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
@@ -124,3 +125,41 @@ def test_instances_leave_room_for_hot_updates_on_postgresql(empty_engine):
         options = conn.exec_driver_sql(
             "SELECT reloptions FROM pg_class WHERE relname = 'instances'").scalar()
     assert options == ["fillfactor=70"]
+
+
+_KEY_COLUMNS = [("hosts", "name"), ("instances", "uuid"), ("instances", "host"),
+                ("journal", "host"), ("journal", "instance_uuid")]
+
+
+def _collations(engine) -> dict[tuple[str, str], str | None]:
+    with engine.connect() as conn:
+        return {(table, column): conn.exec_driver_sql(
+            "SELECT collation_name FROM information_schema.columns "
+            "WHERE table_name = %s AND column_name = %s", (table, column)).scalar()
+            for table, column in _KEY_COLUMNS}
+
+
+@pytest.mark.parametrize("empty_db_url", ["postgresql"], indirect=True)
+def test_names_and_uuids_compare_bytewise_on_postgresql_and_the_downgrade_undoes_it(
+        empty_engine):
+    migrate.sync(empty_engine, "0005")
+    with empty_engine.begin() as conn:  # rows written before the upgrade keep their keys
+        conn.execute(hosts.insert().values(
+            name="Compute-1", status="up", agent_status="running", libvirt_connected=True,
+            last_heartbeat_at=None, epoch=1, last_seq=1,
+            updated_at=datetime.datetime(2026, 1, 1)))
+    assert set(_collations(empty_engine).values()) == {None}  # the database's default
+    migrate.sync(empty_engine)
+    assert set(_collations(empty_engine).values()) == {"C"}
+    with empty_engine.connect() as conn:
+        assert conn.execute(sa.select(hosts.c.name).where(hosts.c.name == "Compute-1")
+                            ).scalar() == "Compute-1"
+        assert conn.execute(sa.select(hosts.c.name).where(hosts.c.name == "compute-1")
+                            ).scalar() is None
+        conn.exec_driver_sql("SET enable_seqscan = off")  # an empty table: the index if usable
+        plan = "\n".join(conn.exec_driver_sql(
+            "EXPLAIN SELECT uuid FROM instances WHERE uuid = ANY('{a,b}'::text[])").scalars())
+    assert "instances_pkey" in plan  # a text parameter still meets the index
+    with empty_engine.begin() as conn:
+        command.downgrade(migrate._config(conn), "0005")
+    assert set(_collations(empty_engine).values()) == {None}

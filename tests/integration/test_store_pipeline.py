@@ -191,6 +191,10 @@ ARRAYS = [
                               "日本語 🚀", "it's"]),
     ("text_array", "text[]", []),
     ("text_array", "text[]", [None]),
+    # ASCII, all of one length / few distinct: ascii_text_array_body's two ways.
+    ("text_array", "text[]", ["5b0e6f7c-8d9a-4b1c-9e2f-00000000000" + str(i) for i in range(10)]),
+    ("text_array", "text[]", ["instance.resumed", "instance.suspended", "", "x" * 1023] * 3),
+    ("text_array", "text[]", ["x" * 1024, "x" * 1024]),
     ("int8_array", "int8[]", [0, 1, -1, 2**63 - 1, -2**63, 1_700_000_000]),
     ("int8_array", "int8[]", []),
     ("bool_array", "bool[]", [True, False, True]),

@@ -239,6 +239,34 @@ def test_the_typed_path_refuses_what_json_schema_refuses_at_the_end_of_a_string(
             compiled_decode.decode(EDGES[name])
 
 
+def test_top_level_patterns_are_checked_after_decoding_as_msgspec_checks_them():
+    """``patterns_checked_after``: the same verdict as a ``msgspec.Meta`` pattern."""
+    schema = {"type": "object", "additionalProperties": False,
+              "required": ["host", "note"], "properties": {
+                  "host": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]*$"},
+                  "note": {"type": ["string", "null"], "pattern": r"^[^\x00]*$"}}}
+    compiled = compiled_decode.compile_schema(schema, "Moved")
+    assert compiled.patterns == (("host", r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z"),
+                                 ("note", r"^[^\x00]*\Z"))
+    in_meta = msgspec.json.Decoder(compiled_decode._object_type(schema, "InMeta", (), []))
+    moved = msgspec.json.Decoder(compiled.type)
+    checks = [(field, compiled_decode._pattern_check(p)) for field, p in compiled.patterns]
+    for host in ["compute-01", "compute-01\n", ".compute", "", "c" * 300, "é", "a_b"]:
+        for note in [None, "", "fine", "nul\x00", "\n"]:
+            body = json.dumps({"host": host, "note": note}).encode()
+            try:
+                in_meta.decode(body)
+                expected = True
+            except msgspec.ValidationError:
+                expected = False
+            value = moved.decode(body)
+            assert all(check(getattr(value, f)) for f, check in checks) is expected, body
+    typed = compiled_decode._typed_payloads["InstanceLifecyclePayload"]
+    assert {field for field, _ in typed.data.patterns} == {"uuid", "name", "host"}
+    for name in ("a name with NUL", "a uuid in capitals", "a host beginning with a dot"):
+        assert compiled_decode.decode_typed(EDGES[name]) is None
+
+
 @pytest.mark.parametrize("case", list(test_admission.CASES.values()),
                          ids=list(test_admission.CASES))
 def test_the_admission_tests_bodies_get_the_verdict_of_wire_decode(case):
