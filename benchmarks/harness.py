@@ -446,13 +446,17 @@ def journal_rows(engine: sa.Engine, host_prefix: str) -> list:
 def caught_up(engine: sa.Engine, last_seq: dict[str, int]) -> bool:
     """Whether each host's journal reached the given sequence number. A host's events
     reach the queue in order and each batch commits in order, so this says every event
-    up to there is committed. One index lookup per host (the journal's primary key), so
-    polling it does not load the database being measured, unlike counting the journal;
-    ``hosts.last_seq`` would not do: a heartbeat can carry a number whose event is still
-    on its way."""
+    up to there is committed. One index probe per host (the newest key of the journal's
+    primary key, host, epoch, seq; an agent's sequence goes on across its epochs), so
+    polling it does not load the database being measured: ``max(seq)`` per host read
+    every journal row of the host, about 13 ms a poll at 4,000 rows a host, which
+    counted 20 us per event against PostgreSQL in the apply scenario. Counting the
+    journal would too; ``hosts.last_seq`` would not do: a heartbeat can carry a number
+    whose event is still on its way."""
     with engine.connect() as conn:
         rows = dict(conn.exec_driver_sql(
-            "SELECT h, (SELECT max(seq) FROM journal WHERE host = h) FROM unnest(%s) AS h",
+            "SELECT h, (SELECT seq FROM journal WHERE host = h ORDER BY epoch DESC, seq DESC "
+            "LIMIT 1) FROM unnest(%s) AS h",
             (list(last_seq),)).all())
     return all((rows.get(name) or -1) >= seq for name, seq in last_seq.items())
 
