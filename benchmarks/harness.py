@@ -565,6 +565,37 @@ def _cpu_seconds(pid: int, reaped_children: bool = False) -> float:
     return ticks / _TICK
 
 
+# The agent's threads whose CPU the production scenarios show apart: libvirt's event
+# loop (and the callback on it), the worker (outbox, encoding, AMQP), the checkpointer.
+AGENT_THREADS = ("libvirt-events", "publisher", "outbox-ckpt")
+
+
+def thread_cpu_seconds(pids: list[int], name: str) -> float:
+    """CPU seconds of the threads called ``name`` (their comm, as ``top -H`` shows it)
+    in the processes ``pids``; a thread that has ended is not counted. Read from
+    /proc/<pid>/task/<tid>/schedstat (the scheduler's nanoseconds on a CPU), not from
+    the utime and stime ticks of .../stat: a tick charges the thread it interrupts, and
+    a thread woken by a timer (the checkpointer, every second) runs just after a tick
+    and is done before the next, so that its ticks count nearly nothing (0 us per event
+    for 20 agents' checkpointers over 20 s, where schedstat says about 10)."""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                    if f.read().rstrip("\n") != name:
+                        continue
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    return total / 1e9
+
+
 def _processes(comm: str) -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):

@@ -71,15 +71,16 @@ class SimulatedHost:
     def __init__(self, name: str, workdir: str, domains: int, exchange: str,
                  transport_url: str, agent_opts: dict, rabbit_opts: dict | None = None,
                  metrics_port: int = 0):
-        from lifecycle_publisher.agent import Agent
+        from lifecycle_publisher.cmd import build_agent
         self.name = name
         state_path = os.path.join(workdir, name)
         os.makedirs(state_path, exist_ok=True)
         node = os.path.join(state_path, "node.xml")
         with open(node, "w") as f:
             f.write(node_xml(name, domains))
-        self.agent = Agent(agent_conf(name, f"test://{node}", state_path, exchange,
-                                      transport_url, rabbit_opts, metrics_port, **agent_opts))
+        self.agent = build_agent(agent_conf(name, f"test://{node}", state_path, exchange,
+                                            transport_url, rabbit_opts, metrics_port,
+                                            **agent_opts))
         self.thread = threading.Thread(target=self.agent.run, name=f"agent-{name}")
         self.domains: list = []
         self.position: list[int] = []  # each domain's next step in CYCLE

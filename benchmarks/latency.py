@@ -9,7 +9,10 @@ Each event's latency is the journal's ``applied_at`` minus the payload's
 ``occurred_at``: ``occurred_at`` is stamped in the agent's libvirt callback,
 ``applied_at`` by consumer/store.py inside the applying transaction (the commit itself,
 a few hundred microseconds on a local PostgreSQL, is not included). The baseline is the
-periodic poll (baseline_poll). A second, shorter pass adds a spy queue on the same
+periodic poll (baseline_poll). The limit of the agent's CPU per event is measured in
+the same run, before the agents start: a bare libvirt-python lifecycle callback
+(benchmarks.bare_callback: subscribe, count, nothing else) on each of the same daemons,
+under the same load at the same rate; no agent can be handed an event for less. A second, shorter pass adds a spy queue on the same
 exchange that times each event's arrival at the broker's side (benchmarks.spy_queue),
 splitting the latency into the agent's and broker's share and the consumer's; its own
 CPU would weigh on the measure, so the measure is the first pass, without it.
@@ -18,6 +21,7 @@ CPU would weigh on the measure, so the measure is the first pass, without it.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import time
 
@@ -38,6 +42,7 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
     url, engine = run.main_database()
     topology = run.topology(NAME)
     hosts = daemons.start_daemons(run, names, p.domains_per_host)
+    bare = _bare_steady(run, hosts, p.latency_seconds)  # the limit, before any agent
     pipeline, consumer = harness.start_consumer(run, NAME, topology, url)
     sampler.watch(f"consumer-{NAME}", consumer.pid)
     agents = []
@@ -49,6 +54,9 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
                      "every agent's start inventory in the database")
     sources = {"machine (all cores)": harness.machine_cpu_seconds,
                "agents": harness.CpuMeter.of_pids(agents),
+               **{f"agents' {thread}": functools.partial(harness.thread_cpu_seconds, agents,
+                                                         thread)
+                  for thread in harness.AGENT_THREADS},
                "libvirtds": harness.CpuMeter.of_pids([d.pid for d in hosts]),
                "consumer": harness.CpuMeter.of_pids([consumer.pid]),
                "postgres": harness.postgres_cpu_seconds}
@@ -80,8 +88,14 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
         Row(NAME, f"CPU per event: the agent, at {per_host:g} events/s on each of "
             f"{len(names)} hosts", "us", measured["cpu_us_per_event"]["agents"],
             target=AGENT_CPU_TARGET_US, higher_is_better=False,
+            limit=bare["cpu_us_per_event"], limit_label="bare callback, same daemons and rate",
             note=f"{len(names)} agents: {measured['cpu_s']['agents']:.2f} s of CPU over "
                  f"{measured['events']} events"),
+        *[Row(NAME, f"CPU per event: the agents' {thread} threads", "us",
+              measured["cpu_us_per_event"][f"agents' {thread}"], higher_is_better=False,
+              **({"limit": bare["cpu_us_per_event"], "limit_label": "bare callback"}
+                 if thread == "libvirt-events" else {}))
+          for thread in harness.AGENT_THREADS],
         Row(NAME, "cores busy on the machine during the steady load", "cores",
             measured["cores"]["machine (all cores)"], higher_is_better=False,
             limit=float(os.cpu_count() or 1), limit_label="cores here"),
@@ -102,8 +116,47 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
                "p999_ms": harness.percentile(lat, 0.999), "max_ms": worst,
                "mean_ms": sum(lat) / len(lat) if lat else None, "baseline_model": poll,
                "cores_used": measured["cores"], "cpu_us_per_event": measured["cpu_us_per_event"],
+               "limit_bare_callback": bare,
                "profile_pass": {k: v for k, v in split.items() if k != "latencies_ms"}}
     return ScenarioResult(NAME, rows, details)
+
+
+def _loaders(run: Run, hosts: list, seconds: float, start_at: float) -> list[ModuleProcess]:
+    """``latency_loaders`` load processes pacing ``latency_rate`` events/s between them
+    over the hosts' domains for ``seconds``, from ``start_at``."""
+    p = run.profile
+    return [ModuleProcess(run, "libvirt_load", {
+        "targets": [{"uri": d.uri, "host": d.host, "first": 0, "count": p.domains_per_host}
+                    for d in hosts[i::p.latency_loaders]],
+        "rate": p.latency_rate / p.latency_loaders, "seconds": seconds,
+        "start_at": start_at}, f"{NAME}-load-{i}-{int(start_at)}")
+        for i in range(p.latency_loaders)]
+
+
+def _bare_steady(run: Run, hosts: list, seconds: float) -> dict:
+    """The limit: a bare callback (benchmarks.bare_callback) on each daemon, under the
+    same steady load as the agents'; their CPU over the load's time / the events."""
+    start_at = time.time() + 3.0
+    until = start_at + seconds + 3.0  # the last events reach the callbacks
+    bare = [ModuleProcess(run, "bare_callback", {
+        "uri": d.uri, "expected": None, "timeout": until - time.time()},
+        f"{NAME}-bare-{d.host}") for d in hosts]
+    for proc in bare:
+        proc.line(30)  # subscribed
+    meter = harness.CpuMeter({"bare": harness.CpuMeter.of_pids([b.pid for b in bare])})
+    loaders = _loaders(run, hosts, seconds, start_at)
+    time.sleep(max(0.0, start_at - time.time()))
+    meter.start()
+    results = [proc.line(seconds + 120) for proc in loaders]
+    used = meter.stop()["bare"]
+    events = sum(r["events"] for r in results)
+    seen = sum(proc.line(until - time.time() + 30)["events"] for proc in bare)
+    for proc in bare:
+        proc.wait()
+    if seen < events:
+        raise harness.BenchError(f"latency: the bare callbacks saw {seen} of {events} events")
+    return {"events": events, "seen": seen, "cpu_s": used,
+            "cpu_us_per_event": round(used / events * 1e6, 1)}
 
 
 def _steady(run: Run, engine, hosts: list, sources: dict, seconds: float,
@@ -124,14 +177,7 @@ def _steady(run: Run, engine, hosts: list, sources: dict, seconds: float,
         sources = dict(sources, spy=harness.CpuMeter.of_pids([spy.pid]))
     meter = harness.CpuMeter(sources)
     start_at = time.time() + 3.0
-    loaders = []
-    for i in range(p.latency_loaders):
-        mine = hosts[i::p.latency_loaders]
-        loaders.append(ModuleProcess(run, "libvirt_load", {
-            "targets": [{"uri": d.uri, "host": d.host, "first": 0, "count": p.domains_per_host}
-                        for d in mine],
-            "rate": p.latency_rate / p.latency_loaders, "seconds": seconds,
-            "start_at": start_at}, f"{NAME}-load-{i}"))
+    loaders = _loaders(run, hosts, seconds, start_at)
     time.sleep(max(0.0, start_at - time.time()))
     meter.start()
     results = [proc.line(seconds + 120) for proc in loaders]

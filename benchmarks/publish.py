@@ -19,6 +19,7 @@ confirmed and queued every event, and its outbox is empty.
 
 from __future__ import annotations
 
+import functools
 import time
 
 from benchmarks import daemons, harness
@@ -65,6 +66,13 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
                             limit_label="with the bare callback",
                             baseline=stock["cpu_us_per_event"].get(part),
                             baseline_label="with Notifier.info"))
+    for thread in harness.AGENT_THREADS:
+        rows.append(Row(NAME, f"CPU per event: the agent's {thread} thread", "us",
+                        ours["cpu_us_per_event"][f"subscriber's {thread}"],
+                        higher_is_better=False,
+                        **({"limit": limit["cpu_us_per_event"][f"subscriber's {thread}"],
+                            "limit_label": "the bare callback's"}
+                           if thread == "libvirt-events" else {})))
     details = {"events": events, "loaders": p.publish_loaders, "domains": p.publish_domains,
                "limit": limit, "ours": ours, "notifier": stock}
     return ScenarioResult(NAME, rows, details)
@@ -89,9 +97,13 @@ def _loaders(run: Run, daemon: daemons.Daemon, label: str) -> tuple[list[ModuleP
 
 def _cpu(daemon: daemons.Daemon, subscriber_pid: int) -> harness.CpuMeter:
     """CPU seconds of the daemon, the subscriber (agent, bare callback or Notifier) and
-    the broker while the load runs; the loaders report their own."""
+    the broker while the load runs, and of the subscriber's threads by name (the bare
+    callback runs on a ``libvirt-events`` thread too); the loaders report their own."""
     sources = {"libvirtd": harness.CpuMeter.of_pids([daemon.pid]),
-               "subscriber": harness.CpuMeter.of_pids([subscriber_pid])}
+               "subscriber": harness.CpuMeter.of_pids([subscriber_pid]),
+               **{f"subscriber's {thread}": functools.partial(
+                   harness.thread_cpu_seconds, [subscriber_pid], thread)
+                  for thread in harness.AGENT_THREADS}}
     broker_pid = harness.machine_broker_pid()
     if broker_pid is not None:
         sources["broker"] = harness.CpuMeter.of_pids([broker_pid])
@@ -131,7 +143,8 @@ def _under_load(run: Run, daemon: daemons.Daemon, subscriber: ModuleProcess,
 
 def _bare_callback(run: Run, daemon: daemons.Daemon, events: int) -> dict:
     bare = ModuleProcess(run, "bare_callback", {"uri": daemon.uri, "expected": events,
-                                                "timeout": 300}, f"{NAME}-bare")
+                                                "timeout": 300, "linger": 2.0},
+                         f"{NAME}-bare")
     got, load, cpu = _under_load(run, daemon, bare, events)
     if got["events"] != events:
         raise BenchError(f"publish: the bare callback saw {got['events']} of {events} events")

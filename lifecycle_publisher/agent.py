@@ -168,9 +168,6 @@ class Parts:
 
 class Agent:
     def __init__(self, parts: Parts):
-        if not isinstance(parts, Parts):  # Agent(conf): until its callers build the parts
-            from lifecycle_publisher.cmd import build_parts
-            parts = build_parts(parts)
         self.settings = parts.settings
         self.host = parts.settings.host
         self.outbox = parts.outbox

@@ -35,7 +35,7 @@ from lab.rabbit_node import RabbitNode
 from lifecycle_common import broker, wire
 from lifecycle_publisher import config as agent_config
 from lifecycle_publisher import observability
-from lifecycle_publisher.agent import Agent
+from lifecycle_publisher.cmd import build_agent
 from lifecycle_publisher.outbox import Outbox
 from tests.conftest import ServiceThread, wait_for
 from tests.integration.test_consumer_service import body
@@ -271,7 +271,7 @@ def test_an_agent_keeps_its_events_during_a_memory_alarm_and_stops_in_time(
     declare(nb.channel, nb.topology())
     consumer = Consumer(nb, db_engine)
     conf = agent_conf(tmp_path, nb.exchange, nb.transport_url)
-    agent = ServiceThread(Agent(conf), name="agent")
+    agent = ServiceThread(build_agent(conf), name="agent")
     outbox = Outbox(os.path.join(tmp_path, "outbox.sqlite"))
     try:
         wait_for(lambda: host_known(db_engine), timeout=20, message="the start inventory applied")
@@ -302,7 +302,7 @@ def test_an_agent_keeps_its_events_during_a_memory_alarm_and_stops_in_time(
             assert agent.exit_status == 0
             assert outbox.pending() >= 4  # kept for the next start
             assert "stopping while" in caplog.text and "blocks the connection" in caplog.text
-            agent = ServiceThread(Agent(conf), name="agent")  # started again, still blocked
+            agent = ServiceThread(build_agent(conf), name="agent")  # started again, still blocked
             wait_for(lambda: agent.service.publisher.blocked.is_blocked, timeout=15)
             cleared = time.monotonic()
         want = ["instance.defined", "instance.started", "instance.paused", "instance.resumed"]
@@ -340,7 +340,7 @@ def test_an_agent_moves_from_a_node_that_nacks_everything_to_the_next(
     confirm_timeout = 3.0
     conf = agent_conf(tmp_path, refusing.exchange, url, confirm_timeout=confirm_timeout,
                       broker_retry_interval_max=4.0, heartbeat_interval=30.0)
-    agent = ServiceThread(Agent(conf), name="agent")
+    agent = ServiceThread(build_agent(conf), name="agent")
     try:
         publisher = agent.service.publisher
         wait_for(lambda: publisher.ledger.nacks >= 1, timeout=15, message="a nack")

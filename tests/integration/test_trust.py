@@ -25,7 +25,7 @@ from consumer.store import Store
 from consumer.topology import Topology
 from lifecycle_common import broker
 from lifecycle_publisher import config as agent_config
-from lifecycle_publisher.agent import Agent
+from lifecycle_publisher.cmd import build_agent
 from lifecycle_publisher.outbox import Outbox
 from tests.conftest import AmqpIsolation, ServiceThread, unique
 
@@ -154,7 +154,8 @@ def test_per_host_users_over_tls_and_a_host_that_speaks_for_another(
     wait_for(lambda: consumer.service.queue._conn is not None, timeout=15,
              message="the consumer connected over TLS")
 
-    agent_a = Agent(agent_conf(tmp_path, node, host_a, node.tls_url(), node.tls_options(host_a)))
+    agent_a = build_agent(agent_conf(tmp_path, node, host_a, node.tls_url(),
+                                     node.tls_options(host_a)))
     running(agent_a)
     wait_for(lambda: rows(db_engine, hosts, hosts.c.name == host_a), timeout=20,
              message="compute-a's start inventory applied")
@@ -177,7 +178,7 @@ def test_per_host_users_over_tls_and_a_host_that_speaks_for_another(
     ahead = Outbox(f"{rogue_conf.state_path}/outbox.sqlite")
     ahead.open_epoch(now=time.time() + 120)
     ahead.close()
-    rogue = Agent(rogue_conf)
+    rogue = build_agent(rogue_conf)
     journal_before = len(rows(db_engine, journal))
     running(rogue)
     dlq = f"{node.queue}.dlq"
@@ -202,7 +203,7 @@ def test_a_stamp_of_another_users_name_is_refused_by_the_broker_itself(
     caplog.set_level(logging.WARNING, logger="lifecycle_publisher.publisher")
     conf = agent_conf(tmp_path, node, host_a, node.tls_url(), node.tls_options(host_b),
                       broker_user=host_a)
-    agent = Agent(conf)
+    agent = build_agent(conf)
     running(agent)
     wait_for(lambda: "PRECONDITION_FAILED - user_id property set to" in caplog.text, timeout=20,
              message="the broker refusing the forged user_id")
@@ -223,7 +224,7 @@ def test_a_broker_that_cannot_prove_its_name_gets_nothing(
     options = node.tls_options(host, ca=node.pki.other_ca_cert if how == "wrong CA" else None)
     url = node.tls_url(host="127.0.0.1" if how == "wrong hostname" else "localhost")
     caplog.set_level(logging.WARNING, logger="lifecycle_publisher.publisher")
-    agent = Agent(agent_conf(tmp_path, node, host, url, options))
+    agent = build_agent(agent_conf(tmp_path, node, host, url, options))
     running(agent)
     wait_for(lambda: logged in caplog.text, timeout=20, message=f"a log line saying {logged}")
     assert not agent.publisher.connected_once

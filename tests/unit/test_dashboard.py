@@ -55,10 +55,10 @@ def exported(tmp_path_factory):
     pytest.importorskip("libvirt")
     from lifecycle_publisher import config as agent_config
     from lifecycle_publisher import observability
-    from lifecycle_publisher.agent import Agent
+    from lifecycle_publisher.cmd import build_agent
     state = tmp_path_factory.mktemp("agent")
-    agent = Agent(agent_config.in_code({"host": "dash-host", "state_path": str(state)},
-                                       libvirt={"connection_uri": "test:///default"}))
+    agent = build_agent(agent_config.in_code({"host": "dash-host", "state_path": str(state)},
+                                             libvirt={"connection_uri": "test:///default"}))
     from consumer.amqp_queue import BatchQueue
     from consumer.topology import Topology
     from lifecycle_common import broker

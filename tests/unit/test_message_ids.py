@@ -1,7 +1,8 @@
 import os
 import uuid
 
-from lifecycle_common.wire.message_ids import RandomIds, new_message_id
+from lifecycle_common.wire.message_ids import (RandomIds, _uuid4_strings,
+                                               _uuid4_strings_plain, new_message_id)
 
 
 def test_ids_are_version_4_uuids_in_canonical_form():
@@ -34,3 +35,11 @@ def test_a_forked_child_does_not_hand_out_the_parents_pooled_ids():
     os.waitpid(pid, 0)
     parent = [new_message_id() for _ in range(300)]
     assert child not in parent
+
+
+def test_the_batched_ids_are_the_plain_ones_and_uuid_modules():
+    for raw in (os.urandom(16 * 256), bytes(16 * 3), b"\xff" * 16 * 5, os.urandom(16)):
+        batched = _uuid4_strings(raw)
+        assert batched == _uuid4_strings_plain(raw)
+        assert batched == [str(uuid.UUID(bytes=raw[i:i + 16], version=4))
+                           for i in range(0, len(raw), 16)]
