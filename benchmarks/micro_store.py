@@ -7,8 +7,14 @@ own server processes), and per event in us; and per event, every postgres proces
 (as benchmarks.harness.postgres_cpu_seconds counts it: walwriter, checkpointer and the
 others too, and any other database's work on the machine meanwhile).
 
-usage: python -m benchmarks.micro_store MODE [steps]   MODE: portable | pipelined | statements
+usage: python -m benchmarks.micro_store MODE [steps]
+       MODE: portable | pipelined | statements | fold
 (MICRO_STORE_BATCH=N in the environment: batches of N rather than 500)
+
+``fold``: no database; ``consumer.fold`` alone (``Batch``, ``fresh``, ``instances_to_load``,
+``words_wanted``, ``host_names``, then ``fold``) over the same batches against rows kept
+in memory as the store would write them: CPU per event of the preparation and of
+``fold`` itself, the best of 7 passes.
 
 ``statements``: the pipelined store's statements sent one at a time (no pipeline), the
 server process's CPU of each read from /proc/<pid>/schedstat (nanoseconds), summed per
@@ -44,6 +50,9 @@ STEPS = [(Event.SUSPENDED, SuspendedDetail.PAUSED), (Event.RESUMED, ResumedDetai
 def main():
     mode = sys.argv[1]
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 4
+    if mode == "fold":
+        fold_alone(steps)
+        return
     name = f"fold_bench_{os.getpid()}"
     subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", name], check=True)
     try:
@@ -211,6 +220,71 @@ def _floor(store) -> None:
             other.execute("SELECT 1", prepare=True)
         print(f"floor: a statement's round trip (SELECT 1, prepared) "
               f"{(_server_ns(pid2) - before) / 200 / 1e3:.1f} us")
+
+
+def fold_alone(steps: int, passes: int = 7) -> None:
+    """The fold's CPU per event, without a database (see the module's docstring)."""
+    from consumer import fold
+    from lifecycle_common import timeutil
+    hosts = [f"bench-h{i:02d}" for i in range(HOSTS)]
+    uuids = {h: [f"{i:08d}-0000-4000-8000-{j:012d}" for j in range(DOMAINS)]
+             for i, h in enumerate(hosts)}
+    seq = {h: 0 for h in hosts}
+    t = 1_764_000_000.0
+
+    def nxt(h):
+        seq[h] += 1
+        return seq[h]
+    decode = lambda n: wire.decode(wire.encode(n))  # noqa: E731
+    inventories = [decode(notifications.inventory_notification(h, EPOCH, Inventory(
+        seq=nxt(h), occurred_at=t, reason="start",
+        domains=tuple(DomainSnapshot(u, u[:8], int(DomainState.RUNNING), 1) for u in uuids[h]))))
+        for h in hosts]
+    notes = []
+    for s in range(steps):
+        code, detail = STEPS[s % 4]
+        for d in range(DOMAINS):
+            for h in hosts:
+                notes.append(decode(notifications.instance_notification(h, EPOCH, DomainEvent(
+                    seq=nxt(h), occurred_at=t + seq[h], uuid=uuids[h][d], name="vm",
+                    event=int(code), detail=int(detail)))))
+    batches = [notes[i:i + BATCH] for i in range(0, len(notes), BATCH)]
+    now = timeutil.utcnow()
+
+    def apply(notes, rows, host_rows):
+        """One batch as the store applies it (no journal read, no last words held);
+        returns the CPU seconds of the preparation and of the fold."""
+        t0 = time.process_time()
+        batch = fold.Batch(notes)
+        fresh = batch.fresh(set())
+        load, inventory_hosts = fold.instances_to_load(fresh)
+        loaded = {u: rows[u] for u in load if u in rows}
+        if inventory_hosts:  # (the store's query: every row not deleted of these hosts)
+            loaded.update((u, r) for u, r in rows.items()
+                          if r.host in inventory_hosts and not r.deleted)
+        fold.words_wanted(fresh, loaded)
+        named = {h: host_rows[h] for h in batch.host_names(fresh) if h in host_rows}
+        t1 = time.process_time()
+        writes = fold.fold(batch, set(), loaded, {}, named, now)
+        t2 = time.process_time()
+        rows.update((r.uuid, r) for r in writes.new_instances + writes.changed_instances)
+        host_rows.update((h.name, h) for h in writes.new_hosts + writes.changed_hosts)
+        return t1 - t0, t2 - t1
+
+    start_rows, start_hosts = {}, {}
+    apply(inventories, start_rows, start_hosts)
+    best_prepare = best_fold = float("inf")
+    for _ in range(passes):
+        rows, host_rows = dict(start_rows), dict(start_hosts)
+        prepare = folding = 0.0
+        for b in batches:
+            p, f = apply(b, rows, host_rows)
+            prepare, folding = prepare + p, folding + f
+        best_prepare, best_fold = min(best_prepare, prepare), min(best_fold, folding)
+    n = len(notes)
+    print(f"fold: {len(batches)} batches, {n} events; per event: preparing "
+          f"{best_prepare / n * 1e6:.2f} us, fold {best_fold / n * 1e6:.2f} us (best of "
+          f"{passes})")
 
 
 if __name__ == "__main__":

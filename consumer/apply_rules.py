@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import functools
 from typing import NamedTuple, Optional
 
 from lifecycle_common.power_state import PowerState
@@ -33,6 +34,11 @@ class Outcome(str, enum.Enum):
     APPLIED = "applied"   # changed the database
     STALE = "stale"       # older than what the database holds: changed nothing
     IGNORED = "ignored"   # carries nothing to apply (e.g. libvirt event deliberately ignored)
+
+
+# The outcomes as module constants: ``Outcome.APPLIED`` is looked up through the Enum's
+# class (0.15 us under Python 3.11, against 0.01 for a global), twice an event.
+APPLIED, STALE, IGNORED = Outcome.APPLIED, Outcome.STALE, Outcome.IGNORED
 
 
 # Records are NamedTuples: immutable as frozen dataclasses are, and built about four
@@ -47,6 +53,16 @@ class InstanceRow(NamedTuple):
     seq: int
     last_event_type: str
     event_occurred_at: datetime.datetime
+
+
+def record_maker(cls: type) -> "functools.partial":
+    """``make`` such that ``make((a, b, ...))`` is ``cls(a, b, ...)`` for a NamedTuple
+    ``cls`` given every field, in order: ``tuple.__new__`` straight, without the
+    ``__new__`` namedtuple generates (a Python function): 0.35 us against 0.6 a record
+    of eight fields; three records an event in ``fold``. Nothing checks the number of
+    values: the caller gives them all (tests/unit/test_apply_rules.py holds each maker
+    to its class, and the fold's tests its records)."""
+    return functools.partial(tuple.__new__, cls)
 
 
 class Observation(NamedTuple):
@@ -82,18 +98,21 @@ def apply(row: Optional[InstanceRow], obs: Observation,
     """The row after ``obs`` and whether it changed anything (``last_word``: see
     ``is_newer``)."""
     if not is_newer(row, obs, last_word):
-        return row, Outcome.STALE
+        return row, STALE
     if obs.power_state is not None:
         power_state = obs.power_state
     elif row is not None:
         power_state = row.power_state
     else:
         power_state = PowerState.PENDING.value
-    # Positional: a NamedTuple built by keyword takes twice as long (1.3 us against 0.6).
-    return InstanceRow(  # uuid, name, host, power_state, deleted, epoch, seq,
+    return new_instance_row((  # uuid, name, host, power_state, deleted, epoch, seq,
         # last_event_type, event_occurred_at
         obs.uuid, obs.name or (row.name if row else ""), obs.host, power_state, obs.deleted,
-        obs.epoch, obs.seq, obs.event_type, obs.occurred_at), Outcome.APPLIED
+        obs.epoch, obs.seq, obs.event_type, obs.occurred_at)), APPLIED
+
+
+new_instance_row = record_maker(InstanceRow)
+new_observation = record_maker(Observation)
 
 
 def vanished(row: InstanceRow, host: str, epoch: int, seq: int,

@@ -12,6 +12,10 @@
 
 ``apply_rules`` decides each instance's change; this module decides the order in which
 the batch's notes meet the rows, and each host's position and liveness.
+
+``fold`` takes 5.5 us of CPU per event of benchmarks/apply.py's batches (``python -m
+benchmarks.micro_store fold``), 8.5 before its times were made by ``parse_utc`` and
+``as_naive_utc`` and its records by ``apply_rules.record_maker``.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from lifecycle_common.wire import Notification
 from lifecycle_common.wire.payloads import (
     HostHeartbeatPayload, HostInventoryPayload, InstanceLifecyclePayload)
 from consumer import apply_rules
-from consumer.apply_rules import InstanceRow, Observation, Outcome
+from consumer.apply_rules import (
+    APPLIED, IGNORED, InstanceRow, Observation, Outcome, new_observation, record_maker)
 
 LOG = logging.getLogger(__name__)
 
@@ -77,6 +82,9 @@ class JournalRow(NamedTuple):
     outcome: str
     occurred_at: datetime.datetime
     applied_at: datetime.datetime
+
+
+_new_journal_row = record_maker(JournalRow)
 
 
 @dataclasses.dataclass
@@ -223,14 +231,14 @@ def fold(batch: Batch, journaled: set[Key], rows: dict[str, InstanceRow],
             _start_over(current, p.host, p.epoch)
             counted = [q for q in counted if q.host != p.host]
         counted.append(p)
-        occurred_at = timeutil.parse(p.occurred_at)  # aware, in UTC
+        occurred_at = parse_utc(p.occurred_at)  # aware, in UTC
         outcome, uuid = fold_note(current, note, occurred_at, words)
         outcomes[outcome] += 1
-        if outcome is Outcome.APPLIED:
+        if outcome is APPLIED:
             applied.append((note.event_type, occurred_at.timestamp()))
-        journal_rows.append(JournalRow(
+        journal_rows.append(_new_journal_row((
             p.host, p.epoch, p.seq, note.event_type, uuid, _OUTCOME_TEXT[outcome],
-            occurred_at.replace(tzinfo=None), applied_at))
+            as_naive_utc(occurred_at), applied_at)))
     result.outcomes.update({o: n for o, n in outcomes.items() if n})
 
     new_instances, changed_instances = [], []
@@ -251,13 +259,13 @@ def fold_note(current: dict[str, Optional[InstanceRow]], note: Notification,
     p = note.payload
     if isinstance(p, InstanceLifecyclePayload):
         if p.transition == "ignored":
-            return Outcome.IGNORED, p.uuid
+            return IGNORED, p.uuid
         transition = p.transition
-        # Positional (by keyword: twice as long, 1.3 us against 0.6): uuid, name, host,
-        # epoch, seq, occurred_at, event_type, power_state, deleted, runs_here.
-        obs = Observation(p.uuid, p.name, p.host, p.epoch, p.seq, occurred_at,
-                          note.event_type, p.power_state, transition == "undefined",
-                          transition in RUNS_HERE)
+        # uuid, name, host, epoch, seq, occurred_at, event_type, power_state, deleted,
+        # runs_here (all of them: see apply_rules.record_maker).
+        obs = new_observation((p.uuid, p.name, p.host, p.epoch, p.seq, occurred_at,
+                                    note.event_type, p.power_state,
+                                    transition == "undefined", transition in RUNS_HERE))
         current[p.uuid], outcome = apply_rules.apply(
             current.get(p.uuid), obs, words.get((p.uuid, p.host)))
         said(words, p.uuid, p.host, p.epoch, p.seq)
@@ -279,12 +287,43 @@ def fold_note(current: dict[str, Optional[InstanceRow]], note: Notification,
             gone = apply_rules.vanished(row, p.host, p.epoch, p.seq, occurred_at)
             if gone is not None:
                 current[uuid] = gone
-    return Outcome.APPLIED, None
+    return APPLIED, None
 
 
 def naive_utc(moment: datetime.datetime) -> datetime.datetime:
     """Datetimes are stored naive, in UTC, on every backend."""
     return moment.astimezone(timeutil.UTC).replace(tzinfo=None)
+
+
+_NAIVE_2000 = datetime.datetime(2000, 1, 1)
+_AWARE_2000 = datetime.datetime(2000, 1, 1, tzinfo=timeutil.UTC)
+
+
+def as_naive_utc(moment: datetime.datetime) -> datetime.datetime:
+    """``naive_utc(moment)`` of an aware ``moment`` (``moment.replace(tzinfo=None)``
+    where it is in UTC), by timedelta arithmetic: 0.11 us where Python 3.11's
+    ``replace(tzinfo=None)`` takes 1.5, once per event in ``fold`` (tests/unit/
+    test_fold.py holds it to ``naive_utc``). The result's ``fold`` is 0 (it decides
+    nothing for a naive UTC time)."""
+    return _NAIVE_2000 + (moment - _AWARE_2000)
+
+
+def as_aware_utc(moment: datetime.datetime) -> datetime.datetime:
+    """``moment.replace(tzinfo=UTC)`` of a naive ``moment`` in UTC (as stored), by
+    timedelta arithmetic: 0.12 us against 1.5 under Python 3.11, once per row the store
+    loads (tests/unit/test_fold.py holds it to ``replace``)."""
+    return _AWARE_2000 + (moment - _NAIVE_2000)
+
+
+def parse_utc(text: str) -> datetime.datetime:
+    """``timeutil.parse(text)``, without its ``astimezone`` where the text's offset is
+    UTC already (``+00:00`` or ``Z``, as the agents write it): 0.2 us against 0.45
+    (tests/unit/test_fold.py holds it to ``timeutil.parse``)."""
+    moment = _fromisoformat(text)
+    return moment if moment.tzinfo is timeutil.UTC else timeutil.parse(text)
+
+
+_fromisoformat = datetime.datetime.fromisoformat
 
 
 def _is_new_state(note: Notification) -> bool:

@@ -9,7 +9,7 @@ consumer reads of ``amqp.Message`` (``body``, ``properties``, ``delivery_info``,
 
 Why: py-amqp spends about 21 microseconds of Python on each delivery here (a generic
 ``Message``, its arguments unpacked by a format-string interpreter, the channel's method
-dispatch, the body decoded to text); this reads the three frames in about 6.6
+dispatch, the body decoded to text); this reads the three frames in about 5.7
 (benchmarks/micro_consumer.py, an 859-byte event, on this project's machines). The
 usual delivery, whose three frames arrived together, is read in one go
 (``_whole_delivery``); any other arrangement frame by frame. tests/unit/
@@ -49,6 +49,7 @@ _TAG_AND_BIT = struct.Struct(">QB")   # delivery-tag, redelivered
 _CONTENT_HEAD = struct.Struct(">HHQ")  # class, weight, body size
 _FRAME_END = 0xCE
 _TEXT = "utf-8"
+_RESTS_REMEMBERED = 256  # combinations of redelivered, exchange and routing key
 
 
 class Delivery:
@@ -117,6 +118,12 @@ class DeliveryReader:
         self._consumer_tag_text = consumer_tag
         self._on_delivery = on_delivery
         self._assembling: Optional[_Assembling] = None
+        # basic.deliver's class and method ids and our consumer tag, as a frame's
+        # arguments begin; what follows the delivery tag -> (redelivered, exchange,
+        # routing key), as read from those bytes.
+        tag = self._consumer_tag
+        self._deliver_prefix = _DELIVER + bytes((min(len(tag), 255),)) + tag
+        self._deliver_rests: dict[bytes, tuple] = {}
 
     def read_available(self) -> int:
         """Handle every whole frame the broker has sent so far, and return how many.
@@ -184,7 +191,28 @@ class DeliveryReader:
     def _deliver_args(self, buf: bytes, start: int, stop: int) -> Optional[tuple]:
         """The arguments of a basic.deliver method frame if it is to our consumer (None
         leaves it to py-amqp): consumer tag, delivery tag, redelivered, exchange,
-        routing key."""
+        routing key. What follows the delivery tag (redelivered, exchange, routing key:
+        a few combinations on a queue) is read once (``_deliver_args_plainly``) and
+        remembered by its bytes: 0.83 us a delivery against 1.15 (best of 9, this
+        project's machine; tests/unit/test_amqp_deliveries.py holds it to the plain
+        reading). With ``read_ascii_properties``, benchmarks/micro_consumer.py's frames
+        take 5.7 us a message against 6.6."""
+        if buf.startswith(self._deliver_prefix, start):
+            at = start + len(self._deliver_prefix)
+            rest = self._deliver_rests.get(buf[at + 8:stop])
+            if rest is not None:
+                return (self._consumer_tag_text, _unpack_q(buf, at)[0], *rest)
+        args = self._deliver_args_plainly(buf, start, stop)
+        if args is not None:
+            rests = self._deliver_rests
+            if len(rests) >= _RESTS_REMEMBERED:
+                rests.clear()
+            rests[buf[start + len(self._deliver_prefix) + 8:stop]] = args[2:]
+        return args
+
+    def _deliver_args_plainly(self, buf: bytes, start: int, stop: int) -> Optional[tuple]:
+        """``_deliver_args``, every argument read from the frame (which they depend
+        on alone: nothing past ``stop`` is read)."""
         try:
             at = start + 4
             length = buf[at]
@@ -297,17 +325,35 @@ _unpack_q = struct.Struct(">Q").unpack_from
 
 def decode_properties(buf: bytes, offset: int, stop: int) -> dict:
     """The basic properties at ``buf[offset:stop]``, as py-amqp's
-    ``decode_properties_basic`` decodes them; for a message without headers (the
-    agent's: five properties) in 1.5 microseconds where py-amqp's takes 3.2: only the
-    properties its flags name are read, in one loop planned once per combination of
-    flags."""
-    flags = (buf[offset] << 8) | buf[offset + 1]
-    if flags & _TABLE_FLAG or flags & 1:  # headers, or more flags: py-amqp's way
-        return decode_properties_basic(buf[offset:stop], 0)[0]
+    ``decode_properties_basic`` decodes them: by ``read_ascii_properties`` where they
+    are all ASCII (the agent's) and their flags were seen before (planned, without
+    headers), else by ``decode_properties_plainly``."""
+    plan = _plans.get((buf[offset] << 8) | buf[offset + 1])  # (planned by the plain way)
+    if plan is not None:
+        properties = read_ascii_properties(buf[offset + 2:stop], plan)
+        if properties is not None:
+            return properties
+    return decode_properties_plainly(buf, offset, stop)
+
+
+def _plan(flags: int) -> tuple[tuple[str, int], ...]:
     plan = _plans.get(flags)
     if plan is None:
         plan = _plans[flags] = tuple((name, kind) for bit, name, kind in _PROPERTIES
                                      if flags & bit)
+    return plan
+
+
+def decode_properties_plainly(buf: bytes, offset: int, stop: int) -> dict:
+    """``decode_properties``, each string decoded in turn: for a message without
+    headers (the agent's: five properties) in 1.5 microseconds where py-amqp's takes
+    3.2: only the properties its flags name are read, in one loop planned once per
+    combination of flags. Raises IndexError, struct.error or ValueError (a
+    UnicodeDecodeError among them) where the properties are not whole or not text."""
+    flags = (buf[offset] << 8) | buf[offset + 1]
+    if flags & _TABLE_FLAG or flags & 1:  # headers, or more flags: py-amqp's way
+        return decode_properties_basic(buf[offset:stop], 0)[0]
+    plan = _plan(flags)
     try:
         properties, at = _read_properties(buf, offset + 2, plan, "strict")
     except UnicodeDecodeError:  # surrogates encoded: py-amqp decodes them (surrogatepass)
@@ -315,6 +361,39 @@ def decode_properties(buf: bytes, offset: int, stop: int) -> dict:
     if at > stop:
         raise ValueError("the properties run past the frame's end")
     return properties
+
+
+def read_ascii_properties(region: bytes, plan) -> Optional[dict]:
+    """The properties ``plan`` names, read from ``region`` (what follows the flags, to
+    the frame's end) when it is all ASCII (the agent's properties are: lengths below
+    128, delivery mode 2, ASCII text): decoded at once, each string then a slice of
+    that text, where ``_read_properties`` decodes each one in turn; in ASCII, UTF-8
+    (strict or surrogatepass) and ASCII decode alike. None where the region is not
+    ASCII or the properties do not fit in it, which ``_read_properties`` reads (and
+    says what is wrong). ``decode_properties`` of the agent's five properties: 1.75 us
+    this way against 2.07 plainly (best of 9, this project's machine; tests/unit/
+    test_amqp_deliveries.py holds it to the plain way and to py-amqp's decoder)."""
+    try:
+        text = region.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    properties = {}
+    at = 0
+    try:
+        for name, kind in plan:
+            if kind == 0:  # _SHORT
+                end = at + 1 + region[at]
+                properties[name] = text[at + 1:end]
+                at = end
+            elif kind == 1:  # _OCTET
+                properties[name] = region[at]
+                at += 1
+            else:
+                properties[name] = _unpack_q(region, at)[0]
+                at += 8
+    except (IndexError, struct.error):
+        return None
+    return properties if at <= len(region) else None
 
 
 def _read_properties(buf: bytes, at: int, plan, errors: str) -> tuple[dict, int]:

@@ -5,6 +5,7 @@ test_amqp_deliveries.py.)"""
 
 from __future__ import annotations
 
+import struct
 import types
 
 import amqp
@@ -14,7 +15,7 @@ from amqp.exceptions import UnexpectedFrame
 from amqp.method_framing import frame_handler
 from amqp.serialization import dumps
 
-from lifecycle_common import amqp_frames
+from lifecycle_common import amqp_deliveries, amqp_frames
 from lifecycle_common.amqp_deliveries import Delivery, DeliveryReader, decode_properties
 
 TAG = "amq.ctag-test"
@@ -199,3 +200,85 @@ def test_a_delivery_reads_as_an_amqp_message():
     assert d.headers == {"h": 1} and d.properties.get("user_id") == "compute-1"
     assert d.delivery_info["routing_key"] == "notifications.info"
     assert len({d, d}) == 1  # hashable, by identity (as amqp.Message)
+
+
+def property_cases() -> list[bytes]:
+    """Serialised properties (no headers): each of PROPERTIES, every cut of them, and
+    their bytes changed at each position to a value that matters (past ASCII, a length
+    past the end)."""
+    cases = []
+    for properties in PROPERTIES.values():
+        if "application_headers" in properties:
+            continue
+        raw = Message(b"", **properties)._serialize_properties()
+        cases.append(raw)
+        cases += [raw[:cut] for cut in range(2, len(raw))]
+        for at in range(2, len(raw)):
+            for value in (0, 1, 0x7F, 0x80, 0xFF, len(raw) - at):
+                cases.append(raw[:at] + bytes((value % 256,)) + raw[at + 1:])
+        cases.append(raw + b"trailing")
+    return cases
+
+
+def test_properties_decode_as_plainly_and_as_py_amqp_decodes_them():
+    from amqp.serialization import decode_properties_basic
+
+    def outcome(decode, raw):
+        try:
+            return "ok", decode(raw)
+        except (IndexError, struct.error, ValueError) as exc:
+            return "refused", type(exc), str(exc)
+    read_ascii = 0
+    for raw in property_cases():
+        ours = outcome(lambda r: decode_properties(r, 0, len(r)), raw)
+        assert ours == outcome(
+            lambda r: amqp_deliveries.decode_properties_plainly(r, 0, len(r)), raw), raw
+        if ours[0] == "ok":
+            assert ours[1] == decode_properties_basic(raw, 0)[0], raw
+            flags = int.from_bytes(raw[:2], "big")
+            plan = amqp_deliveries._plan(flags)
+            ascii_read = amqp_deliveries.read_ascii_properties(raw[2:], plan)
+            if ascii_read is not None:
+                read_ascii += 1
+                assert ascii_read == ours[1], raw
+    assert read_ascii > 100  # the ASCII way is the one tested
+
+
+def test_deliver_arguments_remembered_are_those_read_plainly():
+    """Method frames to our tag and others, redelivered or not, on a few exchanges and
+    keys, each read twice (the second time remembered), cut at every length, and with a
+    byte changed at every position: the same arguments, or the same refusal."""
+    def outcome(read, method):
+        try:
+            return "ok", read(method, 0, len(method))
+        except UnexpectedFrame as exc:
+            return "refused", str(exc)
+        except ValueError as exc:  # a routing key not UTF-8
+            return "error", type(exc)
+    methods = []
+    for tag in (TAG, "other-tag", TAG + "x", TAG[:-1]):
+        for redelivered in (False, True):
+            for exchange, key in (("lifecycle", "notifications.info"), ("", "q"),
+                                  ("lifecycle", "notifications.error"), ("é", "日")):
+                methods.append(b"\x00\x3c\x00\x3c" + dumps("sLbss", (
+                    tag, 17 + len(methods), redelivered, exchange, key)))
+    variants = []
+    for method in methods:
+        variants += [method, method]
+        variants += [method[:cut] for cut in range(4, len(method))]
+        variants += [method + b"trailing"]
+        for at in range(4, len(method)):
+            for value in (0, 1, 0x80, 0xFF):
+                variants.append(method[:at] + bytes((value,)) + method[at + 1:])
+    reader = Connection().reader
+    plain = Connection().reader
+    remembered = 0
+    for method in variants:
+        expected = outcome(plain._deliver_args_plainly, method)
+        assert outcome(reader._deliver_args, method) == expected, method
+        remembered += method[reader_prefix_end(reader) + 8:] in reader._deliver_rests
+    assert remembered > 50
+
+
+def reader_prefix_end(reader) -> int:
+    return len(reader._deliver_prefix)

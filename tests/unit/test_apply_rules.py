@@ -237,3 +237,19 @@ def test_an_inventory_listing_an_instance_applies_like_an_event():
     assert (after.power_state, after.last_event_type) == ("shutdown", "host.inventory")
     _, outcome = apply(row(seq=25), listed)
     assert outcome is Outcome.STALE
+
+
+def test_a_record_maker_makes_what_its_class_makes():
+    from consumer.apply_rules import new_instance_row, new_observation, record_maker
+    from consumer.fold import HostRow, JournalRow
+    values = ("u", "vm", "h", "running", False, 3, 9, "instance.started", T0)
+    made = new_instance_row(values)
+    assert type(made) is InstanceRow and made == InstanceRow(*values)
+    assert made.event_occurred_at is T0 and made._replace(seq=10).seq == 10
+    obs = ("u", "vm", "h", 3, 9, T0, "instance.started", "running", False, True)
+    assert type(new_observation(obs)) is Observation
+    assert new_observation(obs) == Observation(*obs)
+    for cls in (JournalRow, HostRow):
+        values = tuple(range(len(cls._fields)))
+        assert type(record_maker(cls)(values)) is cls
+        assert record_maker(cls)(values) == cls(*values)

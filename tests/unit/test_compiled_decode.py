@@ -343,3 +343,73 @@ def test_other_classes_are_built_by_their_constructors():
     assert payloads.frozen_dataclass_builder(Slotted)({"a": 1}) == Slotted(1)
     assert payloads.frozen_dataclass_builder(PostInit)({"a": 1}).a == 2
     assert payloads.frozen_dataclass_builder(Mutable)({"a": 1}) == Mutable(1)
+
+
+def timestamp_texts() -> list:
+    """Texts at and around the agents' layout: each position of a few real, edge and
+    impossible moments changed to every character that could matter."""
+    bases = ["2026-12-07T00:10:47.123456+00:00", "1970-01-01T00:00:00.000000+00:00",
+             "1969-12-31T23:59:59.999999+00:00", "9999-12-31T23:59:59.999999+00:00",
+             "2024-02-29T12:00:00.000001+00:00", "2023-02-29T12:00:00.000001+00:00",
+             "2026-12-07T23:59:60.000000+00:00", "2026-13-07T00:10:47.123456+00:00",
+             "2026-12-32T00:10:47.123456+00:00", "2026-12-07T24:00:00.000000+00:00",
+             "0000-01-01T00:00:00.000000+00:00", "2026-04-31T00:00:00.000000+00:00"]
+    characters = "0123456789.:-+TtZz /\x00é٣²"
+    texts: list = [None, 17, 1.5, b"2026-12-07T00:10:47.123456+00:00", ""]
+    for base in bases:
+        texts.append(base)
+        for at in range(len(base)):
+            for c in characters:
+                texts.append(base[:at] + c + base[at + 1:])
+        texts += [base[:-1], base + "0", base[:26] + "Z", base[:26] + "-00:00",
+                  base[:26] + "+01:00", base[:19] + "+00:00", base[:26] + "0+00:00"]
+    return texts
+
+
+def test_is_wire_timestamp_by_second_is_is_wire_timestamp():
+    from lifecycle_common import timeutil
+    texts = timestamp_texts()
+    for _ in range(2):  # once to remember each second's verdict, once remembered
+        for text in texts:
+            assert (compiled_decode.is_wire_timestamp_by_second(text)
+                    == timeutil.is_wire_timestamp(text)), text
+
+
+def test_every_format_is_checked_as_the_schemas_check_it():
+    assert set(compiled_decode._FORMAT_CHECKS) <= set(schemas.FORMATS)
+    for fmt, check in compiled_decode._FORMAT_CHECKS.items():
+        for text in timestamp_texts():
+            assert check(text) == schemas.FORMATS[fmt](text), (fmt, text)
+
+
+@pytest.mark.parametrize("value", [
+    None, "", "a", "instance-0001", "\x00", "a\x00", "\x00a", "a\x00b", "line\n", "\n",
+    "é日🚀", "\x01\x7f", "x" * 300, "x" * 300 + "\x00", "\ud800", "a\\x00"])
+def test_every_pattern_check_is_its_regular_expression(value):
+    import re
+    patterns = {pattern for t in compiled_decode._typed_payloads.values()
+                for _, pattern in t.data.patterns}
+    assert compiled_decode._NO_NUL in patterns  # the specialised one is in use
+    for pattern in patterns:
+        expected = value is None or re.search(pattern, value) is not None
+        assert compiled_decode._pattern_check(pattern)(value) == expected, (pattern, value)
+    assert compiled_decode.no_nul(value) == (
+        value is None or re.search(compiled_decode._NO_NUL, value) is not None)
+
+
+def test_remembered_verdicts_are_the_checks():
+    import re
+    for pattern in ("^[A-Za-z0-9][A-Za-z0-9._-]*$", "^[^\\x00]*$"):
+        pattern = compiled_decode.python_pattern(pattern)
+        plain = compiled_decode._pattern_check(pattern)
+        remembered = compiled_decode.remembered_verdicts(plain, size=5)
+        values = [None, "", "compute-1", "compute-1\n", "-x", "a b", "é", "x\x00", 7,
+                  "compute-1", "h" * 300] * 3
+        for value in values:  # more values than it remembers: forgotten, checked again
+            expected = value is None or (isinstance(value, str)
+                                         and re.search(pattern, value) is not None)
+            if isinstance(value, str) or value is None:
+                assert remembered(value) == plain(value) == expected, (pattern, value)
+    hosts = [check for t in compiled_decode._typed_payloads.values()
+             for field, check in t.checks if field == "host"]
+    assert hosts and all(c.__name__ == "check_remembered" for c in hosts)

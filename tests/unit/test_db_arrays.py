@@ -76,3 +76,49 @@ def test_an_int8_out_of_range_is_refused_as_before():
             interleaved_int8(values)
         with pytest.raises(struct.error):
             pp.int8_array(values)
+
+
+def timestamp_cases():
+    import datetime
+    rng = random.Random(23)
+    low, high = datetime.datetime(1, 1, 1), datetime.datetime(9999, 12, 31, 23, 59, 59, 999999)
+    utc = datetime.timezone.utc
+    moments = [low, high, datetime.datetime(2000, 1, 1),
+               datetime.datetime(1999, 12, 31, 23, 59, 59, 999999),
+               datetime.datetime(1970, 1, 1), datetime.datetime(2026, 12, 7, 0, 10, 47, 123456)]
+    moments += [low + datetime.timedelta(microseconds=rng.randrange(
+        int((high - low) / datetime.timedelta(microseconds=1)))) for _ in range(300)]
+    cases = [[], [None], moments, [moments[3], None], [moments[5].replace(tzinfo=utc)],
+             [m.replace(tzinfo=utc) for m in moments[2:]], [None, moments[3]],
+             [moments[5], moments[5].replace(tzinfo=utc)],
+             [moments[5].replace(tzinfo=datetime.timezone(datetime.timedelta(hours=-5)))]]
+    cases += [rng.sample(moments, rng.randint(1, 9)) for _ in range(200)]
+    return cases
+
+
+def test_timestamp_arrays_are_the_bytes_of_the_plain_packing():
+    for values in timestamp_cases():
+        assert pp.timestamp_array(values) == pp.plain_timestamp_array(values), values
+
+
+def test_timestamps_of_one_kind_take_the_one_division_way_and_anything_else_the_plain_one():
+    import datetime
+    naive = [datetime.datetime(2026, 12, 7, 0, 10, 47, i) for i in range(5)]
+    aware = [moment.replace(tzinfo=datetime.timezone.utc) for moment in naive]
+    assert pp.one_kind_timestamp_array_body(naive) is not None
+    assert pp.one_kind_timestamp_array_body(aware) is not None
+    assert pp.one_kind_timestamp_array_body([]) is None
+    assert pp.one_kind_timestamp_array_body(naive + [None]) is None
+    assert pp.one_kind_timestamp_array_body([None] + naive) is None
+    assert pp.one_kind_timestamp_array_body(naive + aware[:1]) is None
+    assert pp.one_kind_timestamp_array_body(aware + naive[:1]) is None
+
+
+def test_columns_are_the_fields_column_by_column():
+    from consumer.apply_rules import InstanceRow
+    import datetime
+    at = datetime.datetime(2026, 12, 7)
+    rows = [InstanceRow(f"u{i}", "vm", "h", "running", i % 2 == 0, 1, i, "instance.started", at)
+            for i in range(7)]
+    assert pp.columns(rows, 9) == tuple(tuple(r[i] for r in rows) for i in range(9))
+    assert pp.columns([], 9) == ((),) * 9

@@ -256,3 +256,63 @@ def test_nothing_to_write_for_a_batch_of_duplicates():
     writes = run([ev("started", 1)], [row(seq=1)], journaled=[(A, EPOCH, 1)])
     assert (writes.journal, writes.new_instances, writes.changed_instances, writes.new_hosts,
             writes.changed_hosts) == ([], [], [], [], [])
+
+
+def _moments():
+    utc = datetime.timezone.utc
+    earliest, latest = timeutil.EARLIEST, timeutil.LATEST
+    span = (latest - earliest) // datetime.timedelta(microseconds=1)
+    import random
+    rng = random.Random(5)
+    moments = [earliest, latest, datetime.datetime(2000, 1, 1, tzinfo=utc),
+               datetime.datetime(2026, 12, 7, 0, 10, 47, 123456, tzinfo=utc)]
+    moments += [earliest + datetime.timedelta(microseconds=rng.randrange(span))
+                for _ in range(2000)]
+    return moments
+
+
+def test_as_naive_utc_is_naive_utc():
+    others = [datetime.timezone(datetime.timedelta(hours=5, minutes=30)),
+              datetime.timezone(datetime.timedelta(hours=-8))]
+    for moment in _moments():
+        for zone in [timeutil.UTC] + others:
+            if zone is not timeutil.UTC and moment in (timeutil.EARLIEST, timeutil.LATEST):
+                continue  # beyond datetime's range in that zone
+            shown = moment.astimezone(zone)
+            naive = fold.as_naive_utc(shown)
+            assert naive == fold.naive_utc(shown) and naive.tzinfo is None
+            assert naive == moment.replace(tzinfo=None)
+
+
+def test_as_aware_utc_is_replace():
+    for moment in _moments():
+        naive = moment.replace(tzinfo=None)
+        aware = fold.as_aware_utc(naive)
+        assert aware == naive.replace(tzinfo=timeutil.UTC) and aware.tzinfo is timeutil.UTC
+        assert aware.replace(tzinfo=None) == naive
+
+
+@pytest.mark.parametrize("text", [
+    "2026-12-07T00:10:47.123456+00:00", "2026-12-07T00:10:47+00:00", "2026-12-07T00:10:47Z",
+    "2026-12-07T00:10:47.123456789+00:00", "2026-12-07T02:10:47.5+02:00",
+    "2026-12-06T19:10:47-05:00", "2026-12-07T00:10:47.123456", "2026-12-07 00:10:47",
+    "1970-01-01T00:00:00+00:00", "9999-12-31T23:59:59.999999+00:00",
+    "2026-12-07T00:10:47.123456-00:00"])
+def test_parse_utc_is_timeutil_parse(text):
+    try:
+        expected = timeutil.parse(text)
+    except ValueError:
+        with pytest.raises(ValueError):
+            fold.parse_utc(text)
+        return
+    parsed = fold.parse_utc(text)
+    assert parsed == expected and parsed.tzinfo is timeutil.UTC
+    assert parsed.isoformat() == expected.isoformat()
+
+
+@pytest.mark.parametrize("text", ["not a time", "2026-13-01T00:00:00+00:00", ""])
+def test_parse_utc_refuses_what_timeutil_parse_refuses(text):
+    with pytest.raises(ValueError):
+        timeutil.parse(text)
+    with pytest.raises(ValueError):
+        fold.parse_utc(text)
