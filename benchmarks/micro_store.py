@@ -47,6 +47,37 @@ STEPS = [(Event.SUSPENDED, SuspendedDetail.PAUSED), (Event.RESUMED, ResumedDetai
          (Event.STOPPED, StoppedDetail.DESTROYED), (Event.STARTED, StartedDetail.BOOTED)]
 
 
+def workload(steps: int) -> tuple[list, list[list]]:
+    """The start inventories of HOSTS hosts of DOMAINS instances each, and ``steps``
+    rounds of state changes (STEPS, each domain of each host in turn) in batches of
+    BATCH, decoded as the consumer would read them."""
+    hosts = [f"bench-h{i:02d}" for i in range(HOSTS)]
+    uuids = {h: [f"{i:08d}-0000-4000-8000-{j:012d}" for j in range(DOMAINS)]
+             for i, h in enumerate(hosts)}
+    seq = {h: 0 for h in hosts}
+    t = 1_764_000_000.0
+
+    def nxt(h):
+        seq[h] += 1
+        return seq[h]
+
+    def decode(note):
+        return wire.decode(wire.encode(note))
+    inventories = [decode(notifications.inventory_notification(h, EPOCH, Inventory(
+        seq=nxt(h), occurred_at=t, reason="start",
+        domains=tuple(DomainSnapshot(u, u[:8], int(DomainState.RUNNING), 1) for u in uuids[h]))))
+        for h in hosts]
+    notes = []
+    for s in range(steps):
+        code, detail = STEPS[s % 4]
+        for d in range(DOMAINS):
+            for h in hosts:
+                notes.append(decode(notifications.instance_notification(h, EPOCH, DomainEvent(
+                    seq=nxt(h), occurred_at=t + seq[h], uuid=uuids[h][d], name="vm",
+                    event=int(code), detail=int(detail)))))
+    return inventories, [notes[i:i + BATCH] for i in range(0, len(notes), BATCH)]
+
+
 def main():
     mode = sys.argv[1]
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 4
@@ -63,30 +94,8 @@ def main():
             with engine.begin() as conn:
                 conn.exec_driver_sql(stmt)
         store = Store(engine, pipelined=(mode != "portable"))
-        hosts = [f"bench-h{i:02d}" for i in range(HOSTS)]
-        uuids = {h: [f"{i:08d}-0000-4000-8000-{j:012d}" for j in range(DOMAINS)]
-                 for i, h in enumerate(hosts)}
-        seq = {h: 0 for h in hosts}
-        t = 1_764_000_000.0
-
-        def nxt(h):
-            seq[h] += 1
-            return seq[h]
-        inventories = [notifications.inventory_notification(h, EPOCH, Inventory(
-            seq=nxt(h), occurred_at=t, reason="start",
-            domains=tuple(DomainSnapshot(u, u[:8], int(DomainState.RUNNING), 1) for u in uuids[h])))
-            for h in hosts]
-        decode = lambda n: wire.decode(wire.encode(n))  # noqa: E731
-        store.apply_batch([decode(n) for n in inventories])
-        notes = []
-        for s in range(steps):
-            code, detail = STEPS[s % 4]
-            for d in range(DOMAINS):
-                for h in hosts:
-                    notes.append(decode(notifications.instance_notification(h, EPOCH, DomainEvent(
-                        seq=nxt(h), occurred_at=t + seq[h], uuid=uuids[h][d], name="vm",
-                        event=int(code), detail=int(detail)))))
-        batches = [notes[i:i + BATCH] for i in range(0, len(notes), BATCH)]
+        inventories, batches = workload(steps)
+        store.apply_batch(inventories)
         # warm up: first 4 batches
         for b in batches[:4]:
             store.apply_batch(b)
@@ -226,29 +235,7 @@ def fold_alone(steps: int, passes: int = 7) -> None:
     """The fold's CPU per event, without a database (see the module's docstring)."""
     from consumer import fold
     from lifecycle_common import timeutil
-    hosts = [f"bench-h{i:02d}" for i in range(HOSTS)]
-    uuids = {h: [f"{i:08d}-0000-4000-8000-{j:012d}" for j in range(DOMAINS)]
-             for i, h in enumerate(hosts)}
-    seq = {h: 0 for h in hosts}
-    t = 1_764_000_000.0
-
-    def nxt(h):
-        seq[h] += 1
-        return seq[h]
-    decode = lambda n: wire.decode(wire.encode(n))  # noqa: E731
-    inventories = [decode(notifications.inventory_notification(h, EPOCH, Inventory(
-        seq=nxt(h), occurred_at=t, reason="start",
-        domains=tuple(DomainSnapshot(u, u[:8], int(DomainState.RUNNING), 1) for u in uuids[h]))))
-        for h in hosts]
-    notes = []
-    for s in range(steps):
-        code, detail = STEPS[s % 4]
-        for d in range(DOMAINS):
-            for h in hosts:
-                notes.append(decode(notifications.instance_notification(h, EPOCH, DomainEvent(
-                    seq=nxt(h), occurred_at=t + seq[h], uuid=uuids[h][d], name="vm",
-                    event=int(code), detail=int(detail)))))
-    batches = [notes[i:i + BATCH] for i in range(0, len(notes), BATCH)]
+    inventories, batches = workload(steps)
     now = timeutil.utcnow()
 
     def apply(notes, rows, host_rows):
@@ -281,7 +268,7 @@ def fold_alone(steps: int, passes: int = 7) -> None:
             p, f = apply(b, rows, host_rows)
             prepare, folding = prepare + p, folding + f
         best_prepare, best_fold = min(best_prepare, prepare), min(best_fold, folding)
-    n = len(notes)
+    n = sum(len(b) for b in batches)
     print(f"fold: {len(batches)} batches, {n} events; per event: preparing "
           f"{best_prepare / n * 1e6:.2f} us, fold {best_fold / n * 1e6:.2f} us (best of "
           f"{passes})")

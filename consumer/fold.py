@@ -206,6 +206,16 @@ def said(words: dict, uuid: str, host: str, epoch: int, seq: int) -> None:
         words[key] = (epoch, seq)
 
 
+def newest_words(said_rows, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, int]]:
+    """The last words (see ``words_wanted``) from the journal's ``(uuid, host, epoch,
+    seq)`` rows: for each wanted (uuid, host), the newest ``(epoch, seq)``."""
+    words: dict[tuple[str, str], tuple[int, int]] = {}
+    for uuid, host, epoch, seq in said_rows:
+        if (uuid, host) in wanted:
+            said(words, uuid, host, epoch, seq)
+    return words
+
+
 def fold(batch: Batch, journaled: set[Key], rows: dict[str, InstanceRow],
          words: dict[tuple[str, str], tuple[int, int]], hosts: dict[str, HostRow],
          now: datetime.datetime) -> Writes:

@@ -22,7 +22,7 @@ from consumer.apply_rules import InstanceRow
 from consumer.db import bulk
 from consumer.db import engine as db_engine
 from consumer.db.tables import hosts, instances, journal
-from consumer.fold import HostRow, JournalRow, Writes
+from consumer.fold import HostRow, JournalRow, Writes, newest_words
 
 _CHUNK = 500
 _ROW_FIELDS = InstanceRow._fields
@@ -77,20 +77,17 @@ class PortableTransaction:
         return rows, host_rows
 
     def last_words(self, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, int]]:
-        words: dict[tuple[str, str], tuple[int, int]] = {}
         if not wanted:
-            return words
+            return {}
         wanted_hosts = sorted({host for _, host in wanted})
+        said_rows = []
         for chunk in _chunks(sorted({uuid for uuid, _ in wanted})):
-            for uuid, host, epoch, seq in self._conn.execute(
-                    sa.select(journal.c.instance_uuid, journal.c.host, journal.c.epoch,
-                              journal.c.seq)
-                    .where(journal.c.instance_uuid.in_(chunk),
-                           journal.c.host.in_(wanted_hosts))):
-                key = (uuid, host)
-                if key in wanted and (key not in words or (epoch, seq) > words[key]):
-                    words[key] = (epoch, seq)
-        return words
+            said_rows += self._conn.execute(
+                sa.select(journal.c.instance_uuid, journal.c.host, journal.c.epoch,
+                          journal.c.seq)
+                .where(journal.c.instance_uuid.in_(chunk),
+                       journal.c.host.in_(wanted_hosts))).all()
+        return newest_words(said_rows, wanted)
 
     def write(self, writes: Writes) -> None:
         conn = self._conn

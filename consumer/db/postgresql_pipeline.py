@@ -51,7 +51,7 @@ from psycopg.types.numeric import Int8BinaryDumper
 from sqlalchemy import exc as sa_exc
 
 from consumer.apply_rules import InstanceRow, new_instance_row
-from consumer.fold import HostRow, JournalRow, Writes, as_aware_utc
+from consumer.fold import HostRow, JournalRow, Writes, as_aware_utc, newest_words
 
 LOG = logging.getLogger(__name__)
 
@@ -424,17 +424,12 @@ class PipelinedTransaction:
             hosts.fetchall() if hosts is not None else ())}
 
     def last_words(self, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, int]]:
-        words: dict[tuple[str, str], tuple[int, int]] = {}
         if not wanted:
-            return words
+            return {}
         cursor = self._conn.execute(LAST_WORDS, (text_array(sorted({u for u, _ in wanted})),
                                                  text_array(sorted({h for _, h in wanted}))),
                                     prepare=True)
-        for uuid, host, epoch, seq in cursor.fetchall():
-            key = (uuid, host)
-            if key in wanted and (key not in words or (epoch, seq) > words[key]):
-                words[key] = (epoch, seq)
-        return words
+        return newest_words(cursor.fetchall(), wanted)
 
     def write(self, writes: Writes) -> None:
         """Write ``writes`` and commit."""
