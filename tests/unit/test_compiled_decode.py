@@ -196,6 +196,27 @@ EDGES = {
     "nesting 2000 deep": envelope('{"a":' * 2000 + "1" + "}" * 2000),
     "NaN": envelope(INNER.replace('"seq": 1042', '"seq": NaN', 1)),
     "a body just over the limit": b" " * (limits.BODY_BYTES + 1),
+    # What msgspec skips unread under a key it does not know, orjson reads and refuses.
+    "an unknown key of 1e400 in the envelope": (
+        b'{"oslo.version": "2.0", "x": 1e400, "oslo.message": ' + json.dumps(INNER).encode() + b"}"),
+    "an unknown key of -1e400 in the message": envelope(INNER.replace(
+        '"event_type"', '"x": -1e400, "event_type"', 1)),
+    "an unknown key of 1e400 in the payload object": envelope(INNER.replace(
+        f'"{KEY}.version"', f'"x": 1e400, "{KEY}.version"', 1)),
+    "invalid UTF-8 in an unknown value of the envelope": (
+        b'{"oslo.version": "2.0", "x": "\xff\xfe", "oslo.message": '
+        + json.dumps(INNER).encode() + b"}"),
+    "invalid UTF-8 in an unknown key of the envelope": (
+        b'{"oslo.version": "2.0", "\xc3\x28": 1, "oslo.message": '
+        + json.dumps(INNER).encode() + b"}"),
+    "an overlong sequence in an unknown value of the envelope": (
+        b'{"oslo.version": "2.0", "x": "\xc0\xaf", "oslo.message": '
+        + json.dumps(INNER).encode() + b"}"),
+    "a surrogate in UTF-8 in an unknown value of the envelope": (
+        b'{"oslo.version": "2.0", "x": "\xed\xa0\x80", "oslo.message": '
+        + json.dumps(INNER).encode() + b"}"),
+    "a namespace not a string": envelope(INNER.replace(
+        f'"{KEY}.namespace": "lifecycle"', f'"{KEY}.namespace": 5', 1)),
 }
 
 
