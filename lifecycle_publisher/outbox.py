@@ -240,7 +240,7 @@ class Outbox:
                 (pending,) = db.execute("SELECT COUNT(*) FROM outbox").fetchone()
                 raise HostMismatch(row[0], host, pending)
 
-    def append(self, rows: list[tuple[int, str, bytes]]) -> list[int]:
+    def append(self, rows: list[tuple[int, str, bytes]]) -> Optional[list[int]]:
         """Durably add ``(seq, event_type, body)`` rows in one transaction: all of them,
         or none and OutboxUnwritable (OutboxFull) if the disk refuses. Returns the rows'
         ids (``OutboxRow.id``), in the order given: larger than every id committed
@@ -254,7 +254,10 @@ class Outbox:
         by mistake) makes an id collide: the counter is read again, once. (Ids that it
         committed and deleted since this counter was read make no collision; their
         numbers are given again, to rows that a publisher whose cursor passed them
-        publishes at the next start. The first schema let SQLite count, in the file.)"""
+        publishes at the next start. The first schema let SQLite count, in the file.)
+        After such a collision it returns None instead of the ids: rows the other
+        process wrote lie between those of this one, and a publisher sending what was
+        just written would pass them by; it reads the outbox instead."""
         if not rows:
             return []
         now = time.time()
@@ -266,7 +269,8 @@ class Outbox:
             LOG.warning("outbox %s: another process writes to it too; row ids read again",
                         self.path)
             self._next_id = None
-            return self._insert(rows, now)
+            self._insert(rows, now)
+            return None
 
     def _insert(self, rows: list[tuple[int, str, bytes]], now: float) -> list[int]:
         with self._transaction() as db:

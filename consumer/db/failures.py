@@ -95,7 +95,7 @@ def classify(exc: sa_exc.DBAPIError) -> Failure:
         pgcode = _sqlstate(orig)
         if pgcode is None:  # raised by libpq, not the server: the connection failed
             return Failure.UNAVAILABLE
-        if pgcode in _PG_CONFLICT:
+        if pgcode in _PG_CONFLICT or _plan_outdated(pgcode, orig):
             return Failure.CONFLICT
         if pgcode in _PG_UNAVAILABLE or pgcode[:2] in _PG_UNAVAILABLE_CLASSES:
             return Failure.UNAVAILABLE
@@ -121,6 +121,15 @@ def classify(exc: sa_exc.DBAPIError) -> Failure:
     if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
         return Failure.UNAVAILABLE
     return Failure.REFUSED
+
+
+def _plan_outdated(pgcode: str, orig: BaseException) -> bool:
+    """A prepared statement whose result changed under it (a migration altered a column
+    it returns, as 0006 changes the collation of uuids and host names, while the
+    consumer ran): PostgreSQL answers 0A000 "cached plan must not change result type".
+    The content is not at fault: the rollback makes psycopg forget its prepared
+    statements, and the batch is tried again at once, as after a race."""
+    return pgcode == "0A000" and "cached plan must not change result type" in str(orig)
 
 
 def discard_pool(exc: sa_exc.DBAPIError) -> bool:

@@ -43,6 +43,12 @@ PG = [
 ]
 
 
+def test_a_prepared_plan_outdated_by_a_migration_is_tried_again_other_0A000_refused():
+    outdated = _wrapped(_psycopg2("0A000", "cached plan must not change result type"))
+    assert classify(outdated) is Failure.CONFLICT
+    assert classify(_wrapped(_psycopg2("0A000", "unsupported feature"))) is Failure.REFUSED
+
+
 @pytest.mark.parametrize(("pgcode", "what", "failure", "discard"), PG,
                          ids=[f"{code}-{what}" for code, what, _, _ in PG])
 def test_postgresql(pgcode, what, failure, discard):

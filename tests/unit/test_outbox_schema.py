@@ -106,13 +106,18 @@ def _wal_frames(path: str) -> int:
 
 def test_another_process_writing_the_same_outbox_does_not_collide(path, caplog):
     """A second agent started on the same state by mistake: each Outbox counts its
-    ids, and an id the other one took first is read again, once."""
+    ids, and an id the other one took first is read again, once. The append that met
+    it says no ids (None): the other's rows lie before its own, and a publisher that
+    sent only what was just written would pass them by; it reads the outbox instead."""
     one, other = Outbox(path), Outbox(path)
     a = one.append(rows(1, 2))
     b = other.append(rows(3))
     c = one.append(rows(4))  # its counter says a[-1] + 1: taken by the other
-    assert a + b + c == sorted(set(a + b + c))
+    assert c is None
+    ids = [r.id for r in one.fetch_after(0, 100)]
+    assert ids == sorted(set(ids)) and ids[:3] == a + b
     assert [r.seq for r in one.fetch_after(0, 100)] == [1, 2, 3, 4]
+    assert one.append(rows(5)) == [ids[-1] + 1]  # and counts on from there
     assert "another process writes to it too" in caplog.text
 
 
