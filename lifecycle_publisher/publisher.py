@@ -290,14 +290,22 @@ class Publisher:
         """A connection, its channel in confirm mode and the exchange declared: on a
         thread of its own (``broker-connect``) when there is a source, so that the
         outbox goes on being written while a broker takes its time to answer (up to
-        the connect timeout, then the handshake); BrokerUnavailable if it fails."""
+        the connect timeout, then the handshake); BrokerUnavailable if it fails, or if
+        a stop (or a drain past its deadline, with everything written) comes first: the
+        attempt is then left to end on its own thread, which closes what it opened."""
         if self._source is None:
             return self._connect()
         outcome: dict = {}
+        lock = threading.Lock()  # "opened" and "abandoned": one or the other wins
 
         def attempt() -> None:
             try:
-                outcome["opened"] = self._connect()
+                opened = self._connect()
+                with lock:
+                    if "abandoned" not in outcome:
+                        outcome["opened"] = opened
+                        return
+                broker.release(opened[0])
             except BaseException as exc:  # noqa: BLE001 - raised on this thread below
                 outcome["error"] = exc
             finally:
@@ -308,6 +316,14 @@ class Publisher:
             self._wake.wait(self._source_timeout(1.0))
             self._wake.clear()
             self._feed()
+            if self._stop.is_set() or (self._drain_deadline is not None and self._source_done
+                                       and time.monotonic() > self._drain_deadline):
+                with lock:
+                    if "opened" not in outcome:
+                        outcome["abandoned"] = True
+                        raise BrokerUnavailable("stopping while a connection attempt was "
+                                                "under way")
+                break
         if "error" in outcome:
             raise outcome["error"]
         return outcome["opened"]

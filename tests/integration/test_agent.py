@@ -391,6 +391,36 @@ def test_events_are_written_while_a_silent_broker_holds_a_connection_attempt(
         silent.close()
 
 
+def test_a_stop_does_not_wait_for_a_connection_attempt_a_silent_broker_holds(
+        tmp_path, libvirt_conn, agents, outbox, wait_for):
+    """A stop while a connection attempt waits on a silent broker (up to the 5 s
+    connect timeout) leaves the attempt behind: the agent stops within its
+    shutdown_timeout, and what it wrote stays in the outbox."""
+    import socket
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        url = f"rabbit://guest:guest@127.0.0.1:{silent.getsockname()[1]}/"
+        running = agents(make_conf(tmp_path, "silent-exchange", url, shutdown_timeout=1.0))
+        wait_for(lambda: outbox.pending() >= 1, timeout=10, message="the start inventory")
+        silent.setblocking(False)
+        while True:  # the attempts already under way or given up
+            try:
+                silent.accept()[0].close()
+            except BlockingIOError:
+                break
+        silent.settimeout(15)
+        held, _ = silent.accept()  # an attempt that has just begun: about 5 s to go
+        stopping = time.monotonic()
+        running.stop()
+        assert time.monotonic() - stopping < 3.0
+        assert outbox.pending() >= 1
+        held.close()
+    finally:
+        silent.close()
+
+
 def test_events_are_sent_as_written_without_reading_the_outbox_back(
         tmp_path, amqp_isolation, bound_queue, libvirt_conn, domain, agents, wait_for):
     """Once the publisher has caught up with the outbox, the rows the writer commits
