@@ -9,15 +9,9 @@ from typing import NamedTuple, Optional
 from lifecycle_common import timeutil
 from lifecycle_common.wire import Notification, limits, payloads
 from lifecycle_common.wire.envelope import new_notification
+from lifecycle_common.wire.vocabulary import HEARTBEAT, INVENTORY, publisher_id  # noqa: F401
 from lifecycle_publisher import libvirt_codes, translation
 from lifecycle_publisher.domain_event import DomainEvent, Inventory
-
-INVENTORY = "host.inventory"
-HEARTBEAT = "host.heartbeat"
-
-
-def publisher_id(host: str) -> str:
-    return f"lifecycle-agent:{host}"
 
 
 def _oslo_timestamp(iso: str) -> str:

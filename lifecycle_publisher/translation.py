@@ -15,38 +15,14 @@ Unknown codes from a newer libvirt translate to ``Transition.IGNORED``.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import functools
 from typing import Optional
 
 from lifecycle_common.power_state import PowerState
+from lifecycle_common.wire.vocabulary import MIGRATION, Transition  # noqa: F401 (re-exported)
 from lifecycle_publisher.libvirt_codes import (
     DefinedDetail, DomainState, Event, JobType, ShutoffReason, StartedDetail,
     StoppedDetail, SuspendedDetail, UndefinedDetail)
-
-
-class Transition(str, enum.Enum):
-    DEFINED = "defined"
-    UNDEFINED = "undefined"
-    STARTED = "started"
-    PAUSED = "paused"
-    RESUMED = "resumed"
-    SHUTTING_DOWN = "shutting_down"
-    STOPPED = "stopped"
-    SUSPENDED = "suspended"
-    CRASHED = "crashed"
-    ARRIVING = "arriving"    # incoming migration started here; the source still owns it
-    MIGRATING = "migrating"  # outgoing migration under way (the guest paused to finish it)
-    MIGRATED = "migrated"    # the guest left this host for another
-    IGNORED = "ignored"
-
-    @property
-    def event_type(self) -> str:
-        return f"instance.{self.value}"
-
-
-# Transitions about a migration: they never carry a power state.
-MIGRATION = frozenset({Transition.ARRIVING, Transition.MIGRATING, Transition.MIGRATED})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,7 @@ import dataclasses
 
 import orjson
 
-from lifecycle_common.wire import limits, payloads, schemas
+from lifecycle_common.wire import limits, payloads, schemas, vocabulary
 from lifecycle_common.wire.errors import WireError
 from lifecycle_common.wire.message_ids import new_message_id
 
@@ -119,6 +119,11 @@ def decode(body: bytes | str) -> Notification:
     version = primitive.get(f"{key}.version")
     data = primitive.get(f"{key}.data")
     if name != cls.NAME:
+        if (cls is payloads.InstanceLifecyclePayload and isinstance(name, str)
+                and name not in payloads.BY_NAME
+                and event_type not in vocabulary.LIFECYCLE_EVENT_TYPES):
+            raise WireError(f"unknown event_type {_clip(repr(event_type), 80)}: its payload "
+                            f"{_clip(repr(name), 80)} is not one this release knows")
         raise WireError(f"{label}: payload is {_clip(repr(name), 80)}, expected {cls.NAME!r}")
     if not isinstance(version, str) or not isinstance(data, dict):
         raise WireError(f"{label}: payload lacks {key}.version or {key}.data")

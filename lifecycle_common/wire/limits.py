@@ -22,6 +22,12 @@ NAME_LENGTH = 255        # instances.name: a libvirt domain name
 EVENT_TYPE_LENGTH = 64   # journal.event_type, instances.last_event_type
 LABEL_LENGTH = 64        # libvirt's symbolic names (STARTED, BOOTED, RUNNING, ...)
 TIMESTAMP_LENGTH = 40    # RFC 3339 with nanoseconds and an offset is 35
+STATE_REASON_LENGTH = 32  # instances.state_reason: a libvirt detail in lower case
+# A fault's own words: a disk's alias and the hypervisor's reason (libvirt's), and the
+# disk's source (a file's path, a network disk's name).
+FAULT_WORD_LENGTH = 64    # a code's name in lower case (pause, enospc, connected, ...)
+FAULT_TEXT_LENGTH = 255   # a device alias, a reason
+FAULT_PATH_LENGTH = 4096  # PATH_MAX
 
 # A host name as the agent stamps it: letters, digits, '.', '_' and '-', beginning
 # with a letter or digit. It is the key of the host's rows and of its journal.
@@ -46,6 +52,15 @@ def host_problem(host: str) -> str | None:
         return ("may hold only letters, digits, '.', '_' and '-', and must begin with a "
                 "letter or a digit")
     return None
+
+
+def clip_text(text: str, length: int) -> str:
+    """Free text from libvirt as it fits a field of ``length`` characters: no NUL, cut
+    at ``length``: a fault's device, path or reason labels what happened, and is cut
+    rather than the fault refused."""
+    if len(text) > length or "\x00" in text:
+        return text.replace("\x00", "")[:length]
+    return text
 
 
 def clip_name(name: str) -> str:

@@ -12,6 +12,8 @@ import dataclasses
 import typing
 from typing import Any, Callable
 
+from lifecycle_common.wire import vocabulary
+
 NAMESPACE = "lifecycle"
 OBJECT_KEY = "lifecycle_object"
 
@@ -90,18 +92,132 @@ class HostHeartbeatPayload:
     libvirt_connected: bool
 
 
-Payload = typing.Union[InstanceLifecyclePayload, HostInventoryPayload, HostHeartbeatPayload]
-PAYLOAD_CLASSES = (InstanceLifecyclePayload, HostInventoryPayload, HostHeartbeatPayload)
+# -- faults: why an instance is in its state ------------------------------------------
+#
+# Each fault event type has a payload of its own, all beginning with the same fields.
+# ``count`` is how many occurrences the notification stands for: the agent publishes the
+# first of a storm at once and coalesces the rest (lifecycle_publisher.fault_coalescing),
+# so a notification may say "37 more, the first at first_occurred_at, the last at
+# occurred_at"; ``seq`` is the last occurrence's.
+
+
+@dataclasses.dataclass(frozen=True)
+class _FaultFields:
+    uuid: str
+    name: str
+    host: str
+    epoch: int
+    seq: int
+    occurred_at: str
+    first_occurred_at: str
+    count: int
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceRebootedPayload(_FaultFields):
+    """The guest reset itself (or was reset) without its emulator stopping."""
+
+    NAME: typing.ClassVar[str] = "InstanceRebootedPayload"
+    VERSION: typing.ClassVar[str] = "1.0"
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceWatchdogPayload(_FaultFields):
+    """The guest's watchdog device fired; ``action`` is what the hypervisor did."""
+
+    NAME: typing.ClassVar[str] = "InstanceWatchdogPayload"
+    VERSION: typing.ClassVar[str] = "1.0"
+
+    action: str
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceIOErrorPayload(_FaultFields):
+    """A disk request failed: ``device`` (the disk's alias), ``path`` (its source),
+    ``action`` (what the hypervisor did), ``reason`` (why, as the hypervisor says)."""
+
+    NAME: typing.ClassVar[str] = "InstanceIOErrorPayload"
+    VERSION: typing.ClassVar[str] = "1.0"
+
+    device: str
+    path: str
+    action: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceControlErrorPayload(_FaultFields):
+    """libvirt lost control of the domain's emulator (its monitor failed)."""
+
+    NAME: typing.ClassVar[str] = "InstanceControlErrorPayload"
+    VERSION: typing.ClassVar[str] = "1.0"
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceMemoryFailurePayload(_FaultFields):
+    """The host reported a hardware memory error in the guest's pages."""
+
+    NAME: typing.ClassVar[str] = "InstanceMemoryFailurePayload"
+    VERSION: typing.ClassVar[str] = "1.0"
+
+    recipient: str
+    action: str
+    action_required: bool
+    recursive: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceGuestAgentPayload(_FaultFields):
+    """The guest agent connected or disconnected."""
+
+    NAME: typing.ClassVar[str] = "InstanceGuestAgentPayload"
+    VERSION: typing.ClassVar[str] = "1.0"
+
+    state: str
+    reason: str
+
+
+FAULT_PAYLOADS = {
+    vocabulary.Fault.REBOOTED: InstanceRebootedPayload,
+    vocabulary.Fault.WATCHDOG: InstanceWatchdogPayload,
+    vocabulary.Fault.IO_ERROR: InstanceIOErrorPayload,
+    vocabulary.Fault.CONTROL_ERROR: InstanceControlErrorPayload,
+    vocabulary.Fault.MEMORY_FAILURE: InstanceMemoryFailurePayload,
+    vocabulary.Fault.GUEST_AGENT: InstanceGuestAgentPayload,
+}
+FaultPayload = typing.Union[tuple(FAULT_PAYLOADS.values())]  # type: ignore[valid-type]
+FAULT_PAYLOAD_CLASSES = tuple(FAULT_PAYLOADS.values())
+# The fields of each fault payload that say what happened (beyond the common ones).
+_COMMON_FAULT_FIELDS = frozenset(f.name for f in dataclasses.fields(_FaultFields))
+
+
+def fault_fields(payload) -> dict:
+    """What a fault payload says beyond who, where, when and how many: ``{"action":
+    "pause"}`` of a watchdog, ``{}`` of a reboot."""
+    return {k: v for k, v in vars(payload).items() if k not in _COMMON_FAULT_FIELDS}
+
+
+Payload = typing.Union[InstanceLifecyclePayload, HostInventoryPayload, HostHeartbeatPayload,
+                       FaultPayload]
+PAYLOAD_CLASSES = (InstanceLifecyclePayload, HostInventoryPayload, HostHeartbeatPayload,
+                   *FAULT_PAYLOAD_CLASSES)
 BY_NAME = {cls.NAME: cls for cls in PAYLOAD_CLASSES}
+_BY_EVENT_TYPE = {
+    vocabulary.INVENTORY: HostInventoryPayload,
+    vocabulary.HEARTBEAT: HostHeartbeatPayload,
+    **{fault.event_type: cls for fault, cls in FAULT_PAYLOADS.items()},
+}
 
 
 def payload_class_for(event_type: str):
-    """The payload class an event type carries, or None for an unknown event type."""
-    if event_type == "host.inventory":
-        return HostInventoryPayload
-    if event_type == "host.heartbeat":
-        return HostHeartbeatPayload
-    if event_type.startswith("instance.") and len(event_type) > len("instance."):
+    """The payload class an event type carries, or None for an unknown event type. An
+    ``instance.`` type this code does not name is a lifecycle transition's (its payload
+    then says whether it is one)."""
+    cls = _BY_EVENT_TYPE.get(event_type)
+    if cls is not None:
+        return cls
+    prefix = vocabulary.INSTANCE_PREFIX
+    if event_type.startswith(prefix) and len(event_type) > len(prefix):
         return InstanceLifecyclePayload
     return None
 

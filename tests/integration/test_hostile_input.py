@@ -39,7 +39,8 @@ from consumer.db.tables import hosts, instances, journal
 from consumer.service import ConsumerService
 from consumer.store import Store
 from lifecycle_common import broker, timeutil, wire
-from lifecycle_common.wire import payloads, schemas
+from lifecycle_common.wire import payloads, schemas, vocabulary
+from lifecycle_common.wire.vocabulary import Transition
 from lifecycle_publisher import notifications
 from lifecycle_publisher.domain_event import DomainEvent
 from lifecycle_publisher.libvirt_codes import Event, StartedDetail
@@ -135,6 +136,10 @@ def from_schema(schema: dict) -> st.SearchStrategy:
 
 
 valid_data = {cls: from_schema(_schema(cls)) for cls in payloads.PAYLOAD_CLASSES}
+# The event type each payload class (but the lifecycle one's, by transition) goes with.
+EVENT_TYPE_OF = {payloads.HostInventoryPayload: vocabulary.INVENTORY,
+                 payloads.HostHeartbeatPayload: vocabulary.HEARTBEAT,
+                 **{cls: fault.event_type for fault, cls in payloads.FAULT_PAYLOADS.items()}}
 
 HOSTILE_VALUES = st.one_of(
     st.text(max_size=20),
@@ -188,10 +193,9 @@ def valid_messages(draw) -> dict:
     data = draw(valid_data[cls])
     data["epoch"] = draw(plausible_epochs())
     if cls is payloads.InstanceLifecyclePayload:
-        event_type = f"instance.{data['transition']}"
+        event_type = Transition(data["transition"]).event_type
     else:
-        event_type = {payloads.HostInventoryPayload: "host.inventory",
-                      payloads.HostHeartbeatPayload: "host.heartbeat"}[cls]
+        event_type = EVENT_TYPE_OF[cls]
     return {
         "message_id": str(uuid.uuid4()), "publisher_id": f"lifecycle-agent:{data['host']}",
         "event_type": event_type, "priority": "INFO", "timestamp": "2026-12-02 00:00:00",

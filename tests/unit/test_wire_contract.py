@@ -22,11 +22,18 @@ EXPECTED_FINGERPRINTS = {
     "InstanceLifecyclePayload": ("1.1", "c9bc0d8d841e4ebc3dc285561361eff7"),
     "HostInventoryPayload": ("1.1", "6061e7cf86104f82b5577f2ac800a4f3"),
     "HostHeartbeatPayload": ("1.1", "9bdbd2508698b877d30e1404aa4030a7"),
+    "InstanceRebootedPayload": ("1.0", "c68c5dc97258c4b894d6d55020869e03"),
+    "InstanceWatchdogPayload": ("1.0", "3c774b1e5c58ed971b009ac2435aa533"),
+    "InstanceIOErrorPayload": ("1.0", "0b2feacba7316b065d9d403477f4b9ac"),
+    "InstanceControlErrorPayload": ("1.0", "c68c5dc97258c4b894d6d55020869e03"),
+    "InstanceMemoryFailurePayload": ("1.0", "71bb894f39f41e967874be8dadc6c68e"),
+    "InstanceGuestAgentPayload": ("1.0", "0881df21bdfd124b9cf76d2262306f67"),
 }
 
 # Every event type the agent can emit, and the payload class it carries.
 EMITTED = {
     **{t.event_type: payloads.InstanceLifecyclePayload for t in Transition},
+    **{f.event_type: cls for f, cls in payloads.FAULT_PAYLOADS.items()},
     notifications.INVENTORY: payloads.HostInventoryPayload,
     notifications.HEARTBEAT: payloads.HostHeartbeatPayload,
 }
