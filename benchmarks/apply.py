@@ -33,6 +33,7 @@ import time
 
 from benchmarks import harness
 from benchmarks.harness import BenchError, HostsProcess, Row, Run, ScenarioResult
+from lifecycle_common.wire.vocabulary import HOST_PREFIX, INSTANCE_PREFIX
 
 NAME = "apply"
 DUPLICATES = "lifecycle_consumer_duplicate_events_total"  # the consumers' /metrics
@@ -206,7 +207,7 @@ def _phase(run: Run, sampler: harness.RssSampler, hosts: HostsProcess, engine, t
     first consume to the last event in the journal."""
     p = run.profile
     prefix = f"{NAME}-"
-    before = {kind: harness.journal_count(engine, prefix, kind) for kind in ("instance.", "host.")}
+    before = {kind: harness.journal_count(engine, prefix, kind) for kind in (INSTANCE_PREFIX, HOST_PREFIX)}
     sessions_before = hosts.call("stats")["sessions"]
     fill = hosts.call("burst", timeout=600, steps=p.apply_steps, parallel=False,
                       wait_confirmed=True, confirm_timeout=300.0)
@@ -237,8 +238,8 @@ def _phase(run: Run, sampler: harness.RssSampler, hosts: HostsProcess, engine, t
         scraped = [pipeline.scrape(name) for name in harness.consumer_names(consumers)]
         return QueueAccount(
             events=events, queued=queued,
-            journaled=harness.journal_count(engine, prefix, "instance.") - before["instance."],
-            inventories=harness.journal_count(engine, prefix, "host.") - before["host."],
+            journaled=harness.journal_count(engine, prefix, INSTANCE_PREFIX) - before[INSTANCE_PREFIX],
+            inventories=harness.journal_count(engine, prefix, HOST_PREFIX) - before[HOST_PREFIX],
             duplicates=int(sum(m.get(DUPLICATES, 0) for m in scraped)),
             heartbeats=int(sum(m.get(HEARTBEATS, 0) for m in scraped)),
             reconnects=fill["sessions"] - sessions_before)

@@ -28,6 +28,7 @@ def main() -> int:
     from oslo_config import cfg
 
     from benchmarks.hosts import CYCLE, node_xml
+    from lifecycle_common.wire import vocabulary
     from lifecycle_publisher import notifications
     from lifecycle_publisher.domain_event import DomainEvent, Sequencer
     from lifecycle_publisher.event_source import start_event_loop
@@ -44,7 +45,7 @@ def main() -> int:
     oslo_messaging.set_transport_defaults(control_exchange=args["exchange"])
     transport = oslo_messaging.get_notification_transport(
         conf, url=args["transport_url"].rstrip("/") + "/?amqp_durable_queues=true")
-    notifier = oslo_messaging.Notifier(transport, publisher_id=f"lifecycle-agent:{host}",
+    notifier = oslo_messaging.Notifier(transport, publisher_id=vocabulary.publisher_id(host),
                                        driver="messagingv2", topics=[args["topic"]])
 
     start_event_loop()

@@ -27,6 +27,7 @@ import time
 
 from benchmarks import baseline_poll, daemons, harness
 from benchmarks.harness import ModuleProcess, Row, Run, ScenarioResult
+from lifecycle_common.wire.vocabulary import INSTANCE_PREFIX
 
 NAME = "latency"
 PREFIX = "lat-h"
@@ -191,7 +192,7 @@ def _steady(run: Run, engine, hosts: list, sources: dict, seconds: float,
     since = datetime.datetime.fromtimestamp(t_start - 1.0, datetime.timezone.utc).replace(tzinfo=None)
     lat = [harness.seconds(applied - occurred) * 1000
            for event_type, occurred, applied in harness.journal_rows(engine, PREFIX)
-           if event_type.startswith("instance.") and occurred >= since]
+           if event_type.startswith(INSTANCE_PREFIX) and occurred >= since]
     return {"events": events, "seconds": t_end - t_start, "rate": events / (t_end - t_start),
             "max_behind_s": max(r["max_behind_s"] for r in results),
             "cores": {part: round(used_s / meter.wall, 2) for part, used_s in used.items()},

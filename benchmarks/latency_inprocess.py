@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from benchmarks import baseline_poll, harness, latency
 from benchmarks.harness import Row, Run, ScenarioResult
+from lifecycle_common.wire.vocabulary import INSTANCE_PREFIX
 
 SHAPE = harness.IN_PROCESS  # the agents share one process with their hypervisors
 NAME = "latency-inprocess"
@@ -31,7 +32,7 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
     fleet.close()
     lat = [harness.seconds(applied - occurred) * 1000
            for event_type, occurred, applied in harness.journal_rows(engine, "latip-")
-           if event_type.startswith("instance.")]
+           if event_type.startswith(INSTANCE_PREFIX)]
     ok = len(lat) == steady["events"]
     p50, p99, worst = (harness.percentile(lat, 0.5), harness.percentile(lat, 0.99), max(lat))
     poll = baseline_poll.percentiles_ms()
