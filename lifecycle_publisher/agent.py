@@ -2,7 +2,10 @@
 
 Delivery guarantee: every lifecycle event libvirt reports while the agent runs is
 written to the durable outbox before it is sent, and published at least once, in order
-per host, with publisher confirms; a broker outage only delays it.
+per host, with publisher confirms; a broker outage only delays it. Faults (reboots,
+watchdogs, I/O errors, ...) take the same path in the same sequence, a storm of one
+coalesced into at most one notification per ``[agent] fault_coalesce_interval``
+carrying how many occurred (``fault_coalescing``).
 
 Threads, each named (``top -H``):
 - ``libvirt-events``, libvirt's event loop: its callback stamps each event and hands

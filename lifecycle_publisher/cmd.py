@@ -94,7 +94,8 @@ def build_parts(conf):
                          on_lost=state.libvirt_lost)
     writer = OutboxWriter(inbox, outbox, conf.host, opened.epoch, observe=source.observe,
                           stopped_delay=agent_opts.stopped_event_delay,
-                          ask_inventory=state.ask_inventory)
+                          ask_inventory=state.ask_inventory,
+                          fault_coalesce_interval=agent_opts.fault_coalesce_interval)
     publisher = Publisher(
         outbox, broker.Connector(broker.settings(conf)), conf.control_exchange,
         [f"{topic}.info" for topic in conf.oslo_messaging_notifications.topics],

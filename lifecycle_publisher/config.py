@@ -39,6 +39,16 @@ AGENT_OPTS = [
                       "every real stop is seen that much later, and a held event is lost "
                       "if the agent crashes meanwhile (the next inventory corrects it). "
                       "0, the default, publishes a stop at once."),
+    cfg.FloatOpt("fault_coalesce_interval", default=1.0, min=0,
+                 help="Seconds over which repeated faults of one instance are coalesced "
+                      "into one notification: per instance and fault (an I/O error per "
+                      "disk and reason, a watchdog per action, ...) the first occurrence "
+                      "is published at once, then at most one notification per interval "
+                      "carrying how many occurred (count) and when the first did. It "
+                      "bounds what a storm (a disk failing every request: thousands of "
+                      "I/O errors a second) puts in the outbox, on the broker and in the "
+                      "database. Guest agent connects and disconnects are never "
+                      "coalesced. 0 publishes every occurrence."),
     cfg.IntOpt("publish_window", default=1024, min=1, max=65535,
                help="Publisher confirms: how many messages may wait for the broker's "
                     "confirmation at once. Larger windows raise throughput; 1 waits for "

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import threading
+from typing import Optional
+
+from lifecycle_common.wire.vocabulary import Fault
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -20,6 +23,27 @@ class DomainEvent:
     # libvirt's domain object, to read the state after the event off libvirt's thread;
     # None when the event needs no read (outbox_writer.state_read_needed).
     domain: object = dataclasses.field(default=None, compare=False, repr=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DomainFault:
+    """A fault event (reboot, watchdog, I/O error, ...) as stamped on libvirt's thread:
+    ``codes`` are the callback's own arguments after the domain, as libvirt gave them
+    (``(srcPath, devAlias, action, reason)`` of an I/O error, ``(action,)`` of a
+    watchdog, ``()`` of a reboot): named on the worker thread, not on libvirt's.
+
+    ``count`` > 1: a summary the coalescer made of ``count`` occurrences of one fault
+    (``fault_coalescing``), this record being the last of them and ``first_occurred_at``
+    the first's time."""
+
+    seq: int
+    occurred_at: float  # time.time() when the callback ran
+    uuid: str
+    name: str
+    fault: Fault
+    codes: tuple
+    count: int = 1
+    first_occurred_at: Optional[float] = None  # None: occurred_at (a single occurrence)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -1,9 +1,12 @@
-"""libvirt: the event loop thread, the connection, the lifecycle callback, inventories.
+"""libvirt: the event loop thread, the connection, the lifecycle and fault callbacks,
+inventories.
 
-The callback runs on libvirt's event loop thread. It only stamps the event (a
-sequence number and the time) and hands it over to the agent's inbox (a queue, and a
+The callbacks run on libvirt's event loop thread. They only stamp the event (a
+sequence number and the time) and hand it over to the agent's inbox (a queue, and a
 wake-up of the worker once per batch); nothing there blocks, logs or talks to libvirt
-over the wire.
+over the wire. Faults (reboots, watchdogs, I/O errors, ...) take the same sequence and
+the same inbox as the lifecycle events: they are ordered with them, outboxed,
+confirmed and deduplicated alike.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from typing import Callable, Iterable
 
 import libvirt
 
-from lifecycle_publisher.domain_event import DomainEvent, DomainSnapshot, Inventory, Sequencer
+from lifecycle_publisher.domain_event import (DomainEvent, DomainFault, DomainSnapshot,
+                                              Inventory, Sequencer)
 from lifecycle_common.threads import named_thread
+from lifecycle_common.wire.vocabulary import Fault
 from lifecycle_publisher import translation
 from lifecycle_publisher.errors import LibvirtUnavailable
 from lifecycle_publisher.libvirt_codes import JobType
@@ -64,6 +69,27 @@ def event_loop_failure() -> str | None:
     return _event_loop_failure
 
 
+# The fault events subscribed to beside the lifecycle events: libvirt's constant (looked
+# up by name: an older libvirt-python may lack one) and the fault it reports. libvirt
+# passes the fault back as the callback's ``opaque``. IO_ERROR_REASON is IO_ERROR with
+# the reason (enospc, ...): libvirt raises both for each error; one is enough.
+FAULT_EVENTS = (
+    ("VIR_DOMAIN_EVENT_ID_REBOOT", Fault.REBOOTED),
+    ("VIR_DOMAIN_EVENT_ID_WATCHDOG", Fault.WATCHDOG),
+    ("VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON", Fault.IO_ERROR),
+    ("VIR_DOMAIN_EVENT_ID_CONTROL_ERROR", Fault.CONTROL_ERROR),
+    ("VIR_DOMAIN_EVENT_ID_MEMORY_FAILURE", Fault.MEMORY_FAILURE),
+    ("VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE", Fault.GUEST_AGENT),
+)
+
+# How a connection says it cannot deliver an event id (an older libvirtd, a driver
+# without it): the client library's check of the id (INVALID_ARG), the daemon's
+# (INTERNAL_ERROR "unsupported event ID"), a driver's. Any other error is the
+# connection's, and fails the connection as a refused lifecycle subscription does.
+_REFUSALS = frozenset(getattr(libvirt, name) for name in (
+    "VIR_ERR_NO_SUPPORT", "VIR_ERR_INVALID_ARG", "VIR_ERR_INTERNAL_ERROR",
+    "VIR_ERR_OPERATION_UNSUPPORTED", "VIR_ERR_ARGUMENT_UNSUPPORTED") if hasattr(libvirt, name))
+
 KEEPALIVE_INTERVAL = 5  # seconds between keepalive probes on a remote connection
 KEEPALIVE_COUNT = 3     # unanswered probes before libvirt closes the connection
 
@@ -79,7 +105,9 @@ class EventSource:
         self._deliver = deliver
         self._on_lost = on_lost
         self._conn: libvirt.virConnect | None = None
-        self._callback_id: int | None = None
+        self._callback_ids: list[int] = []  # this connection's event subscriptions
+        self.subscribed: tuple[str, ...] = ()  # their constants' names, for the logs and tests
+        self._unsupported_warned: set[str] = set()  # each said once, not per reconnection
         self._lock = threading.Lock()  # connect and close are not run concurrently
 
     @property
@@ -91,8 +119,9 @@ class EventSource:
             return False
 
     def connect(self) -> None:
-        """Open the connection, ask for keepalives, and subscribe to its close and to
-        lifecycle events. Every callback is registered anew on every connection."""
+        """Open the connection, ask for keepalives, and subscribe to its close, to
+        lifecycle events and to the fault events (``FAULT_EVENTS``) it supports. Every
+        callback is registered anew on every connection."""
         start_event_loop()
         with self._lock:
             self._close_locked()
@@ -101,14 +130,48 @@ class EventSource:
                 conn = libvirt.open(self.uri)
                 _enable_keepalive(conn)
                 conn.registerCloseCallback(self._on_close, None)
-                self._callback_id = conn.domainEventRegisterAny(
-                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
+                self._conn = conn  # from here on, _close_locked undoes what was done
+                self._callback_ids.append(conn.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None))
+                subscribed = ["VIR_DOMAIN_EVENT_ID_LIFECYCLE"]
+                subscribed += self._subscribe_faults(conn)
+                self.subscribed = tuple(subscribed)
             except libvirt.libvirtError as exc:
-                if conn is not None:
+                if self._conn is not None:
+                    self._close_locked()
+                elif conn is not None:
                     _quietly(conn.close)
                 raise LibvirtUnavailable(f"{self.uri}: {exc}") from exc
-            self._conn = conn
         LOG.info("connected to libvirt at %s", self.uri)
+
+    def _subscribe_faults(self, conn) -> list[str]:
+        """Subscribe to each fault event the connection supports; one it refuses, or
+        that this libvirt-python does not define, is said once at warning and left
+        out. Raises libvirtError for any other error (the connection's)."""
+        subscribed = []
+        for constant, fault in FAULT_EVENTS:
+            event_id = getattr(libvirt, constant, None)
+            if event_id is None:
+                self._unsupported(constant, fault, "this libvirt-python does not define it")
+                continue
+            try:
+                self._callback_ids.append(conn.domainEventRegisterAny(
+                    None, event_id, self._on_fault, fault))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in _REFUSALS:
+                    raise
+                self._unsupported(constant, fault, f"the connection refuses it: {exc}")
+                continue
+            subscribed.append(constant)
+        return subscribed
+
+    def _unsupported(self, constant: str, fault: Fault, why: str) -> None:
+        if constant in self._unsupported_warned:
+            LOG.debug("%s: no %s events (%s)", self.uri, constant, why)
+            return
+        self._unsupported_warned.add(constant)
+        LOG.warning("%s: not subscribed to %s: %s; %s notifications are not published "
+                    "from this host", self.uri, constant, why, fault.event_type)
 
     def close(self) -> None:
         with self._lock:
@@ -116,13 +179,13 @@ class EventSource:
 
     def _close_locked(self) -> None:
         conn, self._conn = self._conn, None
+        ids, self._callback_ids = self._callback_ids, []
         if conn is None:
             return
-        if self._callback_id is not None:
-            _quietly(conn.domainEventDeregisterAny, self._callback_id)
+        for callback_id in ids:
+            _quietly(conn.domainEventDeregisterAny, callback_id)
         _quietly(conn.unregisterCloseCallback)
         _quietly(conn.close)
-        self._callback_id = None
 
     def _on_close(self, conn, reason, opaque) -> None:
         # libvirt's thread: flag and return.
@@ -136,6 +199,14 @@ class EventSource:
             seq=self._sequencer.next(), occurred_at=time.time(),
             uuid=dom.UUIDString(), name=dom.name(), event=event, detail=detail,
             domain=dom if state_read_needed(event, detail) else None))
+
+    def _on_fault(self, conn, dom, *args) -> None:
+        # libvirt's thread: stamp and hand over, nothing else. ``args`` are the event's
+        # own arguments (none for a reboot; srcPath, devAlias, action, reason for an I/O
+        # error; ...), then the opaque given at registration: the fault.
+        self._deliver(DomainFault(
+            seq=self._sequencer.next(), occurred_at=time.time(),
+            uuid=dom.UUIDString(), name=dom.name(), fault=args[-1], codes=args[:-1]))
 
     def observe(self, events: list[DomainEvent]) -> dict[str, Observed]:
         """Each event's domain as it is now (one read per domain, however many events

@@ -1,4 +1,5 @@
-"""libvirt's lifecycle event, detail and domain state codes, as Enums.
+"""libvirt's lifecycle event, detail and domain state codes, and the codes the fault
+events carry (watchdog and I/O error actions, ...), as Enums.
 
 The values are libvirt's stable ABI (``virDomainEventType``, ``virDomainEvent*DetailType``,
 ``virDomainState``); keeping them here lets translation stay pure and testable without
@@ -162,3 +163,74 @@ def job_name(code: int | None) -> str | None:
         return JobType(code).name
     except ValueError:
         return f"UNKNOWN_{code}"
+
+
+# -- the codes of the fault events (notifications.fault_notification names them) -----
+
+class WatchdogAction(enum.IntEnum):
+    """``virDomainEventWatchdogAction``: what the hypervisor did when the watchdog fired."""
+
+    NONE = 0
+    PAUSE = 1
+    RESET = 2
+    POWEROFF = 3
+    SHUTDOWN = 4
+    DEBUG = 5
+    INJECT_NMI = 6
+
+
+class IOErrorAction(enum.IntEnum):
+    """``virDomainEventIOErrorAction``: what the hypervisor did on a failed disk request."""
+
+    NONE = 0
+    PAUSE = 1
+    REPORT = 2
+
+
+class MemoryFailureRecipient(enum.IntEnum):
+    """``virDomainMemoryFailureRecipientType``: whom the hardware memory error hit."""
+
+    HYPERVISOR = 0
+    GUEST = 1
+
+
+class MemoryFailureAction(enum.IntEnum):
+    """``virDomainMemoryFailureActionType``: what was done about it."""
+
+    IGNORE = 0
+    INJECT = 1
+    FATAL = 2
+    RESET = 3
+
+
+class MemoryFailureFlag(enum.IntFlag):
+    """``virDomainMemoryFailureFlags``."""
+
+    ACTION_REQUIRED = 1
+    RECURSIVE = 2
+
+
+class AgentLifecycleState(enum.IntEnum):
+    """``virConnectDomainEventAgentLifecycleState``."""
+
+    CONNECTED = 1
+    DISCONNECTED = 2
+
+
+class AgentLifecycleReason(enum.IntEnum):
+    """``virConnectDomainEventAgentLifecycleReason``."""
+
+    UNKNOWN = 0
+    DOMAIN_STARTED = 1
+    CHANNEL = 2
+
+
+def code_name(codes: type[enum.IntEnum], code: int) -> str:
+    """A fault code's name as the wire has it: lower case (``inject_nmi``), or
+    ``unknown_<code>`` for a code this agent does not name (a newer libvirt's), so that
+    the event is still published and says what it got. (A negative code, which libvirt
+    does not send, is ``unknown_minus_<n>``: the wire's names have no '-'.)"""
+    try:
+        return codes(code).name.lower()
+    except ValueError:
+        return f"unknown_{code}" if code >= 0 else f"unknown_minus_{-code}"

@@ -1,4 +1,4 @@
-"""Events and inventories -> wire notifications. Pure."""
+"""Events, faults and inventories -> wire notifications. Pure."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from lifecycle_common import timeutil
 from lifecycle_common.wire import Notification, limits, payloads
 from lifecycle_common.wire.envelope import new_notification
 from lifecycle_common.wire.vocabulary import HEARTBEAT, INVENTORY, publisher_id  # noqa: F401
+from lifecycle_common.wire.vocabulary import Fault
 from lifecycle_publisher import libvirt_codes, translation
-from lifecycle_publisher.domain_event import DomainEvent, Inventory
+from lifecycle_publisher.domain_event import DomainEvent, DomainFault, Inventory
+from lifecycle_publisher.libvirt_codes import code_name
 
 
 def _oslo_timestamp(iso: str) -> str:
@@ -92,6 +94,47 @@ def instance_notification(host: str, epoch: int, event: DomainEvent,
     return new_notification(event_type=fields.event_type, payload=payload,
                             publisher_id=publisher_id(host),
                             timestamp=_oslo_timestamp(occurred))
+
+
+def fault_fields(fault: Fault, codes: tuple) -> dict:
+    """The fields of a fault's payload beyond the common ones, from the callback's own
+    arguments (``DomainFault.codes``): codes named (``unknown_<code>`` when this agent
+    does not know one), libvirt's free text clipped to what the wire takes (a device
+    alias, a path or a reason labels the fault: cut rather than the fault refused)."""
+    if fault is Fault.WATCHDOG:
+        (action,) = codes
+        return {"action": code_name(libvirt_codes.WatchdogAction, action)}
+    if fault is Fault.IO_ERROR:
+        path, device, action, reason = codes
+        return {"device": limits.clip_text(device or "", limits.FAULT_TEXT_LENGTH),
+                "path": limits.clip_text(path or "", limits.FAULT_PATH_LENGTH),
+                "action": code_name(libvirt_codes.IOErrorAction, action),
+                "reason": limits.clip_text(reason or "", limits.FAULT_TEXT_LENGTH)}
+    if fault is Fault.MEMORY_FAILURE:
+        recipient, action, flags = codes
+        return {"recipient": code_name(libvirt_codes.MemoryFailureRecipient, recipient),
+                "action": code_name(libvirt_codes.MemoryFailureAction, action),
+                "action_required": bool(flags & libvirt_codes.MemoryFailureFlag.ACTION_REQUIRED),
+                "recursive": bool(flags & libvirt_codes.MemoryFailureFlag.RECURSIVE)}
+    if fault is Fault.GUEST_AGENT:
+        state, reason = codes
+        return {"state": code_name(libvirt_codes.AgentLifecycleState, state),
+                "reason": code_name(libvirt_codes.AgentLifecycleReason, reason)}
+    return {}  # a reboot, a control error: nothing more than that it happened
+
+
+def fault_notification(host: str, epoch: int, fault: DomainFault) -> Notification:
+    """A fault, or the summary of a storm of one (``fault.count`` occurrences, the first
+    at ``fault.first_occurred_at``; seq and time the last's)."""
+    occurred = timeutil.isoformat_epoch(fault.occurred_at)
+    first = (occurred if fault.first_occurred_at is None
+             else timeutil.isoformat_epoch(fault.first_occurred_at))
+    payload = payloads.FAULT_PAYLOADS[fault.fault](
+        uuid=fault.uuid, name=limits.clip_name(fault.name), host=host, epoch=epoch,
+        seq=fault.seq, occurred_at=occurred, first_occurred_at=first, count=fault.count,
+        **fault_fields(fault.fault, fault.codes))
+    return new_notification(event_type=fault.fault.event_type, payload=payload,
+                            publisher_id=publisher_id(host), timestamp=_oslo_timestamp(occurred))
 
 
 def inventory_notification(host: str, epoch: int, inventory: Inventory) -> Notification:

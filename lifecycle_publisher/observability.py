@@ -55,6 +55,7 @@ class AgentCollector(Collector):
         for transition, count in sorted(agent.writer.transitions.items()):
             events.add_metric([transition], count)
         yield events
+        yield from _fault_metrics(agent)
         inventories = CounterMetricFamily(
             PREFIX + "inventories_total", "Inventories of the host written to the outbox.")
         inventories.add_metric([], agent.writer.inventories)
@@ -108,12 +109,38 @@ class AgentCollector(Collector):
         yield health_status(PREFIX + "health_status", "agent", report)
 
 
+def _fault_metrics(agent: "Agent") -> Iterator:
+    """Faults libvirt reported, by fault (rebooted, watchdog, io_error, ...), and how many
+    of them a storm's summary stood for rather than a notification of their own."""
+    writer = agent.writer
+    seen = CounterMetricFamily(
+        PREFIX + "faults_total",
+        "Fault events libvirt reported (occurrences), by fault: rebooted, watchdog, "
+        "io_error, control_error, memory_failure, guest_agent.", labels=["fault"])
+    for fault, count in sorted(writer.faults.items()):
+        seen.add_metric([fault], count)
+    yield seen
+    coalesced = CounterMetricFamily(
+        PREFIX + "faults_coalesced_total",
+        "Fault occurrences published only as part of a summary ([agent] "
+        "fault_coalesce_interval), not as a notification of their own, by fault; "
+        "faults_total minus this is the fault notifications written (pending "
+        "summaries aside).", labels=["fault"])
+    for fault, count in sorted(writer.coalescer.coalesced.items()):
+        coalesced.add_metric([fault], count)
+    yield coalesced
+    yield gauge(PREFIX + "fault_coalescing_keys",
+                "Faults (per instance, fault and device or action) whose coalescing "
+                "window is open: the coalescer's memory, bounded.", len(writer.coalescer))
+
+
 def _disk_metrics(agent: "Agent") -> Iterator:
     """The outbox's disk: whether it takes writes, and what a full one cost."""
     outage, held = agent.writer.outage.current, agent.outbox.held()
     yield counter(PREFIX + "events_unwritten_total",
-                  "Lifecycle events the outbox could not take (a full disk): counted, "
-                  "logged and dropped; the inventory after the outage reconciles them.",
+                  "Lifecycle events and faults the outbox could not take (a full disk): "
+                  "counted, logged and dropped; the inventory after the outage reconciles "
+                  "the instances' states (a fault lost is lost).",
                   agent.writer.outage.lost_total)
     yield gauge(PREFIX + "outbox_writable",
                 "1 while the outbox takes writes; 0 while its disk refuses them (full).",

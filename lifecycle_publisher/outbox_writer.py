@@ -11,6 +11,12 @@ With ``stopped_delay`` > 0, a STOPPED event waits that long before it is written
 is dropped if a later event for the same domain comes first: a guest that reboots
 emits STOPPED then STARTED, and the control plane should not see it stopped.
 
+Faults (reboots, watchdogs, I/O errors, ...: ``DomainFault``) pass a held STOPPED
+by without cancelling it (the guest's state did not change), and go through the
+``FaultCoalescer`` (``[agent] fault_coalesce_interval``): the first of a storm is
+written at once, the rest as at most one summary per interval, written by the step
+that finds its window ended; the inbox's STOP writes every pending summary.
+
 When the disk refuses a write (it is full), the batch is dropped, each event counted
 and logged (``outbox_outage``), and the writer goes on: what the outbox held stays and
 is published. It tries again with the next batch and, with none coming, with a small
@@ -30,8 +36,10 @@ from typing import Callable, Optional
 
 from lifecycle_common import wire
 from lifecycle_publisher import notifications
-from lifecycle_publisher.domain_event import DomainEvent, Inventory
+from lifecycle_common.wire.vocabulary import FAULTS_BY_EVENT_TYPE
+from lifecycle_publisher.domain_event import DomainEvent, DomainFault, Inventory
 from lifecycle_publisher.errors import OutboxFull, OutboxUnwritable
+from lifecycle_publisher.fault_coalescing import FaultCoalescer
 from lifecycle_publisher.libvirt_codes import Event
 from lifecycle_publisher.outbox import Outbox
 from lifecycle_publisher.outbox_outage import RETRY_MAX, OutboxOutage, describe_space
@@ -135,15 +143,20 @@ class OutboxWriter:
     def __init__(self, inbox: Inbox, outbox: Outbox, host: str, epoch: int,
                  observe: Observe = lambda events: {}, stopped_delay: float = 0.0,
                  ask_inventory: Callable[[], None] = lambda: None,
-                 outage: OutboxOutage | None = None):
+                 outage: OutboxOutage | None = None, fault_coalesce_interval: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic):
         """``ask_inventory``: called (on the writer's thread) once the disk takes writes
-        again after refusing some; it must only flag the request and return."""
+        again after refusing some; it must only flag the request and return. ``clock``:
+        what time it is for the held STOPPEDs and the faults' windows (tests set it)."""
         self._inbox = inbox
         self._outbox = outbox
         self._host = host
         self._epoch = epoch
         self._observe = observe
+        self._clock = clock
         self._delay = StoppedDelay(stopped_delay)
+        self.coalescer = FaultCoalescer(fault_coalesce_interval)
+        self.faults: collections.Counter[str] = collections.Counter()  # seen, by fault value
         self._previous: collections.OrderedDict[str, Transition] = collections.OrderedDict()
         self.written = 0
         self.transitions: collections.Counter[str] = collections.Counter()  # events written
@@ -154,29 +167,36 @@ class OutboxWriter:
 
     def deadline(self) -> float | None:
         """When ``step`` has work even if nothing more comes (monotonic): a held STOPPED
-        falls due, or a trial write of a disk that refused; None: nothing is waited for."""
-        deadlines = [at for at in (self._delay.next_due(), self.outage.next_retry)
-                     if at is not None]
+        falls due, a fault's coalescing window ends, or a trial write of a disk that
+        refused; None: nothing is waited for."""
+        deadlines = [at for at in (self._delay.next_due(), self.coalescer.next_due(),
+                                   self.outage.next_retry) if at is not None]
         return min(deadlines) if deadlines else None
 
     def step(self) -> Written:
-        """Take what the inbox holds (up to MAX_BATCH, and the held STOPPEDs now due),
-        write it in one transaction, and say what was written. Never waits for the
-        inbox. A disk that refuses is counted and logged (``Written([])``); a corrupt
-        outbox raises OutboxCorrupt."""
+        """Take what the inbox holds (up to MAX_BATCH, and the held STOPPEDs and fault
+        summaries now due), write it in one transaction, and say what was written. Never
+        waits for the inbox. A disk that refuses is counted and logged (``Written([])``);
+        a corrupt outbox raises OutboxCorrupt."""
         if self.stopped:
             return Written([], True)
-        now = time.monotonic()
+        now = self._clock()
         batch: list = []
-        admit = self._delay.admit
+        admit, coalesce, faults = self._delay.admit, self.coalescer.admit, self.faults
         for item in self._inbox.take(MAX_BATCH):
             if item is STOP:
                 self.stopped = True
                 break
-            batch += admit(item, now)
+            if type(item) is DomainFault:
+                faults[item.fault.value] += 1
+                batch += coalesce(item, now)
+            else:
+                batch += admit(item, now)
         batch += self._delay.due(now)
+        batch += self.coalescer.due(now)
         if self.stopped:
             batch += self._delay.release_all()
+            batch += self.coalescer.release_all()
         if not batch:
             retry = self.outage.next_retry
             if retry is not None and now >= retry:
@@ -226,6 +246,10 @@ class OutboxWriter:
                 if debug:
                     LOG.debug("host %s seq %d instance %s: %s/%s written to the outbox",
                               self._host, item.seq, item.uuid, item.event, item.detail)
+            elif isinstance(item, DomainFault):
+                if debug:
+                    LOG.debug("host %s seq %d instance %s: %s (%d) written to the outbox",
+                              self._host, item.seq, item.uuid, item.fault.value, item.count)
             else:
                 LOG.info("host %s seq %d: %s inventory of %d domains written to the outbox",
                          self._host, item.seq, item.reason, len(item.domains))
@@ -253,6 +277,11 @@ class OutboxWriter:
                                 "(%s): lost; the inventory taken once the disk takes "
                                 "writes again reconciles it", self._host, item.seq,
                                 item.uuid, event_type.partition(".")[2], exc.reason)
+            elif isinstance(item, DomainFault):  # no inventory says a fault again
+                if self.outage.lose_event():
+                    LOG.warning("host %s seq %d instance %s: %s (%d occurrences) not "
+                                "written to the outbox (%s): lost", self._host, item.seq,
+                                item.uuid, item.fault.value, item.count, exc.reason)
             elif self.outage.lose_inventory():
                 LOG.warning("host %s seq %d: %s inventory of %d domains not written to the "
                             "outbox (%s): lost; another is taken once the disk takes "
@@ -308,11 +337,13 @@ class OutboxWriter:
             self._ask_inventory()
 
     def _count(self, rows: list[tuple[int, str, bytes]]) -> None:
-        """Count what was written: events by transition ('instance.<transition>')."""
+        """Count what was written: events by transition ('instance.<transition>');
+        faults are counted as they are seen (``step``)."""
         counts = collections.Counter(event_type for _, event_type, _ in rows)
         self.inventories += counts.pop(notifications.INVENTORY, 0)
         for event_type, count in counts.items():
-            self.transitions[event_type.partition(".")[2]] += count
+            if event_type not in FAULTS_BY_EVENT_TYPE:
+                self.transitions[event_type.partition(".")[2]] += count
 
     def _remember(self, uuid: str, transition: Transition) -> None:
         """Each domain's last transition here (translation needs it); bounded."""
@@ -327,6 +358,8 @@ class OutboxWriter:
                 self._host, self._epoch, item, observed.get(item.uuid),
                 self._previous.get(item.uuid))
             self._remember(item.uuid, Transition(note.payload.transition))
+        elif isinstance(item, DomainFault):
+            note = notifications.fault_notification(self._host, self._epoch, item)
         elif isinstance(item, Inventory):
             note = notifications.inventory_notification(self._host, self._epoch, item)
         else:
