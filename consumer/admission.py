@@ -11,7 +11,8 @@ what becomes of it:
 
 Publisher identity: RabbitMQ refuses a message whose AMQP ``user_id`` property is not
 the user the publisher logged in as, and the agent sets it on every message; so with
-``host_user`` a message about host H is accepted only from H's own broker user
+``host_user`` a message about host H (a lifecycle event, a fault, an inventory or a
+heartbeat: each payload names its host) is accepted only from H's own broker user
 (``publisher_user_template`` formatted with H) or a listed trusted publisher.
 
 No clock is believed here: an epoch is a counter of the agent's starts and
@@ -31,8 +32,9 @@ from typing import Optional, Union
 
 from lifecycle_common import wire
 from lifecycle_common.wire import compiled_decode
+from lifecycle_common.wire.vocabulary import PUBLISHER_PREFIX
 
-AGENT_PUBLISHER_PREFIX = "lifecycle-agent:"
+AGENT_PUBLISHER_PREFIX = PUBLISHER_PREFIX  # the agents' publisher_id begins with it
 
 
 class PublisherIdentity(str, enum.Enum):

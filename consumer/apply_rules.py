@@ -17,7 +17,10 @@ consumer's order of arrival decides between hosts.
   instance that has moved on;
 - an inventory is the truth for its host: each listed instance is set as an event with
   the inventory's ``(epoch, seq)`` would be, and an instance of that host missing from
-  it, last changed before the inventory, is marked deleted.
+  it, last changed before the inventory, is marked deleted;
+- a fault (a watchdog, an I/O error...) applies as an event that sets no power state;
+  its own marks on the row (``last_fault``, ``reboots``) are ``fold``'s, and
+  ``replaces_last_fault`` decides the first.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import functools
 from typing import NamedTuple, Optional
 
 from lifecycle_common.power_state import PowerState
+from lifecycle_common.wire.vocabulary import INVENTORY
 
 
 class Outcome(str, enum.Enum):
@@ -53,6 +57,12 @@ class InstanceRow(NamedTuple):
     seq: int
     last_event_type: str
     event_occurred_at: datetime.datetime
+    # Why it is in its power state (``state_reasons``), None where unknown; how many
+    # times the guest rebooted; its newest fault, as stored (JSON text: see
+    # ``fold.last_fault_json``). Defaults for a row written by a release before them.
+    state_reason: Optional[str] = None
+    reboots: int = 0
+    last_fault: Optional[str] = None
 
 
 def record_maker(cls: type) -> "functools.partial":
@@ -78,6 +88,7 @@ class Observation(NamedTuple):
     power_state: Optional[str]   # None: the event does not change it
     deleted: bool
     runs_here: bool = False      # says the guest runs on obs.host: may move the owner
+    state_reason: Optional[str] = None  # with a power state: why (``state_reasons``)
 
 
 def is_newer(row: Optional[InstanceRow], obs: Observation,
@@ -100,15 +111,20 @@ def apply(row: Optional[InstanceRow], obs: Observation,
     if not is_newer(row, obs, last_word):
         return row, STALE
     if obs.power_state is not None:
-        power_state = obs.power_state
+        power_state, state_reason = obs.power_state, obs.state_reason
     elif row is not None:
-        power_state = row.power_state
+        power_state, state_reason = row.power_state, row.state_reason
     else:
-        power_state = PowerState.PENDING.value
-    return new_instance_row((  # uuid, name, host, power_state, deleted, epoch, seq,
-        # last_event_type, event_occurred_at
-        obs.uuid, obs.name or (row.name if row else ""), obs.host, power_state, obs.deleted,
-        obs.epoch, obs.seq, obs.event_type, obs.occurred_at)), APPLIED
+        power_state, state_reason = PowerState.PENDING.value, None
+    if row is None:
+        return new_instance_row((  # uuid, name, host, power_state, deleted, epoch, seq,
+            # last_event_type, event_occurred_at, state_reason, reboots, last_fault
+            obs.uuid, obs.name or "", obs.host, power_state, obs.deleted, obs.epoch, obs.seq,
+            obs.event_type, obs.occurred_at, state_reason, 0, None)), APPLIED
+    return new_instance_row((
+        obs.uuid, obs.name or row.name, obs.host, power_state, obs.deleted, obs.epoch,
+        obs.seq, obs.event_type, obs.occurred_at, state_reason, row.reboots,
+        row.last_fault)), APPLIED
 
 
 new_instance_row = record_maker(InstanceRow)
@@ -121,5 +137,19 @@ def vanished(row: InstanceRow, host: str, epoch: int, seq: int,
     changed after the inventory was taken (or belongs to another host now)."""
     if row.deleted or row.host != host or (row.epoch, row.seq) >= (epoch, seq):
         return None
-    return row._replace(deleted=True, epoch=epoch, seq=seq,
-                        last_event_type="host.inventory", event_occurred_at=occurred_at)
+    return row._replace(deleted=True, epoch=epoch, seq=seq, last_event_type=INVENTORY,
+                        event_occurred_at=occurred_at, state_reason=None)
+
+
+def replaces_last_fault(stored: Optional[tuple[str, int, int]], host: str, epoch: int,
+                        seq: int) -> bool:
+    """Whether a fault from ``host`` at ``(epoch, seq)`` becomes the instance's last
+    fault, where ``stored`` is the ``(host, epoch, seq)`` of the one it has (None:
+    none). From the host that told the stored one, only a newer one does (a late or
+    out-of-order fault of that host is older news, whatever the row's own outcome);
+    from another host, the one to arrive last does (no clock is compared, as between
+    hosts' events). Redeliveries never come here: only notes the journal does not hold
+    are folded."""
+    if stored is None or stored[0] != host:
+        return True
+    return (epoch, seq) > (stored[1], stored[2])

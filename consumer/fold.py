@@ -8,20 +8,31 @@
    ``batch.host_names(fresh)`` names (locked), and the last words
    ``words_wanted(fresh, rows)`` asks for (from the journal);
 3. ``fold(...)`` returns ``Writes``: the journal rows, the instance and host rows to
-   insert and to overwrite, the deleted rows to renumber, and the ``BatchResult``.
+   insert and to overwrite, the deleted rows to renumber, the fault rows, and the
+   ``BatchResult``.
 
 ``apply_rules`` decides each instance's change; this module decides the order in which
 the batch's notes meet the rows, and each host's position and liveness.
 
+Faults (a watchdog, an I/O error, a reboot...) apply as events that set no power
+state, and leave their own marks: each fresh one, and each panic (a lifecycle event
+``instance.crashed`` of libvirt's CRASHED), is a ``faults`` row; a reboot adds its
+count to ``reboots``; a watchdog, an I/O error, a control error, a memory failure or a
+panic may become the row's ``last_fault`` (``apply_rules.replaces_last_fault``). Only
+they pay for JSON: a lifecycle event's cost is its ``state_reason``, a lookup.
+
 ``fold`` takes 5.5 us of CPU per event of benchmarks/apply.py's batches (``python -m
 benchmarks.micro_store fold``), 8.5 before its times were made by ``parse_utc`` and
-``as_naive_utc`` and its records by ``apply_rules.record_maker``.
+``as_naive_utc`` and its records by ``apply_rules.record_maker``. The state's reason
+and the checks for faults added about 0.3 us of it (``fold`` itself 3.7 to 4.4 us
+against 3.6 to 3.9 before, runs alternated on this project's 2-core machine).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import logging
 from collections import Counter
 from typing import NamedTuple, Optional
@@ -29,16 +40,30 @@ from typing import NamedTuple, Optional
 from lifecycle_common import timeutil
 from lifecycle_common.power_state import PowerState
 from lifecycle_common.wire import Notification
+from lifecycle_common.wire import vocabulary
 from lifecycle_common.wire.payloads import (
-    HostHeartbeatPayload, HostInventoryPayload, InstanceLifecyclePayload)
-from consumer import apply_rules
+    FAULT_PAYLOAD_CLASSES, HostHeartbeatPayload, HostInventoryPayload,
+    InstanceLifecyclePayload, fault_fields)
+from lifecycle_common.wire.limits import INT64_MAX
+from lifecycle_common.wire.vocabulary import RUNS_HERE
+from consumer import apply_rules, state_reasons
 from consumer.apply_rules import (
     APPLIED, IGNORED, InstanceRow, Observation, Outcome, new_observation, record_maker)
 
 LOG = logging.getLogger(__name__)
 
-# Transitions that say the guest runs on the event's host (see apply_rules.is_newer).
-RUNS_HERE = frozenset({"started", "resumed"})
+# The transitions the fold tells apart, as plain strings (a str Enum member compares
+# slower), and what says an instance.crashed is a panic: libvirt's CRASHED event (a
+# STOPPED one of a crashed or failed emulator is not: the guest did not panic).
+_IGNORED = vocabulary.Transition.IGNORED.value
+_UNDEFINED = vocabulary.Transition.UNDEFINED.value
+_CRASHED = vocabulary.Transition.CRASHED.value
+_LIBVIRT_CRASHED = "CRASHED"  # libvirt's name of VIR_DOMAIN_EVENT_CRASHED
+_PANIC = vocabulary.PANIC_EVENT_TYPE
+_REBOOTED = vocabulary.Fault.REBOOTED.event_type
+_LAST_FAULT_TYPES = vocabulary.LAST_FAULT_TYPES
+# The payloads about one instance (its uuid): a lifecycle event first, the usual case.
+_INSTANCE_PAYLOADS = (InstanceLifecyclePayload, *FAULT_PAYLOAD_CLASSES)
 
 Key = tuple[str, int, int]  # (host, epoch, seq)
 _OUTCOME_TEXT = {outcome: outcome.value for outcome in Outcome}
@@ -56,6 +81,9 @@ class BatchResult:
     # Seconds each host that beat in the batch is ahead of this consumer's clock (the
     # moment its last heartbeat says, less when it arrived): reported, never decided on.
     clock_offsets: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Occurrences (the sum of their counts) of the faults newly applied, by event type,
+    # whatever their rows' outcome: the batch's ``faults`` rows, panics among them.
+    faults: Counter = dataclasses.field(default_factory=Counter)
 
 
 class HostRow(NamedTuple):
@@ -87,12 +115,28 @@ class JournalRow(NamedTuple):
 _new_journal_row = record_maker(JournalRow)
 
 
+class FaultRow(NamedTuple):
+    """A ``faults`` row: one fault notification, or one panic; timestamps naive UTC."""
+    host: str
+    epoch: int
+    seq: int
+    instance_uuid: str
+    event_type: str
+    occurred_at: datetime.datetime
+    first_occurred_at: datetime.datetime
+    count: int
+    fields: str   # JSON: the fault's own fields (payloads.fault_fields)
+    applied_at: datetime.datetime
+
+
 @dataclasses.dataclass
 class Writes:
     """What one batch writes, in this order: ``start_over`` (for each ``(host,
     epoch)``, that host's deleted rows of a greater epoch renumbered ``(epoch, 0)``),
     the journal rows, the new instance rows and those overwritten (every row written
-    takes ``applied_at``), the new host rows and those overwritten."""
+    takes ``applied_at``), the new host rows and those overwritten, then the fault rows
+    (a key the table holds already is left as it is: the same notification, its
+    journal row pruned first)."""
     start_over: list[tuple[str, int]]
     journal: list[JournalRow]
     new_instances: list[InstanceRow]
@@ -101,6 +145,7 @@ class Writes:
     changed_hosts: list[HostRow]
     applied_at: datetime.datetime  # naive UTC
     result: BatchResult
+    faults: list[FaultRow] = dataclasses.field(default_factory=list)
 
 
 class Batch:
@@ -170,7 +215,7 @@ def instances_to_load(fresh: list[Notification]) -> tuple[set[str], set[str]]:
     inventory_hosts: set[str] = set()
     for note in fresh:
         p = note.payload
-        if isinstance(p, InstanceLifecyclePayload):
+        if isinstance(p, _INSTANCE_PAYLOADS):
             uuids.add(p.uuid)
         elif isinstance(p, HostInventoryPayload):
             uuids.update(e.uuid for e in p.instances)
@@ -185,7 +230,7 @@ def words_wanted(fresh: list[Notification], rows: dict[str, InstanceRow]) -> set
     wanted: set[tuple[str, str]] = set()
     for note in fresh:
         p = note.payload
-        if isinstance(p, InstanceLifecyclePayload):
+        if isinstance(p, _INSTANCE_PAYLOADS):
             uuids = (p.uuid,)
         elif isinstance(p, HostInventoryPayload):
             uuids = tuple(e.uuid for e in p.instances)
@@ -232,6 +277,7 @@ def fold(batch: Batch, journaled: set[Key], rows: dict[str, InstanceRow],
     words = dict(words)
     applied_at = naive_utc(now)
     journal_rows = []
+    fault_rows: list[FaultRow] = []
     counted = []  # what sets each host's position (not what came before a new state)
     outcomes = {outcome: 0 for outcome in Outcome}
     applied = result.applied
@@ -242,7 +288,7 @@ def fold(batch: Batch, journaled: set[Key], rows: dict[str, InstanceRow],
             counted = [q for q in counted if q.host != p.host]
         counted.append(p)
         occurred_at = parse_utc(p.occurred_at)  # aware, in UTC
-        outcome, uuid = fold_note(current, note, occurred_at, words)
+        outcome, uuid = fold_note(current, note, occurred_at, words, fault_rows, applied_at)
         outcomes[outcome] += 1
         if outcome is APPLIED:
             applied.append((note.event_type, occurred_at.timestamp()))
@@ -250,6 +296,8 @@ def fold(batch: Batch, journaled: set[Key], rows: dict[str, InstanceRow],
             p.host, p.epoch, p.seq, note.event_type, uuid, _OUTCOME_TEXT[outcome],
             as_naive_utc(occurred_at), applied_at)))
     result.outcomes.update({o: n for o, n in outcomes.items() if n})
+    for f in fault_rows:
+        result.faults[f.event_type] += f.count
 
     new_instances, changed_instances = [], []
     for uuid, row in current.items():
@@ -259,38 +307,54 @@ def fold(batch: Batch, journaled: set[Key], rows: dict[str, InstanceRow],
     new_hosts, changed_hosts, result.clock_offsets = _hosts(
         counted, batch.heartbeats, hosts, now, restarted)
     return Writes(start_over, journal_rows, new_instances, changed_instances,
-                  new_hosts, changed_hosts, applied_at, result)
+                  new_hosts, changed_hosts, applied_at, result, fault_rows)
 
 
 def fold_note(current: dict[str, Optional[InstanceRow]], note: Notification,
-              occurred_at: datetime.datetime, words: dict) -> tuple[Outcome, str | None]:
+              occurred_at: datetime.datetime, words: dict, faults: list[FaultRow],
+              applied_at: datetime.datetime) -> tuple[Outcome, str | None]:
     """Apply one notification to the in-memory rows; return its outcome and the uuid it
-    is about (None for an inventory). ``words`` learns what the note's host said."""
+    is about (None for an inventory). ``words`` learns what the note's host said;
+    ``faults`` gets the note's ``faults`` row, if it is a fault or a panic (stamped
+    ``applied_at``, naive UTC)."""
     p = note.payload
     if isinstance(p, InstanceLifecyclePayload):
-        if p.transition == "ignored":
-            return IGNORED, p.uuid
         transition = p.transition
+        if transition == _IGNORED:
+            return IGNORED, p.uuid
+        power_state = p.power_state
         # uuid, name, host, epoch, seq, occurred_at, event_type, power_state, deleted,
-        # runs_here (all of them: see apply_rules.record_maker).
+        # runs_here, state_reason (all of them: see apply_rules.record_maker).
         obs = new_observation((p.uuid, p.name, p.host, p.epoch, p.seq, occurred_at,
-                                    note.event_type, p.power_state,
-                                    transition == "undefined", transition in RUNS_HERE))
+                               note.event_type, power_state, transition == _UNDEFINED,
+                               transition in RUNS_HERE,
+                               None if power_state is None else state_reasons.of_event(
+                                   p.libvirt_event, p.libvirt_detail, p.libvirt_state,
+                                   p.libvirt_reason)))
         current[p.uuid], outcome = apply_rules.apply(
             current.get(p.uuid), obs, words.get((p.uuid, p.host)))
         said(words, p.uuid, p.host, p.epoch, p.seq)
+        if transition == _CRASHED and p.libvirt_event == _LIBVIRT_CRASHED:
+            _panicked(current, p, occurred_at, faults, applied_at)
         return outcome, p.uuid
+    if not isinstance(p, HostInventoryPayload):
+        return _fold_fault(current, note, occurred_at, words, faults, applied_at)
     # An inventory: the truth for its host.
     listed = set()
     for entry in p.instances:
         listed.add(entry.uuid)
+        row = current.get(entry.uuid)
+        reason = None
+        if row is not None and row.state_reason is not None:
+            reason = state_reasons.kept_through_inventory(
+                row.state_reason, row.power_state, entry.power_state, entry.libvirt_state,
+                entry.libvirt_reason)
         obs = Observation(
             uuid=entry.uuid, name=entry.name, host=p.host, epoch=p.epoch, seq=p.seq,
             occurred_at=occurred_at, event_type=note.event_type,
             power_state=entry.power_state, deleted=False,
-            runs_here=entry.power_state == PowerState.RUNNING.value)
-        current[entry.uuid], _ = apply_rules.apply(
-            current.get(entry.uuid), obs, words.get((entry.uuid, p.host)))
+            runs_here=entry.power_state == PowerState.RUNNING.value, state_reason=reason)
+        current[entry.uuid], _ = apply_rules.apply(row, obs, words.get((entry.uuid, p.host)))
         said(words, entry.uuid, p.host, p.epoch, p.seq)
     for uuid, row in list(current.items()):
         if uuid not in listed and row is not None:
@@ -298,6 +362,89 @@ def fold_note(current: dict[str, Optional[InstanceRow]], note: Notification,
             if gone is not None:
                 current[uuid] = gone
     return APPLIED, None
+
+
+def _fold_fault(current: dict[str, Optional[InstanceRow]], note: Notification,
+                occurred_at: datetime.datetime, words: dict, faults: list[FaultRow],
+                applied_at: datetime.datetime) -> tuple[Outcome, str]:
+    """A fault: applied as an event that sets no power state (it moves the row's
+    position, never its state), then its own marks, whatever that outcome (a fault the
+    row's owner has moved past still happened): its ``faults`` row, a reboot's count,
+    and the last fault where it is one and newer (``apply_rules.replaces_last_fault``)."""
+    p = note.payload
+    event_type = note.event_type
+    obs = new_observation((p.uuid, p.name, p.host, p.epoch, p.seq, occurred_at, event_type,
+                           None, False, False, None))
+    row, outcome = apply_rules.apply(current.get(p.uuid), obs, words.get((p.uuid, p.host)))
+    said(words, p.uuid, p.host, p.epoch, p.seq)
+    fields = fault_fields(p)
+    first_occurred_at = parse_utc(p.first_occurred_at)
+    if event_type == _REBOOTED:  # (a BIGINT: a hostile count cannot make it refused)
+        row = row._replace(reboots=min(row.reboots + p.count, INT64_MAX))
+    elif event_type in _LAST_FAULT_TYPES:
+        row = _with_last_fault(row, event_type, p, occurred_at, first_occurred_at, p.count,
+                               fields)
+    current[p.uuid] = row
+    faults.append(FaultRow(p.host, p.epoch, p.seq, p.uuid, event_type,
+                           as_naive_utc(occurred_at), as_naive_utc(first_occurred_at),
+                           p.count, _json(fields), applied_at))
+    return outcome, p.uuid
+
+
+def _panicked(current: dict[str, Optional[InstanceRow]], p: InstanceLifecyclePayload,
+              occurred_at: datetime.datetime, faults: list[FaultRow],
+              applied_at: datetime.datetime) -> None:
+    """A panic (libvirt's CRASHED event): a fault of its own, ``instance.crashed``
+    with the reason libvirt gives (panicked, crashloaded), once."""
+    fields = {"reason": p.libvirt_detail.lower()}
+    row = current.get(p.uuid)
+    if row is not None:
+        current[p.uuid] = _with_last_fault(row, _PANIC, p, occurred_at, occurred_at, 1, fields)
+    naive = as_naive_utc(occurred_at)
+    faults.append(FaultRow(p.host, p.epoch, p.seq, p.uuid, _PANIC, naive, naive, 1,
+                           _json(fields), applied_at))
+
+
+def _with_last_fault(row: InstanceRow, event_type: str, p, occurred_at: datetime.datetime,
+                     first_occurred_at: datetime.datetime, count: int,
+                     fields: dict) -> InstanceRow:
+    """``row`` with the fault ``p`` as its last fault, if it replaces the stored one."""
+    if not apply_rules.replaces_last_fault(last_fault_key(row.last_fault), p.host,
+                                           p.epoch, p.seq):
+        return row
+    return row._replace(last_fault=last_fault_json(
+        event_type, occurred_at, fields, count, first_occurred_at, p.host, p.epoch, p.seq))
+
+
+def last_fault_json(event_type: str, occurred_at: datetime.datetime, fields: dict,
+                    count: int, first_occurred_at: datetime.datetime, host: str, epoch: int,
+                    seq: int) -> str:
+    """``instances.last_fault``: a JSON object of the fault's event type, when it last
+    occurred (ISO 8601, UTC, microseconds, as the wire has it), its own fields, how
+    many times, when first, and its notification's key (host, epoch, seq)."""
+    return _json({"event_type": event_type, "occurred_at": timeutil.isoformat(occurred_at),
+                  **fields, "count": count,
+                  "first_occurred_at": timeutil.isoformat(first_occurred_at),
+                  "host": host, "epoch": epoch, "seq": seq})
+
+
+def last_fault_key(stored: Optional[str]) -> Optional[tuple[str, int, int]]:
+    """The ``(host, epoch, seq)`` of a stored last fault; None where there is none, or
+    where the text does not say (it is then replaced)."""
+    if stored is None:
+        return None
+    try:
+        value = json.loads(stored)
+        key = (value["host"], value["epoch"], value["seq"])
+    except (ValueError, TypeError, KeyError):
+        return None
+    if (not isinstance(key[0], str) or type(key[1]) is not int or type(key[2]) is not int):
+        return None
+    return key
+
+
+def _json(value: dict) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 def naive_utc(moment: datetime.datetime) -> datetime.datetime:

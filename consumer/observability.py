@@ -111,6 +111,15 @@ class ServiceCollector(Collector):
         for event_type, count in sorted(dict(service.applied_by_type).items()):
             applied.add_metric([event_type], count)
         yield applied
+        faults = CounterMetricFamily(
+            PREFIX + "faults_total",
+            "Faults of instances newly applied, by event type, counted by occurrences "
+            "(a notification standing for a storm's 37 I/O errors counts 37), whether or "
+            "not they changed the instance's row; a panic (libvirt's CRASHED event) "
+            "counts as instance.crashed.", labels=["event_type"])
+        for event_type, count in sorted(dict(service.faults_by_type).items()):
+            faults.add_metric([event_type], count)
+        yield faults
         yield counter(PREFIX + "duplicate_events_total",
                        "Messages applied before (redeliveries, replays): changed nothing.",
                        stats.duplicates)

@@ -34,6 +34,7 @@ from lifecycle_common.retry import backoff
 from lifecycle_common.wire.payloads import HostHeartbeatPayload
 from consumer import admission, observability, settle
 from consumer.amqp_queue import BatchQueue
+from consumer.apply_rules import Outcome
 from consumer.database_health import DatabaseHealth
 from consumer.liveness import HostLiveness
 from consumer.errors import BatchRejected, BrokerUnavailable, DatabaseUnavailable
@@ -79,6 +80,8 @@ class ConsumerService:
         self._next_summary = time.monotonic() + _SUMMARY_INTERVAL
         # For the operator: metrics, health, systemd.
         self.applied_by_type: Counter[str] = Counter()
+        # Occurrences of faults (and panics) newly applied, by event type.
+        self.faults_by_type: Counter[str] = Counter()
         self.broker = health.Outage(down_since=time.monotonic())
         self.database = DatabaseHealth()
         self.liveness = HostLiveness(store, host_down_after, self.database)
@@ -265,14 +268,16 @@ class ConsumerService:
 
     def _record(self, result, notes) -> None:
         s = self.stats
-        s.applied += result.outcomes["applied"]
-        s.stale += result.outcomes["stale"]
-        s.ignored += result.outcomes["ignored"]
+        s.applied += result.outcomes[Outcome.APPLIED]
+        s.stale += result.outcomes[Outcome.STALE]
+        s.ignored += result.outcomes[Outcome.IGNORED]
         s.duplicates += result.duplicates
         s.heartbeats += result.heartbeats
         by_type = self.applied_by_type
         for event_type, _ in result.applied:
             by_type[event_type] += 1
+        if result.faults:
+            self.faults_by_type.update(result.faults)
         if result.clock_offsets:
             self._watch_clocks(result.clock_offsets)
         if LOG.isEnabledFor(logging.DEBUG):

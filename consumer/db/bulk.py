@@ -1,7 +1,7 @@
 """Multi-row writes: many rows in one statement, whatever the backend.
 
 ``insert`` adds new rows: a key that exists already is an IntegrityError, as with a
-plain INSERT. ``overwrite`` rewrites rows that exist and that the caller has locked
+plain INSERT; ``insert_missing`` adds those whose key is not there, leaving the others. ``overwrite`` rewrites rows that exist and that the caller has locked
 (SELECT ... FOR UPDATE), every column given: an upsert whose conflict branch is
 therefore always the one taken, the portable way to UPDATE many rows in one statement.
 
@@ -26,6 +26,14 @@ def insert(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> None:
     """Insert ``rows`` (each with every column of ``table``)."""
     if rows:
         _execute(conn, _statement(conn.dialect.name, table, overwrite=False), rows)
+
+
+def insert_missing(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> None:
+    """Insert the ``rows`` (each with every column of ``table``) whose primary key
+    ``table`` does not hold; a row whose key it holds is left as it is."""
+    if rows:
+        _execute(conn, _statement(conn.dialect.name, table, overwrite=False, missing=True),
+                 rows)
 
 
 def overwrite(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> None:
@@ -72,7 +80,9 @@ def _execute(conn, statement, rows: list[dict]) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def _statement(dialect: str, table: sa.Table, overwrite: bool):
+def _statement(dialect: str, table: sa.Table, overwrite: bool, missing: bool = False):
+    """The multi-row INSERT: plain, or ``overwrite`` (an upsert), or ``missing`` (a
+    key the table holds is skipped)."""
     keys = [c.name for c in table.primary_key]
     others = [c.name for c in table.columns if c.name not in keys]
     if dialect == "postgresql":
@@ -85,7 +95,18 @@ def _statement(dialect: str, table: sa.Table, overwrite: bool):
         if overwrite:
             statement = statement.on_conflict_do_update(
                 index_elements=keys, set_={c: statement.excluded[c] for c in others})
+        elif missing:
+            statement = statement.on_conflict_do_nothing(index_elements=keys)
         return statement
+    if missing:
+        if dialect == "sqlite":
+            return sqlite.insert(table).on_conflict_do_nothing(index_elements=keys)
+        if dialect in ("mysql", "mariadb"):
+            # A key's own column set to itself: the row left as it is (INSERT IGNORE
+            # would also turn other errors, a value too long, into warnings).
+            statement = mysql.insert(table)
+            return statement.on_duplicate_key_update({keys[0]: table.c[keys[0]]})
+        raise ValueError(f"no multi-row insert of missing rows for the {dialect} backend")
     if not overwrite:
         return table.insert()
     if dialect == "sqlite":

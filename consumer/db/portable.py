@@ -9,7 +9,8 @@ transaction that the caller began:
 - ``last_words(wanted)``: for each ``(uuid, host)`` pair the newest ``(epoch, seq)`` the
   journal holds from that host about that instance (pairs it holds none of are absent);
 - ``write(writes)``: the ``fold.Writes`` in their order. A new row whose key exists
-  already (another consumer wrote it meanwhile) is an IntegrityError.
+  already (another consumer wrote it meanwhile) is an IntegrityError; a fault row's
+  is not (``Writes``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import sqlalchemy as sa
 from consumer.apply_rules import InstanceRow
 from consumer.db import bulk
 from consumer.db import engine as db_engine
-from consumer.db.tables import hosts, instances, journal
-from consumer.fold import HostRow, JournalRow, Writes, newest_words
+from consumer.db.tables import faults, hosts, instances, journal
+from consumer.fold import FaultRow, HostRow, JournalRow, Writes, newest_words
 
 _CHUNK = 500
 _ROW_FIELDS = InstanceRow._fields
@@ -31,6 +32,7 @@ _ROW_COLUMNS = tuple(instances.c[name] for name in _ROW_FIELDS)
 _OCCURRED_AT = _ROW_FIELDS.index("event_occurred_at")
 _HOST_COLUMNS = tuple(hosts.c[name] for name in HostRow._fields)
 _JOURNAL_FIELDS = JournalRow._fields
+_FAULT_FIELDS = FaultRow._fields
 
 
 class PortableTransaction:
@@ -103,6 +105,9 @@ class PortableTransaction:
                        _instance_values(writes.changed_instances, writes.applied_at))
         bulk.insert(conn, hosts, [_host_values(r) for r in writes.new_hosts])
         bulk.overwrite(conn, hosts, [_host_values(r) for r in writes.changed_hosts])
+        if writes.faults:
+            bulk.insert_missing(conn, faults, [dict(zip(_FAULT_FIELDS, r))
+                                               for r in writes.faults])
 
 
 def _instance_values(rows: list[InstanceRow], applied_at) -> list[dict]:

@@ -5,7 +5,7 @@ in the same transaction, sent differently:
 - one psycopg 3 connection kept by the store, not a pooled one pinged at each checkout;
 - pipeline mode: the reads go as one round trip (``BEGIN``, the instance rows and the
   host rows, locked), the writes as another (the journal, the instances, the hosts,
-  ``COMMIT``); the last words, needed only when an instance has moved between hosts,
+  the faults of a batch that has any, ``COMMIT``); the last words, needed only when an instance has moved between hosts,
   take a third;
 - prepared statements of fixed shape whose parameters are whole columns as typed arrays
   in binary (``unnest``), so the server parses and plans each once per connection and
@@ -51,14 +51,14 @@ from psycopg.types.numeric import Int8BinaryDumper
 from sqlalchemy import exc as sa_exc
 
 from consumer.apply_rules import InstanceRow, new_instance_row
-from consumer.fold import HostRow, JournalRow, Writes, as_aware_utc, newest_words
+from consumer.fold import FaultRow, HostRow, JournalRow, Writes, as_aware_utc, newest_words
 
 LOG = logging.getLogger(__name__)
 
 _INSTANCE_COLUMNS = ("uuid, name, host, power_state, deleted, epoch, seq, last_event_type, "
-                     "event_occurred_at")
+                     "event_occurred_at, state_reason, reboots, last_fault")
 _INSTANCE_ARRAYS = ("%b::text[], %b::text[], %b::text[], %b::text[], %b::bool[], %b::int8[], "
-                    "%b::int8[], %b::text[], %b::timestamp[]")
+                    "%b::int8[], %b::text[], %b::timestamp[], %b::text[], %b::int8[], %b::text[]")
 _HOST_COLUMNS = ("name, status, agent_status, libvirt_connected, last_heartbeat_at, epoch, "
                  "last_seq, updated_at, clock_offset")
 _HOST_ARRAYS = ("%b::text[], %b::text[], %b::text[], %b::bool[], %b::timestamp[], %b::int8[], "
@@ -87,8 +87,16 @@ INSERT_INSTANCES = (f"INSERT INTO instances ({_INSTANCE_COLUMNS}, applied_at) "
 UPDATE_INSTANCES = (
     "UPDATE instances AS i SET name = v.name, host = v.host, power_state = v.power_state, "
     "deleted = v.deleted, epoch = v.epoch, seq = v.seq, last_event_type = v.last_event_type, "
-    "event_occurred_at = v.event_occurred_at, applied_at = %b::timestamp "
+    "event_occurred_at = v.event_occurred_at, state_reason = v.state_reason, "
+    "reboots = v.reboots, last_fault = v.last_fault, applied_at = %b::timestamp "
     f"FROM unnest({_INSTANCE_ARRAYS}) AS v({_INSTANCE_COLUMNS}) WHERE i.uuid = v.uuid")
+# Only in a batch with faults (or panics); a key the table holds is the same
+# notification, its journal row pruned first (``fold.Writes``).
+INSERT_FAULTS = (
+    "INSERT INTO faults (host, epoch, seq, instance_uuid, event_type, occurred_at, "
+    "first_occurred_at, count, fields, applied_at) SELECT *, %b::timestamp FROM "
+    "unnest(%b::text[], %b::int8[], %b::int8[], %b::text[], %b::text[], %b::timestamp[], "
+    "%b::timestamp[], %b::int8[], %b::text[]) ON CONFLICT DO NOTHING")
 INSERT_HOSTS = f"INSERT INTO hosts ({_HOST_COLUMNS}) SELECT * FROM unnest({_HOST_ARRAYS})"
 UPDATE_HOSTS = (
     "UPDATE hosts AS h SET status = v.status, agent_status = v.agent_status, "
@@ -149,6 +157,8 @@ def text_array(values: list) -> TextArray:
     dumpers: 500 uuids took 125 us there, 97 us value by value here.)"""
     body = ascii_text_array_body(values)
     if body is None:
+        if values and values.count(None) == len(values):  # a column of NULLs (last_fault)
+            return TextArray(_header(TextArray, values, True) + _NULL * len(values))
         return TextArray(plain_text_array(values))
     return TextArray(_header(TextArray, values, False) + body)
 
@@ -416,10 +426,11 @@ class PipelinedTransaction:
             if host_names:
                 hosts = conn.execute(LOAD_HOSTS, (text_array(host_names),), prepare=True)
         instances = {}
-        for uuid, name, host, state, deleted, epoch, seq, event_type, at in (
-                rows.fetchall() if rows is not None else ()):
+        for (uuid, name, host, state, deleted, epoch, seq, event_type, at, reason, reboots,
+             last_fault) in (rows.fetchall() if rows is not None else ()):
             instances[uuid] = new_instance_row((uuid, name, host, state, deleted, epoch, seq,
-                                                event_type, as_aware_utc(at)))
+                                                event_type, as_aware_utc(at), reason,
+                                                reboots, last_fault))
         return instances, {r[0]: HostRow(*r) for r in (
             hosts.fetchall() if hosts is not None else ())}
 
@@ -453,6 +464,9 @@ class PipelinedTransaction:
                 conn.execute(INSERT_HOSTS, _host_columns(writes.new_hosts), prepare=True)
             if writes.changed_hosts:
                 conn.execute(UPDATE_HOSTS, _host_columns(writes.changed_hosts), prepare=True)
+            if writes.faults:
+                conn.execute(INSERT_FAULTS, (applied_at, *_fault_columns(writes.faults)),
+                             prepare=True)
             conn.execute("COMMIT", prepare=True)
         self._begun = False
 
@@ -473,10 +487,19 @@ def _journal_columns(rows: list[JournalRow]) -> tuple[_Array, ...]:
 
 def _instance_columns(rows: list[InstanceRow]) -> tuple[_Array, ...]:
     (uuid, name, host, power_state, deleted, epoch, seq, last_event_type,
-     event_occurred_at) = columns(rows, 9)
+     event_occurred_at, state_reason, reboots, last_fault) = columns(rows, 12)
     return (text_array(uuid), text_array(name), text_array(host), text_array(power_state),
             bool_array(deleted), int8_array(epoch), int8_array(seq),
-            text_array(last_event_type), timestamp_array(event_occurred_at))
+            text_array(last_event_type), timestamp_array(event_occurred_at),
+            text_array(state_reason), int8_array(reboots), text_array(last_fault))
+
+
+def _fault_columns(rows: list[FaultRow]) -> tuple[_Array, ...]:
+    (host, epoch, seq, uuid, event_type, occurred_at, first_occurred_at, count, fields,
+     _) = columns(rows, 10)
+    return (text_array(host), int8_array(epoch), int8_array(seq), text_array(uuid),
+            text_array(event_type), timestamp_array(occurred_at),
+            timestamp_array(first_occurred_at), int8_array(count), text_array(fields))
 
 
 def _host_columns(rows: list[HostRow]) -> tuple[_Array, ...]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 
-from lifecycle_common.wire.limits import EVENT_TYPE_LENGTH, HOST_LENGTH, NAME_LENGTH
+from lifecycle_common.wire.limits import (
+    EVENT_TYPE_LENGTH, HOST_LENGTH, NAME_LENGTH, STATE_REASON_LENGTH)
 
 metadata = sa.MetaData()
 
@@ -59,6 +60,17 @@ instances = sa.Table(
     sa.Column("last_event_type", sa.String(EVENT_TYPE_LENGTH), nullable=False),
     sa.Column("event_occurred_at", Timestamp, nullable=False),
     sa.Column("applied_at", Timestamp, nullable=False),
+    # Why the instance is in its state, and what went wrong with it (migration 0007).
+    # Each has a server default or admits NULL: a consumer of the release before, which
+    # does not name them, still inserts rows once the schema is upgraded.
+    # libvirt's reason for the power state, lower case (user, ioerror, panicked, ...);
+    # NULL where unknown (set by an inventory).
+    sa.Column("state_reason", sa.String(STATE_REASON_LENGTH), nullable=True),
+    # Occurrences of instance.rebooted (the sum of their counts).
+    sa.Column("reboots", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    # The newest watchdog, I/O error, control error, memory failure or panic: a JSON
+    # object (consumer/fold.py, last_fault_json, says what it holds).
+    sa.Column("last_fault", sa.Text, nullable=True),
     **MYSQL_TABLE,
 )
 
@@ -75,5 +87,24 @@ journal = sa.Table(
     sa.Column("applied_at", Timestamp, nullable=False, index=True),
     # An instance's history (lifecycle-manage events list --instance, instance show).
     sa.Index("ix_journal_instance_uuid_applied_at", "instance_uuid", "applied_at"),
+    **MYSQL_TABLE,
+)
+
+# One row per fault notification applied (the history ``instance show`` lists), and one
+# per panic (a lifecycle event instance.crashed of libvirt's CRASHED). Keyed as the
+# journal is; pruned with it.
+faults = sa.Table(
+    "faults", metadata,
+    sa.Column("host", exact_text(HOST_LENGTH), primary_key=True),
+    sa.Column("epoch", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("instance_uuid", exact_text(36), nullable=False),
+    sa.Column("event_type", sa.String(EVENT_TYPE_LENGTH), nullable=False),
+    sa.Column("occurred_at", Timestamp, nullable=False),        # the last occurrence
+    sa.Column("first_occurred_at", Timestamp, nullable=False),
+    sa.Column("count", sa.BigInteger, nullable=False),          # occurrences it stands for
+    sa.Column("fields", sa.Text, nullable=False),               # JSON: the fault's own fields
+    sa.Column("applied_at", Timestamp, nullable=False, index=True),
+    sa.Index("ix_faults_instance_uuid_occurred_at", "instance_uuid", "occurred_at"),
     **MYSQL_TABLE,
 )

@@ -326,3 +326,34 @@ def test_host_user_identity_refuses_another_users_messages(amqp_isolation, db_en
     amqp_isolation.publish(body(3, vm), user_id="guest")
     wait_for(lambda: journal_seqs(db_engine) == [3], timeout=15)
     running.stop()
+
+
+def test_faults_are_applied_and_counted_by_type_and_occurrence(
+        amqp_isolation, db_engine, topology_queue, run_service, wait_for):
+    """Faults reach the database through the bus like lifecycle events, and the
+    metrics count their occurrences by type (a coalesced notification by its count)."""
+    from tests.integration.test_store_faults import fault_note
+    running = run_service()
+    vm = str(uuid.uuid4())
+    amqp_isolation.publish(body(1, vm))
+    for seq, (event_type, count) in enumerate([("instance.io_error", 37),
+                                               ("instance.rebooted", 2),
+                                               ("instance.io_error", 1),
+                                               ("instance.guest_agent", 1)], 2):
+        amqp_isolation.publish(wire.encode(fault_note(event_type, seq, vm, host=HOST,
+                                                      count=count)))
+    wait_for(lambda: len(journal_seqs(db_engine)) == 5, timeout=15,
+             message=lambda: f"5 journal rows, have {journal_seqs(db_engine)}")
+    running.stop()
+    assert amqp_isolation.message_count(f"{topology_queue}.dlq") == 0
+    with db_engine.connect() as conn:
+        row = conn.execute(sa.select(instances).where(instances.c.uuid == vm)).one()
+    assert (row.power_state, row.reboots, row.seq) == ("running", 2, 5)
+    assert json.loads(row.last_fault)["count"] == 1
+    samples = {(s.name, s.labels.get("event_type")): s.value
+               for family in running.service.metrics.registry.collect()
+               for s in family.samples if s.name.startswith("lifecycle_consumer_faults")}
+    assert samples == {("lifecycle_consumer_faults_total", "instance.io_error"): 38,
+                       ("lifecycle_consumer_faults_total", "instance.rebooted"): 2,
+                       ("lifecycle_consumer_faults_total", "instance.guest_agent"): 1}
+    assert running.service.stats.applied == 5

@@ -13,7 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from consumer.cmd import manage
 from consumer.db import engine as db_engine
 from consumer.db import migrate
-from consumer.db.tables import hosts, instances, journal, metadata
+from consumer.db.tables import faults, hosts, instances, journal, metadata
 
 pytestmark = pytest.mark.integration
 
@@ -163,3 +163,62 @@ def test_names_and_uuids_compare_bytewise_on_postgresql_and_the_downgrade_undoes
     with empty_engine.begin() as conn:
         command.downgrade(migrate._config(conn), "0005")
     assert set(_collations(empty_engine).values()) == {None}
+
+
+_OLD_RELEASE_INSERT = (  # the columns the consumer of the release before names
+    "INSERT INTO instances (uuid, name, host, power_state, deleted, epoch, seq, "
+    "last_event_type, event_occurred_at, applied_at) VALUES "
+    "(:uuid, 'vm', 'h1', 'running', :deleted, 1, :seq, 'instance.started', :at, :at)")
+
+
+def test_0007_keeps_rows_and_lets_the_previous_release_insert_instances(empty_engine):
+    """After ``db sync`` to 0007, rows written before keep their values (no reason, no
+    reboots, no fault), and an INSERT naming only the columns the release before knew
+    (its SQLAlchemy tables, its PostgreSQL pipeline's column lists) still succeeds."""
+    migrate.sync(empty_engine, "0006")
+    moment = datetime.datetime(2026, 12, 7, 1, 2, 3, 456789)
+    with empty_engine.begin() as conn:
+        conn.execute(sa.text(_OLD_RELEASE_INSERT),
+                     {"uuid": "u-before", "deleted": False, "seq": 1, "at": moment})
+    migrate.sync(empty_engine)
+    assert migrate.current(empty_engine) == migrate.head()
+    with empty_engine.begin() as conn:
+        conn.execute(sa.text(_OLD_RELEASE_INSERT),
+                     {"uuid": "u-after", "deleted": False, "seq": 2, "at": moment})
+    with empty_engine.connect() as conn:
+        rows = conn.execute(sa.select(instances.c.uuid, instances.c.state_reason,
+                                      instances.c.reboots, instances.c.last_fault)
+                            .order_by(instances.c.uuid)).all()
+    assert [tuple(r) for r in rows] == [("u-after", None, 0, None), ("u-before", None, 0, None)]
+
+
+def test_0007_faults_table_and_its_downgrade(empty_engine):
+    migrate.sync(empty_engine)
+    moment = datetime.datetime(2026, 12, 7, 1, 2, 3, 456789)
+    with empty_engine.begin() as conn:
+        conn.execute(faults.insert().values(
+            host="Compute-1", epoch=1, seq=7, instance_uuid="u1", event_type="instance.io_error",
+            occurred_at=moment, first_occurred_at=moment - datetime.timedelta(seconds=1),
+            count=37, fields='{"device": "vda", "path": "/d/\u00e9", "action": "pause", '
+                             '"reason": "eio"}', applied_at=moment))
+        conn.execute(faults.insert().values(  # a host differing only in case is another key
+            host="compute-1", epoch=1, seq=7, instance_uuid="u1", event_type="instance.rebooted",
+            occurred_at=moment, first_occurred_at=moment, count=1, fields="{}",
+            applied_at=moment))
+    with empty_engine.connect() as conn:
+        row = conn.execute(sa.select(faults).where(faults.c.host == "Compute-1")).one()
+    assert (row.count, row.occurred_at, row.event_type) == (37, moment, "instance.io_error")
+    assert "/d/\u00e9" in row.fields
+    if empty_engine.dialect.name == "postgresql":
+        with empty_engine.connect() as conn:
+            collations = set(conn.exec_driver_sql(
+                "SELECT collation_name FROM information_schema.columns WHERE table_name = "
+                "'faults' AND column_name IN ('host', 'instance_uuid')").scalars())
+        assert collations == {"C"}
+    with empty_engine.begin() as conn:
+        command.downgrade(migrate._config(conn), "0006")
+    assert "faults" not in _tables(empty_engine)
+    columns = {c["name"] for c in sa.inspect(empty_engine).get_columns("instances")}
+    assert not columns & {"state_reason", "reboots", "last_fault"}
+    migrate.sync(empty_engine)
+    assert "faults" in _tables(empty_engine)

@@ -15,13 +15,14 @@ import sqlalchemy as sa
 
 from consumer.db import engine as db_engine_module
 from consumer.db.engine import Timeouts
-from consumer.db.tables import hosts, instances, journal, metadata
+from consumer.db.tables import faults, hosts, instances, journal, metadata
 from consumer.errors import DatabaseUnavailable
 from consumer.store import Store
 from lifecycle_common import timeutil
 from tests.integration.test_store import (
     EPOCH, event, heartbeat, instance_row, inventory, journal_keys, wire_roundtrip)
 from lifecycle_publisher.libvirt_codes import DomainState
+from tests.integration.test_store_faults import FIELDS, fault_note
 
 pytestmark = [
     pytest.mark.integration,
@@ -32,8 +33,8 @@ HOSTS = ("compute-1", "compute-2", "compute-3")
 
 
 def scenario(seed: int) -> list[list]:
-    """Batches of events, inventories (one starting over at a lower epoch), heartbeats,
-    instances moving between hosts, redeliveries within and across batches."""
+    """Batches of events, faults, inventories (one starting over at a lower epoch),
+    heartbeats, instances moving between hosts, redeliveries within and across batches."""
     rng = random.Random(seed)
     vms = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(30)]
     seq = {h: 0 for h in HOSTS}
@@ -63,6 +64,9 @@ def scenario(seed: int) -> list[list]:
             elif roll < 0.2 and sent:
                 note = rng.choice(sent)  # a redelivery
                 seq[host] -= 1
+            elif roll < 0.32:
+                note = fault_note(rng.choice(sorted(FIELDS)), seq[host], rng.choice(vms),
+                                  host=host, epoch=epoch[host], count=rng.randint(1, 50))
             else:
                 what = rng.choice(["started", "paused", "resumed", "stopped", "crashed",
                                    "undefined", "defined", "started"])
@@ -90,6 +94,8 @@ def snapshot(engine) -> dict:
             "hosts": sorted((r.name, r.status, r.agent_status, r.libvirt_connected, r.epoch,
                              r.last_seq, r.last_heartbeat_at is None)
                             for r in conn.execute(sa.select(hosts))),
+            "faults": sorted(tuple(r) for r in conn.execute(sa.select(
+                *(c for c in faults.c if c.name != "applied_at")))),
         }
 
 
@@ -110,11 +116,14 @@ def test_the_pipeline_writes_what_the_plain_path_writes(db_engine, seed):
         assert (store._pipelined is not None) is pipelined
         results = [store.apply_batch(b) for b in batches]
         outcomes[pipelined] = [(dict(r.outcomes), r.duplicates, r.heartbeats,
-                                sorted(r.clock_offsets)) for r in results]
+                                sorted(r.clock_offsets), dict(r.faults)) for r in results]
         snapshots[pipelined] = snapshot(db_engine)
     assert outcomes[True] == outcomes[False]
     assert snapshots[True] == snapshots[False]
-    assert any(dup for _, dup, _, _ in outcomes[True])  # the scenario held redeliveries
+    assert any(dup for _, dup, _, _, _ in outcomes[True])  # the scenario held redeliveries
+    assert any(f for *_, f in outcomes[True])  # and faults
+    *_, state_reason, reboots, last_fault = zip(*snapshots[True]["instances"])
+    assert any(state_reason) and any(reboots) and any(last_fault)
 
 
 def test_a_batch_journaled_already_is_skipped_whole(db_engine):

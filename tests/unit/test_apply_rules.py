@@ -241,15 +241,65 @@ def test_an_inventory_listing_an_instance_applies_like_an_event():
 
 def test_a_record_maker_makes_what_its_class_makes():
     from consumer.apply_rules import new_instance_row, new_observation, record_maker
-    from consumer.fold import HostRow, JournalRow
-    values = ("u", "vm", "h", "running", False, 3, 9, "instance.started", T0)
+    from consumer.fold import FaultRow, HostRow, JournalRow
+    values = ("u", "vm", "h", "running", False, 3, 9, "instance.started", T0, "booted", 2,
+              None)
+    assert len(values) == len(InstanceRow._fields)
     made = new_instance_row(values)
     assert type(made) is InstanceRow and made == InstanceRow(*values)
     assert made.event_occurred_at is T0 and made._replace(seq=10).seq == 10
-    obs = ("u", "vm", "h", 3, 9, T0, "instance.started", "running", False, True)
+    obs = ("u", "vm", "h", 3, 9, T0, "instance.started", "running", False, True, "booted")
+    assert len(obs) == len(Observation._fields)
     assert type(new_observation(obs)) is Observation
     assert new_observation(obs) == Observation(*obs)
-    for cls in (JournalRow, HostRow):
+    for cls in (JournalRow, HostRow, FaultRow):
         values = tuple(range(len(cls._fields)))
         assert type(record_maker(cls)(values)) is cls
         assert record_maker(cls)(values) == cls(*values)
+
+
+# -- why, how often, what went wrong: state_reason, reboots, last_fault --------------
+
+def test_an_event_that_sets_a_power_state_sets_its_reason_and_keeps_the_faults():
+    before = row(state_reason="booted", reboots=3, last_fault='{"seq":5}')
+    after, outcome = apply(before, obs(state_reason="ioerror"))
+    assert outcome is Outcome.APPLIED
+    assert (after.power_state, after.state_reason, after.reboots, after.last_fault) == (
+        "paused", "ioerror", 3, '{"seq":5}')
+    after, _ = apply(before, obs(state_reason=None))  # a reason unknown is said so
+    assert after.state_reason is None
+
+
+def test_an_event_that_sets_no_power_state_leaves_its_reason():
+    # a fault, a migration's step, a shutdown under way: the state and its reason stay
+    before = row(power_state="paused", state_reason="ioerror", reboots=1)
+    after, outcome = apply(before, obs(event_type="instance.watchdog", power_state=None,
+                                       state_reason="ignored-without-a-state"))
+    assert outcome is Outcome.APPLIED
+    assert (after.power_state, after.state_reason, after.reboots) == ("paused", "ioerror", 1)
+    assert (after.seq, after.last_event_type) == (11, "instance.watchdog")
+    new, _ = apply(None, obs(power_state=None))
+    assert (new.power_state, new.state_reason, new.reboots, new.last_fault) == (
+        "pending", None, 0, None)
+
+
+def test_an_instance_an_inventory_misses_loses_its_reason():
+    gone = vanished(row(state_reason="booted", reboots=2), "host-a", 100, 20, at(5))
+    assert (gone.deleted, gone.state_reason, gone.reboots) == (True, None, 2)
+
+
+@pytest.mark.parametrize(("stored", "candidate", "replaces"), [
+    (None, ("host-a", 100, 5), True),                  # the first fault
+    (("host-a", 100, 5), ("host-a", 100, 6), True),    # newer, same host
+    (("host-a", 100, 5), ("host-a", 101, 1), True),    # a newer epoch
+    (("host-a", 100, 5), ("host-a", 100, 5), False),   # the same (never folded twice)
+    (("host-a", 100, 5), ("host-a", 100, 4), False),   # older: out of order
+    (("host-a", 100, 5), ("host-a", 99, 999), False),  # an older epoch
+    (("host-a", 100, 5), ("host-b", 1, 1), True),      # another host: arrival decides
+    (("host-b", 1, 1), ("host-a", 100, 4), True),
+], ids=["first", "newer", "newer-epoch", "same", "older", "older-epoch", "other-host",
+        "back-to-first-host"])
+def test_the_last_fault_goes_forward_within_a_host_and_by_arrival_between_hosts(
+        stored, candidate, replaces):
+    from consumer.apply_rules import replaces_last_fault
+    assert replaces_last_fault(stored, *candidate) is replaces

@@ -120,5 +120,5 @@ def test_columns_are_the_fields_column_by_column():
     at = datetime.datetime(2026, 12, 7)
     rows = [InstanceRow(f"u{i}", "vm", "h", "running", i % 2 == 0, 1, i, "instance.started", at)
             for i in range(7)]
-    assert pp.columns(rows, 9) == tuple(tuple(r[i] for r in rows) for i in range(9))
+    assert pp.columns(rows, 12) == tuple(tuple(r[i] for r in rows) for i in range(12))
     assert pp.columns([], 9) == ((),) * 9
