@@ -9,16 +9,17 @@ import sys
 import amqp
 
 from lifecycle_common import broker
-from consumer.cli import tables
+from consumer.cli import fault_views, tables
 from consumer.db import host_rename as host_rename_
 from consumer.db import queries
 from consumer.topology import Topology
 
-INSTANCE_COLUMNS = ["uuid", "name", "host", "host_status", "power_state", "deleted",
-                    "event_occurred_at", "applied_at"]
+INSTANCE_COLUMNS = ["uuid", "name", "host", "host_status", "power_state", "state_reason",
+                    "deleted", "reboots", "last_fault", "event_occurred_at", "applied_at"]
 # Every field of an instance, as ``instance show`` prints it.
-INSTANCE_FIELDS = ["uuid", "name", "host", "host_status", "power_state", "deleted",
-                   "last_event_type", "epoch", "seq", "event_occurred_at", "applied_at"]
+INSTANCE_FIELDS = ["uuid", "name", "host", "host_status", "power_state", "state_reason",
+                   "deleted", "last_event_type", "epoch", "seq", "event_occurred_at",
+                   "applied_at", "reboots", "last_fault"]
 HOST_COLUMNS = ["name", "status", "agent_status", "libvirt_connected", "last_heartbeat_at",
                 "clock_offset", "epoch", "last_seq"]
 
@@ -33,7 +34,9 @@ def _print(rows: list[dict], columns: list[str], fmt: str, right=()) -> None:
 def instance_list(conf, engine) -> int:
     rows = queries.list_instances(engine, host=conf.command.only_host,
                                   include_deleted=not conf.command.no_deleted)
-    _print(rows, INSTANCE_COLUMNS, conf.command.format)
+    if conf.command.format != "json":  # the last fault's type and moment, in a cell
+        rows = [{**r, "last_fault": fault_views.last_fault_cell(r["last_fault"])} for r in rows]
+    _print(rows, INSTANCE_COLUMNS, conf.command.format, right=["reboots"])
     return 0
 
 

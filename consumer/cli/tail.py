@@ -11,21 +11,31 @@ import datetime
 import fnmatch
 from typing import Iterable, Optional
 
-from consumer.cli import tables
+from consumer.cli import fault_views, tables
 from lifecycle_common import timeutil, wire
+from lifecycle_common.wire import vocabulary
 from lifecycle_common.wire.payloads import (
-    HostHeartbeatPayload, HostInventoryPayload, InstanceLifecyclePayload)
+    FAULT_PAYLOAD_CLASSES, HostHeartbeatPayload, HostInventoryPayload,
+    InstanceLifecyclePayload, fault_fields)
 
-HEARTBEAT = "host.heartbeat"  # shown only when a --type names it
-UNREADABLE = "unreadable"     # how the table shows a message the decoder refuses
+HEARTBEAT = vocabulary.HEARTBEAT  # shown only when a --type names it
+UNREADABLE = "unreadable"         # how the table shows a message the decoder refuses
 
 # The table's columns and their widths (fixed: rows are printed as they come).
 COLUMNS = {"seen_at": 15, "host": 18, "event_type": 22, "uuid": 36, "name": 20,
-           "power_state": 11, "seq": 8}
+           "power_state": 11, "seq": 8, "detail": 32}
 RIGHT = ("seq",)
 # ANSI SGR codes of the power states (and of a message that cannot be read).
 COLOURS = {"running": "32", "paused": "33", "suspended": "36", "shutdown": "2",
            "crashed": "1;31", "pending": "35", UNREADABLE: "31"}
+# ANSI SGR codes of the faults' event types (and detail): red for what an instance's
+# last_fault names (something went wrong with it), yellow for a reboot and the guest
+# agent coming or going (worth a look, not a failure).
+FAULT_COLOURS = {
+    **{event_type: "31" for event_type in vocabulary.LAST_FAULT_TYPES},
+    vocabulary.Fault.REBOOTED.event_type: "33",
+    vocabulary.Fault.GUEST_AGENT.event_type: "33",
+}
 
 
 def parse_types(values: Optional[Iterable[str]]) -> tuple[str, ...]:
@@ -58,7 +68,7 @@ def record(body: bytes | str, seen_at: datetime.datetime) -> dict:
     """The JSON object ``events tail --format json`` prints for one message."""
     out = {"event_type": None, "host": None, "uuid": None, "name": None,
            "power_state": None, "occurred_at": None, "seen_at": timeutil.isoformat(seen_at),
-           "epoch": None, "seq": None, "instances": None, "error": None}
+           "epoch": None, "seq": None, "instances": None, "fault": None, "error": None}
     try:
         note = wire.decode(body)
     except wire.WireError as exc:
@@ -72,6 +82,9 @@ def record(body: bytes | str, seen_at: datetime.datetime) -> dict:
                occurred_at=timeutil.isoformat(timeutil.parse(p.occurred_at)))
     if isinstance(p, InstanceLifecyclePayload):
         out.update(uuid=p.uuid, name=p.name, power_state=p.power_state, seq=p.seq)
+    elif isinstance(p, FAULT_PAYLOAD_CLASSES):
+        out.update(uuid=p.uuid, name=p.name, seq=p.seq,
+                   fault={"count": p.count, **fault_fields(p)})
     elif isinstance(p, HostInventoryPayload):
         out.update(seq=p.seq, instances=len(p.instances))
     elif isinstance(p, HostHeartbeatPayload):
@@ -87,17 +100,20 @@ def cells(rec: dict) -> list[str]:
     if rec["instances"] is not None:
         name = f"({rec['instances']} instances)"
     values = [seen, rec["host"], UNREADABLE if unreadable else rec["event_type"], rec["uuid"],
-              name, rec["power_state"], rec["seq"]]
+              name, rec["power_state"], rec["seq"], fault_views.fault_detail(rec["fault"])]
     return [tables.cell(v) for v in values]
 
 
 def styles(rec: dict) -> list[Optional[str]]:
-    """Per cell, the ANSI colour of a terminal's row: the power state's, and red for a
-    message that cannot be read."""
+    """Per cell, the ANSI colour of a terminal's row: the power state's, a fault's
+    (its event type and detail), and red for a message that cannot be read."""
     out: list[Optional[str]] = [None] * len(COLUMNS)
     names = list(COLUMNS)
     if rec["event_type"] is None:
         out[names.index("event_type")] = COLOURS[UNREADABLE]
+    elif rec["event_type"] in FAULT_COLOURS:
+        colour = FAULT_COLOURS[rec["event_type"]]
+        out[names.index("event_type")] = out[names.index("detail")] = colour
     elif rec["power_state"] in COLOURS:
         out[names.index("power_state")] = COLOURS[rec["power_state"]]
     return out

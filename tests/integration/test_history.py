@@ -59,7 +59,8 @@ def test_events_newest_last_with_names_and_iso_timestamps(db_engine, history):
     assert first == {
         "host": HOST, "epoch": EPOCH, "seq": 1, "event_type": "instance.defined",
         "instance_uuid": web, "instance_name": "web", "outcome": "applied",
-        "occurred_at": first["occurred_at"], "applied_at": first["applied_at"]}
+        "occurred_at": first["occurred_at"], "applied_at": first["applied_at"],
+        "fault": None}
     assert all(ISO_UTC_MICROS.match(e["occurred_at"]) and ISO_UTC_MICROS.match(e["applied_at"])
                for e in events)
     inventory_row = events[4]

@@ -1,12 +1,15 @@
-"""A stock oslo.messaging notification listener consumes what the agent publishes."""
+"""A stock oslo.messaging notification listener consumes what the agent publishes: its
+lifecycle events, inventories and heartbeats, and each type of fault."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
 
-from lifecycle_common.wire import payloads, schemas
+from lifecycle_common import wire
+from lifecycle_common.wire import payloads, schemas, vocabulary
 
 from .test_agent import HOST, RunningAgent, make_conf
 
@@ -97,3 +100,22 @@ def test_stock_listener_receives_the_agents_notifications(
     assert [d["uuid"] for d in data] == [test_dom.UUIDString()] * 2
     assert [d["power_state"] for d in data] == ["paused", "running"]
     assert data[0]["seq"] < data[1]["seq"]
+
+
+@pytest.mark.parametrize("fault", list(vocabulary.Fault), ids=lambda f: f.value)
+def test_stock_listener_receives_each_fault_type(amqp_isolation, oslo_listener, wait_for, fault):
+    """Each fault sample, as an agent publishes it (the wire's own encoding), reaches a
+    stock listener with its event type, publisher, metadata and a valid payload."""
+    sample = json.loads((schemas.SAMPLE_DIR / f"{fault.event_type}.json").read_text())
+    note = wire.decode(json.dumps({"oslo.version": "2.0", "oslo.message": json.dumps(sample)}))
+    # With the properties the agent's publisher gives (lifecycle_common/amqp_frames.py).
+    amqp_isolation.publish(wire.encode(note), message_id=note.message_id,
+                           content_type="application/json", content_encoding="utf-8")
+    (received,) = wait_for(lambda: oslo_listener.of_type(fault.event_type), timeout=15,
+                           message=f"{fault.event_type} through oslo.messaging")
+    assert received["event_type"] == fault.event_type
+    assert received["publisher_id"] == sample["publisher_id"]
+    assert received["metadata"]["message_id"] == sample["message_id"]
+    assert received["metadata"]["timestamp"] == sample["timestamp"]
+    assert received["payload"] == sample["payload"]
+    _validate(received["payload"])

@@ -7,6 +7,7 @@ import pytest
 
 from consumer.cli import tables, tail
 from lifecycle_common import timeutil, wire
+from lifecycle_common.wire import schemas, vocabulary
 from lifecycle_publisher import notifications
 from lifecycle_publisher.domain_event import DomainEvent, DomainSnapshot, Inventory
 
@@ -36,7 +37,59 @@ def test_an_instance_event():
                    "name": "web", "power_state": "paused",
                    "occurred_at": "2025-11-24T16:00:00.000001+00:00",
                    "seen_at": "2026-12-10T08:54:44.123456+00:00", "epoch": 1_700_000_000,
-                   "seq": 42, "instances": None, "error": None}
+                   "seq": 42, "instances": None, "fault": None, "error": None}
+
+
+def fault_sample(fault: vocabulary.Fault) -> bytes:
+    """The wire's sample of ``fault``, as the bus carries it."""
+    message = (schemas.SAMPLE_DIR / f"{fault.event_type}.json").read_text()
+    return json.dumps({"oslo.version": "2.0", "oslo.message": message}).encode()
+
+
+@pytest.mark.parametrize("fault", list(vocabulary.Fault), ids=lambda f: f.value)
+def test_a_fault_shows_its_instance_and_what_it_says(fault):
+    rec = tail.record(fault_sample(fault), SEEN)
+    data = json.loads(json.loads(fault_sample(fault))["oslo.message"])["payload"][
+        "lifecycle_object.data"]
+    assert rec["event_type"] == fault.event_type and rec["error"] is None
+    assert (rec["uuid"], rec["name"], rec["seq"], rec["epoch"]) == (
+        data["uuid"], data["name"], data["seq"], data["epoch"])
+    assert rec["power_state"] is None and rec["instances"] is None
+    common = {"uuid", "name", "host", "epoch", "seq", "occurred_at", "first_occurred_at"}
+    assert rec["fault"] == {k: v for k, v in data.items() if k not in common}
+    json.dumps(rec)
+
+
+def test_a_fault_row_carries_its_detail_and_colour():
+    io_error = tail.record(fault_sample(vocabulary.Fault.IO_ERROR), SEEN)
+    rows = tables.FixedWidthRows(tail.COLUMNS, right=tail.RIGHT)
+    plain = rows.row(tail.cells(io_error))
+    assert "instance.io_error" in plain and "instance-0000002a" in plain
+    assert "| virtio-disk0 pause enospc x37 " in plain
+    assert "/var/lib/nova" not in plain  # the path is in the JSON record only
+    coloured = rows.row(tail.cells(io_error), tail.styles(io_error))
+    assert "\x1b[31minstance.io_error" in coloured and "\x1b[31mvirtio-disk0" in coloured
+    rebooted = tail.record(fault_sample(vocabulary.Fault.REBOOTED), SEEN)
+    assert "\x1b[33minstance.rebooted" in rows.row(tail.cells(rebooted), tail.styles(rebooted))
+    assert tail.cells(tail.record(paused(), SEEN))[-1] == "-"  # no detail beyond a fault
+
+
+@pytest.mark.parametrize("types, shown", [
+    (["instance.*"], {"instance.paused", *vocabulary.FAULT_EVENT_TYPES}),
+    (["instance.io_error,instance.watchdog"], {"instance.io_error", "instance.watchdog"}),
+    ([], {"instance.paused", *vocabulary.FAULT_EVENT_TYPES}),  # the default
+])
+def test_type_globs_take_the_faults_as_any_other_type(types, shown):
+    wanted = tail.Filter(types=tail.parse_types(types))
+    records = [tail.record(b, SEEN)
+               for b in (paused(), heartbeat(), *(fault_sample(f) for f in vocabulary.Fault))]
+    assert {r["event_type"] for r in records if wanted.matches(r)} == shown
+
+
+def test_instance_filter_takes_an_instance_faults():
+    rec = tail.record(fault_sample(vocabulary.Fault.WATCHDOG), SEEN)
+    assert tail.Filter(instance=rec["uuid"]).matches(rec)
+    assert not tail.Filter(instance=VM).matches(rec)
 
 
 def test_inventory_and_heartbeat_have_no_instance_fields():
