@@ -18,8 +18,10 @@ consumer's order of arrival decides between hosts.
 - an inventory is the truth for its host: each listed instance is set as an event with
   the inventory's ``(epoch, seq)`` would be, and an instance of that host missing from
   it, last changed before the inventory, is marked deleted;
-- a fault (a watchdog, an I/O error...) applies as an event that sets no power state;
-  its own marks on the row (``last_fault``, ``reboots``) are ``fold``'s, and
+- a fault (a watchdog, an I/O error...) moves neither the row's state nor its
+  position: the lifecycle events alone order the row (a fault written ahead of a
+  held STOPPED, or a storm's summary written after newer events, must not make them
+  stale). Its own marks on the row (``last_fault``, ``reboots``) are ``fold``'s, and
   ``replaces_last_fault`` decides the first.
 """
 
@@ -141,15 +143,21 @@ def vanished(row: InstanceRow, host: str, epoch: int, seq: int,
                         event_occurred_at=occurred_at, state_reason=None)
 
 
-def replaces_last_fault(stored: Optional[tuple[str, int, int]], host: str, epoch: int,
-                        seq: int) -> bool:
-    """Whether a fault from ``host`` at ``(epoch, seq)`` becomes the instance's last
-    fault, where ``stored`` is the ``(host, epoch, seq)`` of the one it has (None:
-    none). From the host that told the stored one, only a newer one does (a late or
-    out-of-order fault of that host is older news, whatever the row's own outcome);
-    from another host, the one to arrive last does (no clock is compared, as between
-    hosts' events). Redeliveries never come here: only notes the journal does not hold
-    are folded."""
-    if stored is None or stored[0] != host:
+def replaces_last_fault(stored: Optional[tuple[str, int, int]], row: InstanceRow,
+                        host: str, epoch: int, seq: int) -> bool:
+    """Whether a fault from ``host`` at ``(epoch, seq)`` becomes the last fault of the
+    instance ``row`` (as it stands), where ``stored`` is the ``(host, epoch, seq)`` of
+    the one it has (None: none, or not readable).
+    - Only the host that owns the instance speaks for it: a fault from another (the
+      source of a migration, late) is kept as history, not as the instance's last.
+    - The owner's fault replaces one stored from another host (a former owner).
+    - From the owner, only a newer one does: a late or out-of-order fault is older
+      news, whatever the row's own position (faults never move it), unless the stored
+      one is of an epoch above the row's: the host started over with a new state
+      below it (``fold._start_over``), and the stored key no longer compares.
+    Redeliveries never come here: only notes the journal does not hold are folded."""
+    if host != row.host:
+        return False
+    if stored is None or stored[0] != host or stored[1] > row.epoch:
         return True
     return (epoch, seq) > (stored[1], stored[2])

@@ -14,12 +14,13 @@
 ``apply_rules`` decides each instance's change; this module decides the order in which
 the batch's notes meet the rows, and each host's position and liveness.
 
-Faults (a watchdog, an I/O error, a reboot...) apply as events that set no power
-state, and leave their own marks: each fresh one, and each panic (a lifecycle event
-``instance.crashed`` of libvirt's CRASHED), is a ``faults`` row; a reboot adds its
-count to ``reboots``; a watchdog, an I/O error, a control error, a memory failure or a
-panic may become the row's ``last_fault`` (``apply_rules.replaces_last_fault``). Only
-they pay for JSON: a lifecycle event's cost is its ``state_reason``, a lookup.
+Faults (a watchdog, an I/O error, a reboot...) move neither an instance's state nor its
+position (``apply_rules``), and leave their own marks: each fresh one, and each panic
+(a lifecycle event ``instance.crashed`` of libvirt's CRASHED), is a ``faults`` row; a
+reboot adds its count to ``reboots``; a watchdog, an I/O error, a control error, a
+memory failure or a panic may become the row's ``last_fault``
+(``apply_rules.replaces_last_fault``). Only they pay for JSON: a lifecycle event's cost
+is its ``state_reason``, a lookup.
 
 ``fold`` takes 5.5 us of CPU per event of benchmarks/apply.py's batches (``python -m
 benchmarks.micro_store fold``), 8.5 before its times were made by ``parse_utc`` and
@@ -367,15 +368,19 @@ def fold_note(current: dict[str, Optional[InstanceRow]], note: Notification,
 def _fold_fault(current: dict[str, Optional[InstanceRow]], note: Notification,
                 occurred_at: datetime.datetime, words: dict, faults: list[FaultRow],
                 applied_at: datetime.datetime) -> tuple[Outcome, str]:
-    """A fault: applied as an event that sets no power state (it moves the row's
-    position, never its state), then its own marks, whatever that outcome (a fault the
-    row's owner has moved past still happened): its ``faults`` row, a reboot's count,
-    and the last fault where it is one and newer (``apply_rules.replaces_last_fault``)."""
+    """A fault: recorded (its ``faults`` row), and its marks on the instance's row (a
+    reboot's count; the last fault where it is one and the owner's newest:
+    ``apply_rules.replaces_last_fault``), never the row's state nor its position. An
+    instance the database does not know yet gets its row, its state pending, at the
+    very start of the fault's epoch ``(epoch, 0)``: every event of that host's epoch
+    is newer."""
     p = note.payload
     event_type = note.event_type
-    obs = new_observation((p.uuid, p.name, p.host, p.epoch, p.seq, occurred_at, event_type,
-                           None, False, False, None))
-    row, outcome = apply_rules.apply(current.get(p.uuid), obs, words.get((p.uuid, p.host)))
+    row = current.get(p.uuid)
+    if row is None:
+        obs = new_observation((p.uuid, p.name, p.host, p.epoch, 0, occurred_at, event_type,
+                               None, False, False, None))
+        row, _ = apply_rules.apply(None, obs)
     said(words, p.uuid, p.host, p.epoch, p.seq)
     fields = fault_fields(p)
     first_occurred_at = parse_utc(p.first_occurred_at)
@@ -388,7 +393,7 @@ def _fold_fault(current: dict[str, Optional[InstanceRow]], note: Notification,
     faults.append(FaultRow(p.host, p.epoch, p.seq, p.uuid, event_type,
                            as_naive_utc(occurred_at), as_naive_utc(first_occurred_at),
                            p.count, _json(fields), applied_at))
-    return outcome, p.uuid
+    return APPLIED, p.uuid
 
 
 def _panicked(current: dict[str, Optional[InstanceRow]], p: InstanceLifecyclePayload,
@@ -409,7 +414,7 @@ def _with_last_fault(row: InstanceRow, event_type: str, p, occurred_at: datetime
                      first_occurred_at: datetime.datetime, count: int,
                      fields: dict) -> InstanceRow:
     """``row`` with the fault ``p`` as its last fault, if it replaces the stored one."""
-    if not apply_rules.replaces_last_fault(last_fault_key(row.last_fault), p.host,
+    if not apply_rules.replaces_last_fault(last_fault_key(row.last_fault), row, p.host,
                                            p.epoch, p.seq):
         return row
     return row._replace(last_fault=last_fault_json(

@@ -129,22 +129,28 @@ class Store:
 
     def prune_journal(self, older_than: float, limit: int = 10000) -> int:
         """Delete up to ``limit`` journal rows applied more than ``older_than`` seconds
-        ago, and up to as many ``faults`` rows (the faults' history is kept as long as
-        the journal); return how many journal rows. Redeliveries older than that are
-        still kept from moving an instance backwards by the (epoch, seq) rule; they
-        just are no longer counted as duplicates."""
+        ago, and the ``faults`` rows of the same notifications (the faults' history is
+        kept as long as the journal, and a fault's row never outlives its journal row:
+        a redelivery the journal no longer knows is a fault to record, and count,
+        again, not half of one). Return how many journal rows. Redeliveries older than
+        that are still kept from moving an instance backwards by the (epoch, seq) rule;
+        they just are no longer counted as duplicates."""
         cutoff = db_engine.naive_utc(timeutil.utcnow() - datetime.timedelta(seconds=older_than))
         try:
             with self.engine.begin() as conn:
-                # The same cutoff; a fault's row that the limit leaves behind its journal
-                # row is harmless (a redelivery of its notification leaves it as it is).
-                _prune(conn, faults, cutoff, limit)
-                pruned = _prune(conn, journal, cutoff, limit)
+                keys = conn.execute(
+                    sa.select(journal.c.host, journal.c.epoch, journal.c.seq)
+                    .where(journal.c.applied_at < cutoff).limit(limit)).all()
+                for host, epoch, seqs in _group_keys(keys):
+                    for table in (faults, journal):
+                        conn.execute(table.delete().where(
+                            table.c.host == host, table.c.epoch == epoch,
+                            table.c.seq.in_(seqs)))
         except sa_exc.DBAPIError as exc:
             raise self._unavailable(exc) from exc
         except sa_exc.TimeoutError as exc:
             raise DatabaseUnavailable(str(exc)) from exc
-        return pruned
+        return len(keys)
 
     def count_hosts(self) -> dict[str, int]:
         """How many hosts are up and how many down."""
@@ -204,17 +210,6 @@ def _apply(tx, batch: fold.Batch, now: datetime.datetime, read_journal: bool) ->
     writes = fold.fold(batch, journaled, rows, words, host_rows, now)
     tx.write(writes)
     return writes.result
-
-
-def _prune(conn: sa.Connection, table: sa.Table, cutoff: datetime.datetime, limit: int) -> int:
-    """Delete up to ``limit`` rows of ``table`` (the journal, or faults: keyed by
-    ``(host, epoch, seq)``) applied before ``cutoff``; return how many."""
-    keys = conn.execute(sa.select(table.c.host, table.c.epoch, table.c.seq)
-                        .where(table.c.applied_at < cutoff).limit(limit)).all()
-    for host, epoch, seqs in _group_keys(keys):
-        conn.execute(table.delete().where(
-            table.c.host == host, table.c.epoch == epoch, table.c.seq.in_(seqs)))
-    return len(keys)
 
 
 def _first_line(error: BaseException) -> str:

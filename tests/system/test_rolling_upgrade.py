@@ -43,6 +43,7 @@ def last_release(tmp_path) -> str:
     tree = tmp_path / f"release-{LAST_RELEASE}"
     tree.mkdir()
     try:
+        _fetch_if_shallow(LAST_RELEASE)
         archive = subprocess.run(["git", "-C", str(REPO), "archive", LAST_RELEASE],
                                  capture_output=True, timeout=60, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True, timeout=60)
@@ -55,6 +56,17 @@ def last_release(tmp_path) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return str(tree)
+
+
+def _fetch_if_shallow(commit: str) -> None:
+    """A shallow clone (CI's checkout may be one) lacks the release: fetch the history
+    from its remote, if it has one. Nothing is changed in a clone that has the commit."""
+    known = subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{commit}^{{commit}}"],
+                           capture_output=True, timeout=30)
+    if known.returncode == 0:
+        return
+    subprocess.run(["git", "-C", str(REPO), "fetch", "--quiet", "--unshallow"],
+                   capture_output=True, timeout=300)
 
 
 def run_release(tree: str, argv: list[str]) -> subprocess.CompletedProcess:

@@ -288,18 +288,20 @@ def test_an_instance_an_inventory_misses_loses_its_reason():
     assert (gone.deleted, gone.state_reason, gone.reboots) == (True, None, 2)
 
 
-@pytest.mark.parametrize(("stored", "candidate", "replaces"), [
-    (None, ("host-a", 100, 5), True),                  # the first fault
-    (("host-a", 100, 5), ("host-a", 100, 6), True),    # newer, same host
-    (("host-a", 100, 5), ("host-a", 101, 1), True),    # a newer epoch
-    (("host-a", 100, 5), ("host-a", 100, 5), False),   # the same (never folded twice)
-    (("host-a", 100, 5), ("host-a", 100, 4), False),   # older: out of order
-    (("host-a", 100, 5), ("host-a", 99, 999), False),  # an older epoch
-    (("host-a", 100, 5), ("host-b", 1, 1), True),      # another host: arrival decides
-    (("host-b", 1, 1), ("host-a", 100, 4), True),
-], ids=["first", "newer", "newer-epoch", "same", "older", "older-epoch", "other-host",
-        "back-to-first-host"])
-def test_the_last_fault_goes_forward_within_a_host_and_by_arrival_between_hosts(
-        stored, candidate, replaces):
+@pytest.mark.parametrize(("stored", "owner", "candidate", "replaces"), [
+    (None, ("host-a", 100), ("host-a", 100, 5), True),                  # the first fault
+    (("host-a", 100, 5), ("host-a", 100), ("host-a", 100, 6), True),    # newer, same host
+    (("host-a", 100, 5), ("host-a", 101), ("host-a", 101, 1), True),    # a newer epoch
+    (("host-a", 100, 5), ("host-a", 100), ("host-a", 100, 5), False),   # the same
+    (("host-a", 100, 5), ("host-a", 100), ("host-a", 100, 4), False),   # older: out of order
+    (("host-a", 100, 5), ("host-a", 100), ("host-a", 99, 999), False),  # an older epoch
+    (None, ("host-b", 1), ("host-a", 100, 5), False),                   # not the owner's
+    (("host-b", 1, 1), ("host-b", 1), ("host-a", 100, 9), False),       # the source, late
+    (("host-a", 100, 5), ("host-b", 1), ("host-b", 1, 1), True),        # the new owner's
+    (("host-a", 100, 5), ("host-a", 50), ("host-a", 50, 3), True),      # started over below
+], ids=["first", "newer", "newer-epoch", "same", "older", "older-epoch", "not-the-owner",
+        "migration-source-late", "new-owner", "host-started-over"])
+def test_the_last_fault_is_the_owners_newest(stored, owner, candidate, replaces):
     from consumer.apply_rules import replaces_last_fault
-    assert replaces_last_fault(stored, *candidate) is replaces
+    host, epoch = owner
+    assert replaces_last_fault(stored, row(host=host, epoch=epoch), *candidate) is replaces

@@ -70,19 +70,40 @@ def last_fault(r):
     return None if r.last_fault is None else json.loads(r.last_fault)
 
 
-# -- a fault applies as an event that sets no power state --------------------------------
+# -- a fault moves neither the row's state nor its position -----------------------------
 
 @pytest.mark.parametrize("event_type", sorted(FAULT_FIELDS))
-def test_a_fault_moves_the_rows_position_never_its_state(event_type):
+def test_a_fault_moves_neither_the_rows_state_nor_its_position(event_type):
     before = row(state="paused", seq=3)._replace(state_reason="ioerror")
     writes = run([fault(event_type, 4)], [before])
-    after = written(writes)[VM1]
+    after = written(writes).get(VM1, before)
     assert (after.power_state, after.state_reason, after.deleted) == ("paused", "ioerror", False)
-    assert (after.epoch, after.seq, after.last_event_type) == (EPOCH, 4, event_type)
-    assert after.event_occurred_at == at(4)
+    assert (after.epoch, after.seq, after.last_event_type) == (EPOCH, 3, "instance.started")
+    assert after.event_occurred_at == at(3)
     assert [(j.seq, j.event_type, j.instance_uuid, j.outcome) for j in writes.journal] == [
         (4, event_type, VM1, "applied")]
     assert [a[0] for a in writes.result.applied] == [event_type]
+
+
+def test_a_fault_written_ahead_of_a_held_stop_does_not_make_the_stop_stale():
+    """With [agent] stopped_event_delay, a STOPPED (seq 2) is held while a fault of the
+    same guest (seq 3) is written: the stop arrives in a later batch, and applies."""
+    first = run([life(Event.STARTED, StartedDetail.BOOTED, 1),
+                 fault("instance.guest_agent", 3, state="disconnected")])
+    started = written(first)[VM1]
+    second = written(run([life(Event.STOPPED, StoppedDetail.SHUTDOWN, 2)], [started]))[VM1]
+    assert (second.power_state, second.seq, second.state_reason) == ("shutdown", 2, "shutdown")
+
+
+def test_a_storms_summary_written_after_newer_events_is_recorded_and_counted():
+    """A coalesced summary carries its last occurrence's seq, and is written when its
+    window ends: after events of higher seqs. It is still the instance's last fault."""
+    paused = written(run([life(Event.SUSPENDED, SuspendedDetail.IOERROR, 9)]))[VM1]
+    writes = run([fault("instance.io_error", 8, count=400, first=2)], [paused])
+    after = written(writes)[VM1]
+    assert (after.power_state, after.seq, after.state_reason) == ("paused", 9, "ioerror")
+    assert last_fault(after)["count"] == 400
+    assert [j.outcome for j in writes.journal] == ["applied"]
 
 
 def test_a_fault_about_an_instance_unknown_yet_makes_its_row():
@@ -131,20 +152,19 @@ def test_a_duplicate_fault_writes_nothing_and_counts_nothing():
     assert len(once.faults) == 1 and written(once)[VM1].reboots == 3
 
 
-def test_a_stale_fault_is_still_a_fault():
-    """From a host that no longer owns the instance (the migration's source, after the
-    guest moved): the row's position stays, but the fault happened, and is kept."""
+def test_a_fault_from_a_host_that_no_longer_owns_the_instance_is_history():
+    """From the migration's source, after the guest moved: the fault happened, and is
+    kept (its row, its reboots), but it does not speak for the instance now."""
     owned_by_b = row(host=B, seq=50)._replace(reboots=1)
     writes = run([fault("instance.rebooted", 4, count=2), fault("instance.watchdog", 5)],
                  [owned_by_b])
     after = written(writes)[VM1]
-    assert [j.outcome for j in writes.journal] == ["stale", "stale"]
+    assert [j.outcome for j in writes.journal] == ["applied", "applied"]
     assert (after.host, after.seq, after.last_event_type) == (B, 50, "instance.started")
     assert after.reboots == 3
-    assert last_fault(after)["event_type"] == "instance.watchdog"
+    assert after.last_fault is None
     assert [f.event_type for f in writes.faults] == ["instance.rebooted", "instance.watchdog"]
     assert writes.result.faults == {"instance.rebooted": 2, "instance.watchdog": 1}
-    assert writes.result.applied == []
 
 
 # -- reboots --------------------------------------------------------------------------------
@@ -178,8 +198,9 @@ def test_the_last_fault_says_what_when_and_where():
 def test_a_reboot_or_the_guest_agent_is_history_but_no_last_fault(event_type):
     earlier = fold.last_fault_json("instance.watchdog", at(2), {"action": "reset"}, 1, at(2),
                                    A, EPOCH, 2)
-    writes = run([fault(event_type, 4)], [row(seq=3)._replace(last_fault=earlier)])
-    assert written(writes)[VM1].last_fault == earlier
+    before = row(seq=3)._replace(last_fault=earlier)
+    writes = run([fault(event_type, 4)], [before])
+    assert written(writes).get(VM1, before).last_fault == earlier
     assert [f.event_type for f in writes.faults] == [event_type]
 
 
@@ -191,14 +212,26 @@ def test_the_last_fault_never_goes_back_whatever_order_the_faults_arrive_in():
     first = written(run([newer], [row(seq=1)]))[VM1]
     second = run([older], [first])
     assert written(second) == {}  # the row, its last fault with it, stays as it is
-    assert [j.outcome for j in second.journal] == ["stale"]
-    assert [f.seq for f in second.faults] == [7]  # still history
+    assert [j.outcome for j in second.journal] == ["applied"]  # recorded
+    assert [f.seq for f in second.faults] == [7]  # as history
 
 
-def test_between_hosts_the_last_fault_to_arrive_is_the_last_fault():
+def test_once_the_guest_moved_its_new_hosts_faults_are_its_last():
     first = written(run([fault("instance.io_error", 90)], [row(seq=1)]))[VM1]
-    moved = written(run([fault("instance.watchdog", 3, host=B)], [first]))[VM1]
-    assert (last_fault(moved)["host"], last_fault(moved)["seq"]) == (B, 3)
+    late = written(run([fault("instance.watchdog", 3, host=B)], [first])).get(VM1, first)
+    assert last_fault(late)["host"] == A  # B does not own it yet
+    moved = written(run([life(Event.STARTED, StartedDetail.MIGRATED, 4, host=B),
+                         life(Event.RESUMED, ResumedDetail.MIGRATED, 5, host=B),
+                         fault("instance.watchdog", 6, host=B)], [first]))[VM1]
+    assert moved.host == B and (last_fault(moved)["host"], last_fault(moved)["seq"]) == (B, 6)
+
+
+def test_a_host_that_started_over_below_its_stored_fault_still_moves_it():
+    stored = fold.last_fault_json("instance.watchdog", at(2), {"action": "reset"}, 1, at(2),
+                                  A, EPOCH, 90)
+    started_over = row(seq=0, epoch=EPOCH - 1000)._replace(last_fault=stored)
+    writes = run([fault("instance.io_error", 5, epoch=EPOCH - 1000)], [started_over])
+    assert last_fault(written(writes)[VM1])["event_type"] == "instance.io_error"
 
 
 def test_a_stored_last_fault_that_cannot_be_read_is_replaced():
