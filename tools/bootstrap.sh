@@ -14,7 +14,7 @@ LOG_DIR=/var/log/lifecycle-bootstrap
 PACKAGES=(
     python3 python3-venv python3-dev gcc pkg-config libvirt-dev libsystemd-dev
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86
-    rabbitmq-server postgresql mariadb-server procps iproute2 faketime
+    rabbitmq-server postgresql mariadb-server procps iproute2 faketime nbdkit
 )
 
 QEMU_CONF='user = "root"

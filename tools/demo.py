@@ -1,11 +1,16 @@
 """The demo: a consumer on SQLite and an agent on libvirtd's shared test hypervisor
 (test+unix:///default), driven through virsh, with the instance table shown as it
-changes and each event's end-to-end latency. Run by tools/demo."""
+changes and each event's end-to-end latency. Then, where libvirtd's QEMU driver answers
+(qemu:///system with /usr/bin/qemu-system-x86_64), a fault on a real guest: a second
+agent watches it while its ib700 watchdog fires, and the database says why the guest
+is paused. Where QEMU is not available that part is skipped, saying why, and the demo
+still succeeds. Run by tools/demo."""
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import shutil
 import signal
@@ -15,12 +20,16 @@ import sys
 import time
 
 
+from lab import guests
 from lab.pipeline import Pipeline, domain_xml, virsh
 from lifecycle_common import timeutil
 
 URI = "test+unix:///default"
 HOST = "demo-host"
 DOMAINS = ["demo-web", "demo-db", "demo-cache"]
+QEMU_URI = "qemu:///system"
+QEMU_HOST = "demo-qemu-host"
+WATCHDOG_GUEST = "demo-watchdog"
 
 # (what to run with virsh, the instance it changes, what the database must then show)
 SCENARIO = [
@@ -89,9 +98,12 @@ def _run(pipeline: Pipeline) -> int:
         _show(pipeline)
     print(f"\n{len(latencies)} events, end-to-end latency (libvirt callback -> committed): "
           f"median {statistics.median(latencies):.1f} ms, max {max(latencies):.1f} ms")
+    _watchdog_fault(pipeline)
     print("\nhosts:")
     print(pipeline.manage("host", "list"))
-    for name in (f"agent-{HOST}", "consumer"):
+    for name in (f"agent-{HOST}", f"agent-{QEMU_HOST}", "consumer"):
+        if not pipeline.running(name):
+            continue  # no QEMU here: no second agent
         code, health = pipeline.health(name)
         print(f"\n{pipeline.metrics_url(name)} (health {health['status']}, HTTP {code}), "
               "the counters that moved:")
@@ -99,6 +111,64 @@ def _run(pipeline: Pipeline) -> int:
             if sample.startswith("lifecycle_") and value and "_bucket" not in sample:
                 print(f"  {sample} {value:g}")
     return 0
+
+
+def qemu_unavailable() -> str | None:
+    """Why the real-guest part cannot run here, or None when it can."""
+    if not os.path.exists(guests.EMULATOR):
+        return f"{guests.EMULATOR} is not installed"
+    done = virsh(QEMU_URI, "version", check=False)
+    if done.returncode != 0:
+        return f"libvirtd's QEMU driver does not answer ({done.stderr.strip()})"
+    return None
+
+
+def _watchdog_fault(pipeline: Pipeline) -> None:
+    """A real QEMU guest (32 MiB, no OS) whose ib700 watchdog fires: libvirt reports the
+    watchdog and pauses the guest; the database shows the instance paused with reason
+    ``watchdog`` and the watchdog as its last fault."""
+    print(f"\na fault on a real guest ({QEMU_URI}): an ib700 watchdog that fires")
+    why_not = qemu_unavailable()
+    if why_not:
+        print(f"  skipped: {why_not}. tools/bootstrap.sh installs QEMU and starts libvirtd; "
+              "the system tests (tests/system/test_fault_guests.py) provoke every fault.")
+        return
+    pipeline.start_agent(QEMU_HOST, QEMU_URI)
+    print(f"  agent {QEMU_HOST} started on {QEMU_URI}")
+    path = os.path.join(pipeline.workdir, f"{WATCHDOG_GUEST}.xml")
+    with open(path, "w") as f:
+        f.write(guests.watchdog_guest_xml(WATCHDOG_GUEST, action="pause"))
+    virsh(QEMU_URI, "define", path)
+    virsh(QEMU_URI, "start", WATCHDOG_GUEST)
+    pipeline.wait_for_instance(WATCHDOG_GUEST, timeout=30, direct=True, power_state="running")
+    print(f"\n$ virsh start {WATCHDOG_GUEST}   (a guest with <watchdog model='ib700' "
+          "action='pause'/>)")
+    started = time.monotonic()
+    guests.arm_watchdog(QEMU_URI, WATCHDOG_GUEST)
+    print(f"$ virsh qemu-monitor-command --hmp {WATCHDOG_GUEST} "
+          f"'o /b {guests.WATCHDOG_PORT:#x} {guests.WATCHDOG_SHORTEST}'   "
+          "(arms it with its shortest timeout: it fires at once)")
+    row = pipeline.wait_for(lambda: _watchdog_row(pipeline), 15,
+                            f"{WATCHDOG_GUEST} paused by its watchdog in the database")
+    waited = (time.monotonic() - started) * 1000
+    fault = json.loads(pipeline.manage("events", "list", "--instance", row["uuid"], "--type",
+                                       "instance.watchdog", "--format", "json"))[0]
+    print(f"   -> {WATCHDOG_GUEST}: {row['power_state']} ({row['state_reason']}), last fault "
+          f"{row['last_fault']['event_type']} action {row['last_fault']['action']}; "
+          f"watchdog event to database {_latency_ms(fault):.1f} ms "
+          f"(monitor command to visible {waited:.0f} ms)")
+    _show(pipeline)
+    print(f"\n$ lifecycle-manage events list --instance {row['uuid']}")
+    print(pipeline.manage("events", "list", "--instance", row["uuid"]))
+
+
+def _watchdog_row(pipeline: Pipeline) -> dict | None:
+    for row in pipeline.instances(direct=True):
+        if (row["name"] == WATCHDOG_GUEST and row["host"] == QEMU_HOST
+                and (row["power_state"], row["state_reason"]) == ("paused", "watchdog")
+                and (row["last_fault"] or {}).get("event_type") == "instance.watchdog"):
+            return row
+    return None
 
 
 def _port_or_free(port: int) -> int:
@@ -122,14 +192,20 @@ def _expand(arg: str, workdir: str) -> str:
 
 
 def _latency_ms(row: dict) -> float:
-    delta = timeutil.parse(row["applied_at"]) - timeutil.parse(row["event_occurred_at"])
+    """From libvirt's callback to the commit: of an instance row (its last event) or
+    of a journal row (``events list``)."""
+    occurred = row["event_occurred_at"] if "event_occurred_at" in row else row["occurred_at"]
+    delta = timeutil.parse(row["applied_at"]) - timeutil.parse(occurred)
     return delta / datetime.timedelta(milliseconds=1)
 
 
 def _show(pipeline: Pipeline) -> None:
-    from consumer.cli import tables
+    """The instance table as ``lifecycle-manage instance list`` prints it."""
+    from consumer.cli import fault_views, tables
     from consumer.cli.listing import INSTANCE_COLUMNS
-    print(tables.table(pipeline.instances(direct=True), INSTANCE_COLUMNS))
+    rows = [{**r, "last_fault": fault_views.last_fault_cell(r["last_fault"])}
+            for r in pipeline.instances(direct=True)]
+    print(tables.table(rows, INSTANCE_COLUMNS, right=["reboots"]))
 
 
 def _purge_queue(pipeline: Pipeline) -> None:
@@ -149,6 +225,8 @@ def remove_demo_domains() -> None:
     for name in DOMAINS:
         virsh(URI, "destroy", name, check=False)
         virsh(URI, "undefine", name, check=False)
+    if qemu_unavailable() is None:
+        guests.remove_guest(QEMU_URI, WATCHDOG_GUEST)
 
 
 def _cleanup(pipeline: Pipeline) -> None:

@@ -12,6 +12,7 @@ from lab.pipeline import Pipeline, domain_xml, virsh
 from tests.support.systemd_notify import NotifySocket
 
 TEST_URI = "test+unix:///default"
+QEMU_URI = "qemu:///system"
 
 
 def _libvirtd_answers() -> bool:
@@ -93,3 +94,14 @@ def domain(pipeline):
     yield name
     virsh(TEST_URI, "destroy", name, check=False)
     virsh(TEST_URI, "undefine", name, check=False)
+
+
+@pytest.fixture
+def qemu():
+    """libvirtd's QEMU driver answers (skip on a laptop without it, fail under CI)."""
+    done = subprocess.run(["virsh", "-c", QEMU_URI, "version"], capture_output=True, timeout=30)
+    if done.returncode != 0 or not os.path.exists("/usr/bin/qemu-system-x86_64"):
+        message = f"no QEMU behind {QEMU_URI}; run tools/bootstrap.sh"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)

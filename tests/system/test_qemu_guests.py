@@ -27,17 +27,6 @@ ACCEPTED = {
 
 
 @pytest.fixture
-def qemu():
-    """libvirtd's QEMU driver answers (skip on a laptop without it, fail under CI)."""
-    done = subprocess.run(["virsh", "-c", URI, "version"], capture_output=True, timeout=30)
-    if done.returncode != 0 or not os.path.exists("/usr/bin/qemu-system-x86_64"):
-        message = f"no QEMU behind {URI}; run tools/bootstrap.sh"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-@pytest.fixture
 def guests(pipeline, qemu):
     names = [f"lc-{pipeline.tag}-{i}" for i in range(3)]
     for name in names:
