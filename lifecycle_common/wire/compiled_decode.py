@@ -43,7 +43,7 @@ from typing import Annotated, Any, Callable, Literal, Optional, Union
 import msgspec
 
 from lifecycle_common import timeutil
-from lifecycle_common.wire import envelope, limits, payloads, schemas
+from lifecycle_common.wire import envelope, limits, payloads, schemas, vocabulary
 from lifecycle_common.wire.envelope import Notification
 
 # Keywords that only document a schema.
@@ -277,6 +277,7 @@ _build_notification = payloads.frozen_dataclass_builder(Notification)
 # -- the typed messages ------------------------------------------------------------------
 
 _KEY = payloads.OBJECT_KEY
+_INSTANCE = vocabulary.INSTANCE_PREFIX  # a lifecycle event's type: this, then its transition
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,7 +380,7 @@ def decode_typed(body: bytes | str) -> Optional[Notification]:
         for field, check in typed.checks:
             if not check(getattr(data, field)):
                 return None
-        if cls is payloads.InstanceLifecyclePayload and event_type != "instance." + data.transition:
+        if cls is payloads.InstanceLifecyclePayload and event_type != _INSTANCE + data.transition:
             return None
         values = _asdict(data)  # the dataclass's fields, in its order (_typed_payload)
         if cls is payloads.HostInventoryPayload:

@@ -136,7 +136,8 @@ def decode(body: bytes | str) -> Notification:
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "payload"
         raise WireError(f"{label}: {name} {version}: {where}: {_clip(error.message)}")
-    if cls is payloads.InstanceLifecyclePayload and event_type != f"instance.{data['transition']}":
+    if (cls is payloads.InstanceLifecyclePayload
+            and event_type != vocabulary.INSTANCE_PREFIX + str(data['transition'])):
         raise WireError(f"{label}: the payload's transition is {data['transition']!r}")
     return Notification(
         event_type=event_type,
