@@ -40,7 +40,7 @@ from typing import Callable
 from lifecycle_common import wire
 from lifecycle_publisher import notifications
 from lifecycle_publisher.domain_event import DomainEvent
-from lifecycle_publisher.libvirt_codes import DomainState, Event, JobType
+from lifecycle_common.libvirt_codes import DomainState, Event, JobType
 from lifecycle_publisher.translation import Observed, Transition
 
 HOST = "compute-01"

@@ -37,7 +37,7 @@ from lifecycle_common.amqp_deliveries import DeliveryReader
 from lifecycle_common.wire import compiled_decode, envelope
 from lifecycle_publisher import notifications
 from lifecycle_publisher.domain_event import DomainEvent
-from lifecycle_publisher.libvirt_codes import Event, StartedDetail
+from lifecycle_common.libvirt_codes import Event, StartedDetail
 
 HOST = "compute-0042"
 CONSUMER_TAG = "amq.ctag-Zr8bE3pVd2Zf4yJm1nq9Qw"

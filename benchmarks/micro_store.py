@@ -34,7 +34,7 @@ from consumer.db import engine as db_engine, migrate
 from consumer.store import Store
 from lifecycle_publisher import notifications
 from lifecycle_publisher.domain_event import DomainEvent, DomainSnapshot, Inventory
-from lifecycle_publisher.libvirt_codes import (
+from lifecycle_common.libvirt_codes import (
     DomainState, Event, ResumedDetail, StartedDetail, StoppedDetail, SuspendedDetail)
 from lifecycle_common import wire
 

@@ -17,23 +17,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-# virDomain<State>Reason: state -> the names of its reason codes, in code order.
-_REASONS = {
-    "RUNNING": ("unknown", "booted", "migrated", "restored", "from_snapshot", "unpaused",
-                "migration_canceled", "save_canceled", "wakeup", "crashed", "postcopy",
-                "postcopy_failed"),
-    "PAUSED": ("unknown", "user", "migration", "save", "dump", "ioerror", "watchdog",
-               "from_snapshot", "shutting_down", "snapshot", "crashed", "starting_up",
-               "postcopy", "postcopy_failed", "api_error"),
-    "SHUTOFF": ("unknown", "shutdown", "destroyed", "crashed", "migrated", "saved", "failed",
-                "from_snapshot", "daemon"),
-    "CRASHED": ("unknown", "panicked"),
-    "BLOCKED": ("unknown",),
-    "SHUTDOWN": ("unknown", "user"),
-    "PMSUSPENDED": ("unknown",),
-}
-_BY_STATE_REASON = {(state, code): word for state, words in _REASONS.items()
-                    for code, word in enumerate(words)}
+from lifecycle_common.libvirt_codes import DETAILS, STATE_REASONS, Event
+
+# (state's name, reason code) -> the word: virDomain<State>Reason's names, lower case.
+_BY_STATE_REASON = {(state.name, int(reason)): reason.name.lower()
+                    for state, reasons in STATE_REASONS.items() for reason in reasons}
 
 # A suspension's detail, named as the paused reason it leaves (virDomainPausedReason).
 _SUSPENDED = {
@@ -43,19 +31,10 @@ _SUSPENDED = {
 }
 # The other events' details (virDomainEvent<Event>DetailType), each its own word. A
 # definition says nothing of why (DEFINED: none).
-_DETAILS = {
-    "UNDEFINED": ("REMOVED", "RENAMED"),
-    "STARTED": ("BOOTED", "MIGRATED", "RESTORED", "FROM_SNAPSHOT", "WAKEUP"),
-    "RESUMED": ("UNPAUSED", "MIGRATED", "FROM_SNAPSHOT", "POSTCOPY", "POSTCOPY_FAILED"),
-    "STOPPED": ("SHUTDOWN", "DESTROYED", "CRASHED", "MIGRATED", "SAVED", "FAILED",
-                "FROM_SNAPSHOT"),
-    "SHUTDOWN": ("FINISHED", "GUEST", "HOST"),
-    "PMSUSPENDED": ("MEMORY", "DISK"),
-    "CRASHED": ("PANICKED", "CRASHLOADED"),
-}
 _BY_DETAIL = {("SUSPENDED", detail): word for detail, word in _SUSPENDED.items()}
-_BY_DETAIL.update({(event, detail): detail.lower()
-                   for event, details in _DETAILS.items() for detail in details})
+_BY_DETAIL.update({(event.name, detail.name): detail.name.lower()
+                   for event, details in DETAILS.items()
+                   if event not in (Event.DEFINED, Event.SUSPENDED) for detail in details})
 
 
 def of_event(libvirt_event: str, libvirt_detail: str, libvirt_state: Optional[str],

@@ -25,7 +25,7 @@ from lifecycle_common.threads import named_thread
 from lifecycle_common.wire.vocabulary import Fault
 from lifecycle_publisher import translation
 from lifecycle_publisher.errors import LibvirtUnavailable
-from lifecycle_publisher.libvirt_codes import JobType
+from lifecycle_common.libvirt_codes import JobType
 from lifecycle_publisher.outbox_writer import state_read_needed
 from lifecycle_publisher.translation import Observed
 

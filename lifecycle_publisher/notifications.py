@@ -11,9 +11,10 @@ from lifecycle_common.wire import Notification, limits, payloads
 from lifecycle_common.wire.envelope import new_notification
 from lifecycle_common.wire.vocabulary import HEARTBEAT, INVENTORY, publisher_id  # noqa: F401
 from lifecycle_common.wire.vocabulary import Fault
-from lifecycle_publisher import libvirt_codes, translation
+from lifecycle_common import libvirt_codes
+from lifecycle_publisher import translation
 from lifecycle_publisher.domain_event import DomainEvent, DomainFault, Inventory
-from lifecycle_publisher.libvirt_codes import code_name
+from lifecycle_common.libvirt_codes import code_name
 
 
 def _oslo_timestamp(iso: str) -> str:

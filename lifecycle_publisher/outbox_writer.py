@@ -40,7 +40,7 @@ from lifecycle_common.wire.vocabulary import FAULTS_BY_EVENT_TYPE
 from lifecycle_publisher.domain_event import DomainEvent, DomainFault, Inventory
 from lifecycle_publisher.errors import OutboxFull, OutboxUnwritable
 from lifecycle_publisher.fault_coalescing import FaultCoalescer
-from lifecycle_publisher.libvirt_codes import Event
+from lifecycle_common.libvirt_codes import Event
 from lifecycle_publisher.outbox import Outbox
 from lifecycle_publisher.outbox_outage import RETRY_MAX, OutboxOutage, describe_space
 from lifecycle_publisher.wakeup import Inbox

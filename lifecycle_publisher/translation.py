@@ -20,7 +20,7 @@ from typing import Optional
 
 from lifecycle_common.power_state import PowerState
 from lifecycle_common.wire.vocabulary import MIGRATION, Transition  # noqa: F401 (re-exported)
-from lifecycle_publisher.libvirt_codes import (
+from lifecycle_common.libvirt_codes import (
     DefinedDetail, DomainState, Event, JobType, ShutoffReason, StartedDetail,
     StoppedDetail, SuspendedDetail, UndefinedDetail)
 

@@ -18,7 +18,7 @@ from lifecycle_common.wire.vocabulary import Fault
 from lifecycle_publisher import config as agent_config
 from lifecycle_publisher.domain_event import DomainEvent, DomainFault, Sequencer
 from lifecycle_publisher.event_source import FAULT_EVENTS, EventSource
-from lifecycle_publisher.libvirt_codes import Event
+from lifecycle_common.libvirt_codes import Event
 from lifecycle_publisher.outbox import Outbox
 from lifecycle_publisher.outbox_writer import STOP, OutboxWriter
 from lifecycle_publisher.wakeup import Inbox, Wakeup

@@ -18,7 +18,7 @@ from consumer.topology import Topology, declare
 from lifecycle_common import broker, wire
 from lifecycle_publisher import notifications
 from lifecycle_publisher.domain_event import DomainEvent
-from lifecycle_publisher.libvirt_codes import Event, StartedDetail, SuspendedDetail
+from lifecycle_common.libvirt_codes import Event, StartedDetail, SuspendedDetail
 
 pytestmark = [
     pytest.mark.integration,

@@ -14,7 +14,7 @@ from consumer.db import queries
 from consumer.db.tables import journal
 from consumer.store import Store
 from lifecycle_common import timeutil
-from lifecycle_publisher.libvirt_codes import DomainState
+from lifecycle_common.libvirt_codes import DomainState
 from tests.integration.test_store import (
     EPOCH, HOST, ISO_UTC_MICROS, OTHER, event, inventory, new_uuid, wire_roundtrip)
 

@@ -43,7 +43,7 @@ from lifecycle_common.wire import payloads, schemas, vocabulary
 from lifecycle_common.wire.vocabulary import Transition
 from lifecycle_publisher import notifications
 from lifecycle_publisher.domain_event import DomainEvent
-from lifecycle_publisher.libvirt_codes import Event, StartedDetail
+from lifecycle_common.libvirt_codes import Event, StartedDetail
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from consumer.store import Store
 from lifecycle_common import wire
 from lifecycle_publisher import notifications
 from lifecycle_publisher.domain_event import DomainEvent, DomainSnapshot, Inventory
-from lifecycle_publisher.libvirt_codes import (
+from lifecycle_common.libvirt_codes import (
     DomainState, Event, JobType, ResumedDetail, ShutoffReason, StartedDetail, StoppedDetail,
     SuspendedDetail, UndefinedDetail)
 from lifecycle_publisher.translation import Observed, Transition

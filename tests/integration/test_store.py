@@ -16,7 +16,7 @@ from consumer.store import Store
 from lifecycle_common import timeutil, wire
 from lifecycle_publisher import notifications
 from lifecycle_publisher.domain_event import DomainEvent, DomainSnapshot, Inventory
-from lifecycle_publisher.libvirt_codes import (
+from lifecycle_common.libvirt_codes import (
     DefinedDetail, DomainState, Event, ResumedDetail, StartedDetail, StoppedDetail,
     SuspendedDetail, UndefinedDetail)
 

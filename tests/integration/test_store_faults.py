@@ -13,14 +13,12 @@ import sqlalchemy as sa
 from consumer.db.tables import faults, journal
 from consumer.store import Store
 from lifecycle_common import timeutil, wire
-from lifecycle_common.wire import payloads
-from lifecycle_common.wire.envelope import new_notification
-from lifecycle_common.wire.vocabulary import publisher_id
 from lifecycle_publisher import notifications
 from lifecycle_publisher.domain_event import DomainEvent, DomainSnapshot, Inventory
-from lifecycle_publisher.libvirt_codes import (
+from lifecycle_common.libvirt_codes import (
     CrashedDetail, DomainState, Event, StartedDetail, SuspendedDetail)
 from lifecycle_publisher.translation import Observed
+from tests.support.faults import fault_notification
 from tests.integration.test_store import (
     EPOCH, HOST, OTHER, T0, instance_row, journal_keys, new_uuid, wire_roundtrip)
 
@@ -41,14 +39,8 @@ FIELDS = {
 
 def fault_note(event_type: str, seq: int, uuid_: str, host: str = HOST, epoch: int = EPOCH,
                count: int = 1, first: int | None = None, **fields) -> wire.Notification:
-    cls = payloads.payload_class_for(event_type)
-    payload = cls(uuid=uuid_, name="vm", host=host, epoch=epoch, seq=seq,
-                  occurred_at=timeutil.isoformat_epoch(T0 + seq),
-                  first_occurred_at=timeutil.isoformat_epoch(T0 + (seq if first is None
-                                                                   else first)),
-                  count=count, **{**FIELDS[event_type], **fields})
-    return new_notification(event_type=event_type, payload=payload,
-                            publisher_id=publisher_id(host), timestamp="2026-11-25 08:00:00")
+    return fault_notification(event_type, seq, uuid_, host, epoch, T0,
+                              {**FIELDS[event_type], **fields}, count, first)
 
 
 def lifecycle(event, detail, seq: int, uuid_: str, state=None, reason: int = 0,

@@ -21,7 +21,7 @@ from consumer.store import Store
 from lifecycle_common import timeutil
 from tests.integration.test_store import (
     EPOCH, event, heartbeat, instance_row, inventory, journal_keys, wire_roundtrip)
-from lifecycle_publisher.libvirt_codes import DomainState
+from lifecycle_common.libvirt_codes import DomainState
 from tests.integration.test_store_faults import FIELDS, fault_note
 
 pytestmark = [

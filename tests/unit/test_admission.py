@@ -12,7 +12,7 @@ from lifecycle_common import timeutil, wire
 from lifecycle_common.wire import compiled_decode
 from lifecycle_publisher import notifications
 from lifecycle_publisher.domain_event import DomainEvent, Inventory
-from lifecycle_publisher.libvirt_codes import Event, StartedDetail
+from lifecycle_common.libvirt_codes import Event, StartedDetail
 
 NOW = 1_796_000_000.0  # the consumer's clock in these tests
 HOST = "compute-4"

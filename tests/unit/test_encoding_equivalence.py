@@ -15,9 +15,10 @@ import pytest
 
 from lifecycle_common import timeutil
 from lifecycle_common.wire import Notification, decode, encode, envelope, limits, payloads, schemas
-from lifecycle_publisher import libvirt_codes, notifications, translation
+from lifecycle_common import libvirt_codes
+from lifecycle_publisher import notifications, translation
 from lifecycle_publisher.domain_event import DomainEvent, DomainSnapshot, Inventory
-from lifecycle_publisher.libvirt_codes import DomainState, Event, JobType, ShutoffReason
+from lifecycle_common.libvirt_codes import DomainState, Event, JobType, ShutoffReason
 from lifecycle_publisher.translation import Observed, Transition
 
 HOST = "compute-3"

@@ -9,7 +9,7 @@ import libvirt
 
 from lifecycle_publisher.domain_event import DomainEvent, Sequencer
 from lifecycle_publisher.event_source import EventSource
-from lifecycle_publisher.libvirt_codes import Event
+from lifecycle_common.libvirt_codes import Event
 
 
 def _node(tmp_path, count: int) -> str:

@@ -6,7 +6,7 @@ cancelling a held STOPPED, counted apart from the transitions."""
 from lifecycle_common import wire
 from lifecycle_common.wire.vocabulary import Fault
 from lifecycle_publisher.domain_event import DomainEvent, DomainFault
-from lifecycle_publisher.libvirt_codes import Event, StartedDetail, StoppedDetail
+from lifecycle_common.libvirt_codes import Event, StartedDetail, StoppedDetail
 from lifecycle_publisher.outbox import Outbox
 from lifecycle_publisher.outbox_writer import STOP, OutboxWriter
 from lifecycle_publisher.wakeup import Inbox, Wakeup

@@ -12,7 +12,7 @@ from consumer.fold import Batch, HostRow
 from lifecycle_common import timeutil
 from lifecycle_publisher import notifications
 from lifecycle_publisher.domain_event import DomainEvent, DomainSnapshot, Inventory
-from lifecycle_publisher.libvirt_codes import (
+from lifecycle_common.libvirt_codes import (
     DomainState, Event, ResumedDetail, StartedDetail, StoppedDetail, SuspendedDetail,
     UndefinedDetail)
 

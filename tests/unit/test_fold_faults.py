@@ -9,15 +9,13 @@ import pytest
 
 from consumer import fold
 from lifecycle_common import timeutil, wire
-from lifecycle_common.wire import payloads
-from lifecycle_common.wire.envelope import new_notification
-from lifecycle_common.wire.vocabulary import publisher_id
 from lifecycle_publisher import notifications
 from lifecycle_publisher.domain_event import DomainEvent, DomainSnapshot, Inventory
-from lifecycle_publisher.libvirt_codes import (
+from lifecycle_common.libvirt_codes import (
     CrashedDetail, DefinedDetail, DomainState, Event, ResumedDetail, ShutdownDetail,
     StartedDetail, StoppedDetail, SuspendedDetail)
 from lifecycle_publisher.translation import Observed
+from tests.support.faults import fault_notification
 from tests.unit.test_fold import A, B, EPOCH, T0, VM1, VM2, at, row, run
 
 FAULT_FIELDS = {
@@ -34,15 +32,9 @@ FAULT_FIELDS = {
 
 def fault(event_type, seq, uuid=VM1, host=A, epoch=EPOCH, count=1, first=None, **fields):
     """A fault notification as the consumer receives it (encoded and decoded)."""
-    cls = payloads.payload_class_for(event_type)
-    first = seq if first is None else first
-    payload = cls(uuid=uuid, name="vm", host=host, epoch=epoch, seq=seq,
-                  occurred_at=timeutil.isoformat_epoch(T0 + seq),
-                  first_occurred_at=timeutil.isoformat_epoch(T0 + first), count=count,
-                  **{**FAULT_FIELDS[event_type], **fields})
-    note = new_notification(event_type=event_type, payload=payload,
-                            publisher_id=publisher_id(host), timestamp="2026-11-25 08:00:00")
-    return wire.decode(wire.encode(note))
+    return wire.decode(wire.encode(fault_notification(
+        event_type, seq, uuid, host, epoch, T0, {**FAULT_FIELDS[event_type], **fields},
+        count, first)))
 
 
 def life(event, detail, seq, state=None, reason=0, uuid=VM1, host=A, epoch=EPOCH):

@@ -9,7 +9,7 @@ import pytest
 from lifecycle_common.wire import payloads
 from lifecycle_publisher import notifications
 from lifecycle_publisher.domain_event import DomainEvent, DomainSnapshot, Inventory
-from lifecycle_publisher.libvirt_codes import (
+from lifecycle_common.libvirt_codes import (
     DomainState, Event, JobType, ShutoffReason, StartedDetail, StoppedDetail, SuspendedDetail,
     UndefinedDetail)
 from lifecycle_publisher.translation import Observed, Transition

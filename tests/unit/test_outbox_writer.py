@@ -6,7 +6,7 @@ import time
 
 from lifecycle_common import wire
 from lifecycle_publisher.domain_event import DomainEvent
-from lifecycle_publisher.libvirt_codes import (DomainState, Event, ShutdownDetail, StartedDetail,
+from lifecycle_common.libvirt_codes import (DomainState, Event, ShutdownDetail, StartedDetail,
                                               StoppedDetail, SuspendedDetail)
 from lifecycle_publisher.outbox import Outbox
 from lifecycle_publisher.outbox_writer import STOP, OutboxWriter

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from lifecycle_publisher import libvirt_codes as codes
-from lifecycle_publisher.libvirt_codes import DomainState as S
-from lifecycle_publisher.libvirt_codes import Event as E
-from lifecycle_publisher.libvirt_codes import JobType as J
-from lifecycle_publisher.libvirt_codes import ShutoffReason as R
-from lifecycle_publisher.libvirt_codes import StoppedDetail
+from lifecycle_common import libvirt_codes as codes
+from lifecycle_common.libvirt_codes import DomainState as S
+from lifecycle_common.libvirt_codes import Event as E
+from lifecycle_common.libvirt_codes import JobType as J
+from lifecycle_common.libvirt_codes import ShutoffReason as R
+from lifecycle_common.libvirt_codes import StoppedDetail
 from lifecycle_publisher.outbox_writer import state_read_needed
 from lifecycle_publisher.translation import MIGRATION, Observed, Transition, translate
 

@@ -2,7 +2,7 @@
 event of the same domain comes first (a reboot), released when its time comes."""
 
 from lifecycle_publisher.domain_event import DomainEvent
-from lifecycle_publisher.libvirt_codes import Event
+from lifecycle_common.libvirt_codes import Event
 from lifecycle_publisher.outbox_writer import StoppedDelay
 
 

@@ -7,7 +7,7 @@ in meaning must change this table.
 import pytest
 
 from lifecycle_common.power_state import PowerState
-from lifecycle_publisher.libvirt_codes import (
+from lifecycle_common.libvirt_codes import (
     DETAILS, CrashedDetail, DefinedDetail, DomainState, Event, JobType, PMSuspendedDetail,
     ResumedDetail, ShutdownDetail, ShutoffReason, StartedDetail, StoppedDetail,
     SuspendedDetail, UndefinedDetail)

@@ -5,7 +5,7 @@ the source's undefine after a migration is not a deletion."""
 import pytest
 
 from lifecycle_common.power_state import PowerState as P
-from lifecycle_publisher.libvirt_codes import (
+from lifecycle_common.libvirt_codes import (
     DefinedDetail, DomainState as S, Event as E, JobType as J, ResumedDetail, ShutoffReason,
     StartedDetail, StoppedDetail, SuspendedDetail, UndefinedDetail)
 from lifecycle_publisher.translation import Observed, Transition as T, translate

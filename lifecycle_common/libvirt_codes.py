@@ -2,8 +2,9 @@
 events carry (watchdog and I/O error actions, ...), as Enums.
 
 The values are libvirt's stable ABI (``virDomainEventType``, ``virDomainEvent*DetailType``,
-``virDomainState``); keeping them here lets translation stay pure and testable without
-the libvirt module.
+``virDomainState`` and its reasons); keeping them here lets the agent's translation and
+the consumer's reasons (``consumer.state_reasons``) stay pure and testable without the
+libvirt module.
 """
 
 from __future__ import annotations
@@ -125,6 +126,76 @@ class ShutoffReason(enum.IntEnum):
     FAILED = 6
     FROM_SNAPSHOT = 7
     DAEMON = 8
+
+
+class RunningReason(enum.IntEnum):
+    """``virDomainRunningReason``."""
+
+    UNKNOWN = 0
+    BOOTED = 1
+    MIGRATED = 2
+    RESTORED = 3
+    FROM_SNAPSHOT = 4
+    UNPAUSED = 5
+    MIGRATION_CANCELED = 6
+    SAVE_CANCELED = 7
+    WAKEUP = 8
+    CRASHED = 9
+    POSTCOPY = 10
+    POSTCOPY_FAILED = 11
+
+
+class PausedReason(enum.IntEnum):
+    """``virDomainPausedReason``."""
+
+    UNKNOWN = 0
+    USER = 1
+    MIGRATION = 2
+    SAVE = 3
+    DUMP = 4
+    IOERROR = 5
+    WATCHDOG = 6
+    FROM_SNAPSHOT = 7
+    SHUTTING_DOWN = 8
+    SNAPSHOT = 9
+    CRASHED = 10
+    STARTING_UP = 11
+    POSTCOPY = 12
+    POSTCOPY_FAILED = 13
+    API_ERROR = 14
+
+
+class ShutdownReason(enum.IntEnum):
+    """``virDomainShutdownReason``."""
+
+    UNKNOWN = 0
+    USER = 1
+
+
+class CrashedReason(enum.IntEnum):
+    """``virDomainCrashedReason``."""
+
+    UNKNOWN = 0
+    PANICKED = 1
+
+
+class NoReason(enum.IntEnum):
+    """The reason of a state libvirt gives none for (``virDomainBlockedReason``,
+    ``virDomainPMSuspendedReason``): unknown."""
+
+    UNKNOWN = 0
+
+
+# Each state's reasons.
+STATE_REASONS = {
+    DomainState.RUNNING: RunningReason,
+    DomainState.BLOCKED: NoReason,
+    DomainState.PAUSED: PausedReason,
+    DomainState.SHUTDOWN: ShutdownReason,
+    DomainState.SHUTOFF: ShutoffReason,
+    DomainState.CRASHED: CrashedReason,
+    DomainState.PMSUSPENDED: NoReason,
+}
 
 
 # Plain dicts: names are looked up for every event, and Enum calls are slow.
