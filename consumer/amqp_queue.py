@@ -55,13 +55,20 @@ class BatchQueue:
     publishing connection (``dead_letters``), of one consumer."""
 
     def __init__(self, connector: broker.Connector, topology: Topology, batch_size: int,
-                 linger: float, retry_max: float = 30.0):
+                 linger: float, retry_max: float = 30.0, prefetch: Optional[int] = None,
+                 wakeup=None):
         """``retry_max``: the longest back-off between attempts to publish a dead letter
-        (refused) or to open the dead letters' connection."""
+        (refused) or to open the dead letters' connection. ``prefetch``: messages
+        delivered and not yet acked, at most (default twice ``batch_size``).
+        ``wakeup``: something with ``fileno()`` and ``is_set()`` (a ``Wakeup``) that
+        ends a wait for a batch when set, as the broker's frames do (another thread's
+        results to settle)."""
         self._connector = connector
         self.topology = topology
         self._batch_size = batch_size
         self._linger = linger
+        self._prefetch = prefetch or batch_size * 2
+        self._wakeup = wakeup
         self._conn: kombu.Connection | None = None
         self._buffer: list[Message] = []
         self._reader: DeliveryReader | None = None
@@ -80,7 +87,7 @@ class BatchQueue:
         try:
             self._channel = conn.channel()
             declare(self._channel, self.topology)
-            self._channel.basic_qos(0, self._batch_size * 2, False)
+            self._channel.basic_qos(0, self._prefetch, False)
             consumer_tag = self._channel.basic_consume(self.topology.queue,
                                                        callback=self._delivered)
         except (OSError, amqp.exceptions.AMQPError, kombu.exceptions.KombuError) as exc:
@@ -123,7 +130,7 @@ class BatchQueue:
             while not self._buffer:
                 self._settle_dead_letters()
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or (self._wakeup is not None and self._wakeup.is_set()):
                     self._conn.heartbeat_check()
                     return []
                 if not self._wait(transport, min(remaining, 1.0)):
@@ -149,6 +156,8 @@ class BatchQueue:
         poller = select.poll()
         poller.register(transport.sock, select.POLLIN)
         if not linger:
+            if self._wakeup is not None:
+                poller.register(self._wakeup.fileno(), select.POLLIN)
             dl_sock = self.dead_letters.socket()
             if dl_sock is not None:
                 poller.register(dl_sock, select.POLLIN)
@@ -227,6 +236,12 @@ class BatchQueue:
                 poller = select.poll()
                 poller.register(dead_letters.socket(), select.POLLIN)
                 poller.poll(max(1, int(min(remaining, 0.2) * 1000)))
+
+    def message_count(self) -> int:
+        """Messages ready on the queue (not those delivered and unacked), as the broker
+        counts them now."""
+        with _broker_errors():
+            return self._channel.queue_declare(self.topology.queue, passive=True).message_count
 
     def keepalive(self) -> None:
         """Service AMQP heartbeats and dead letters while the caller waits (e.g. for

@@ -68,6 +68,24 @@ DATABASE_OPTS = [
                       "standby's promotion)."),
 ]
 
+IDENTITY_OPTS = [
+    cfg.StrOpt("publisher_identity", default="any", choices=[
+        ("any", "accept every publisher: any broker user can speak for any host (the "
+                "service warns at start)"),
+        ("host_user", "accept an event, inventory or heartbeat about host H only if its "
+                      "AMQP user_id (which RabbitMQ checks against the publisher's login) "
+                      "is publisher_user_template formatted with H, or is listed in "
+                      "trusted_publishers")],
+               help="Which broker users may speak for which hosts. A message refused is "
+                    "dead-lettered with the reason and changes nothing."),
+    cfg.StrOpt("publisher_user_template", default="{host}",
+               help="With publisher_identity = host_user: the broker user of host H, "
+                    "'{host}' standing for H (e.g. 'lifecycle-{host}')."),
+    cfg.ListOpt("trusted_publishers", default=[],
+                help="With publisher_identity = host_user: broker users that may speak for "
+                     "every host (e.g. a tool that replays dead letters)."),
+]
+
 CONSUMER_OPTS = [
     cfg.StrOpt("queue_name", default="lifecycle-consumer",
                help="Durable queue the consumers share. Its dead-letter exchange and "
@@ -96,21 +114,6 @@ CONSUMER_OPTS = [
                  help="Upper bound, in seconds, of the back-off between attempts to reach "
                       "the broker or the database (the database's is also bounded by "
                       "[database] retry_interval_max)."),
-    cfg.StrOpt("publisher_identity", default="any", choices=[
-        ("any", "accept every publisher: any broker user can speak for any host (the "
-                "consumer warns at start)"),
-        ("host_user", "accept an event, inventory or heartbeat about host H only if its "
-                      "AMQP user_id (which RabbitMQ checks against the publisher's login) "
-                      "is publisher_user_template formatted with H, or is listed in "
-                      "trusted_publishers")],
-               help="Which broker users may speak for which hosts. A message refused is "
-                    "dead-lettered with the reason and changes nothing."),
-    cfg.StrOpt("publisher_user_template", default="{host}",
-               help="With publisher_identity = host_user: the broker user of host H, "
-                    "'{host}' standing for H (e.g. 'lifecycle-{host}')."),
-    cfg.ListOpt("trusted_publishers", default=[],
-                help="With publisher_identity = host_user: broker users that may speak for "
-                     "every host (e.g. a tool that replays dead letters)."),
     cfg.FloatOpt("max_clock_skew", default=300.0, min=1.0,
                  help="Seconds by which a host's clock may differ from the consumer's "
                       "before the consumer warns: it logs the host when its offset (the "
@@ -121,7 +124,7 @@ CONSUMER_OPTS = [
                       "when its heartbeats arrive here, order is its own sequence), but "
                       "its occurred_at and the latency measured from it are off by as "
                       "much."),
-]
+] + IDENTITY_OPTS
 
 METRICS_OPTS = common.metrics_opts(default_port=9179)
 
@@ -177,7 +180,7 @@ def make_conf() -> cfg.ConfigOpts:
 def load(argv: list[str] | None, prog: str = "lifecycle-consumer",
          conf: cfg.ConfigOpts | None = None) -> cfg.ConfigOpts:
     conf = conf or make_conf()
-    return common.load(conf, argv, prog, list_opts(), validators=(_check_template,))
+    return common.load(conf, argv, prog, list_opts(), validators=(check_template,))
 
 
 def database_timeouts(conf: cfg.ConfigOpts) -> db_engine.Timeouts:
@@ -189,23 +192,24 @@ def database_timeouts(conf: cfg.ConfigOpts) -> db_engine.Timeouts:
         keepalive_count=d.keepalive_count, tcp_user_timeout=d.tcp_user_timeout)
 
 
-def admission_policy(conf: cfg.ConfigOpts) -> admission.Policy:
-    """The [consumer] options that say which messages are believed."""
-    c = conf.consumer
+def admission_policy(conf: cfg.ConfigOpts, group: str = "consumer") -> admission.Policy:
+    """The options (IDENTITY_OPTS, in ``group``) that say which messages are believed."""
+    c = conf[group]
     return admission.Policy(
         identity=admission.PublisherIdentity(c.publisher_identity),
         user_template=c.publisher_user_template, trusted=frozenset(c.trusted_publishers))
 
 
-def _check_template(conf: cfg.ConfigOpts) -> None:
-    template = conf.consumer.publisher_user_template
+def check_template(conf: cfg.ConfigOpts, group: str = "consumer") -> None:
+    """IDENTITY_OPTS' publisher_user_template, in ``group``, can be formatted."""
+    template = conf[group].publisher_user_template
     try:
         user = template.format(host="compute-1")
     except (KeyError, IndexError, ValueError) as exc:
         raise common.ConfigError(
-            f"[consumer] publisher_user_template {template!r}: only {{host}} may be "
+            f"[{group}] publisher_user_template {template!r}: only {{host}} may be "
             f"substituted ({type(exc).__name__}: {exc})") from None
     if user == template.format(host="compute-2"):
         raise common.ConfigError(
-            f"[consumer] publisher_user_template {template!r} must contain {{host}}: "
+            f"[{group}] publisher_user_template {template!r} must contain {{host}}: "
             "otherwise every host has the same user")

@@ -182,8 +182,10 @@ class ServiceCollector(Collector):
 
 
 
-def _broker_check(service: "ConsumerService", now: float) -> health.Check:
-    """Degraded while the broker is unreachable, or blocks or refuses the dead-letter
+def broker_check(service, now: float) -> health.Check:
+    """The broker's check of a service that consumes with a ``BatchQueue`` (``.queue``)
+    and knows since when the broker is away (``.broker``): the consumer, the webhook.
+    Degraded while the broker is unreachable, or blocks or refuses the dead-letter
     connection, however long: the queue keeps the messages and a restart would not
     bring the broker back, so never failing ([health] broker_failing_after is kept for
     compatibility and has no effect)."""
@@ -206,6 +208,6 @@ def consumer_health(service: "ConsumerService", broker_failing_after: float,
                     database_failing_after: float) -> health.Report:
     now = time.monotonic()
     return health.report([
-        _broker_check(service, now),
+        broker_check(service, now),
         database_health.check(service.database, now, database_failing_after),
     ])

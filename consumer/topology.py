@@ -12,6 +12,10 @@ class Topology:
     queue: str              # shared by competing consumers
     routing_key: str        # '<topic>.info'
     queue_type: str = "classic"
+    # One consumer at a time receives the queue's messages, the others stand by
+    # (RabbitMQ's x-single-active-consumer): the order the queue holds is the order of
+    # delivery (the webhook's per-instance order), whatever processes run on it.
+    single_active_consumer: bool = False
 
     @property
     def dead_letter_exchange(self) -> str:
@@ -25,6 +29,8 @@ class Topology:
         args = {"x-dead-letter-exchange": self.dead_letter_exchange}
         if self.queue_type == "quorum":
             args["x-queue-type"] = "quorum"
+        if self.single_active_consumer:
+            args["x-single-active-consumer"] = True
         return args
 
 

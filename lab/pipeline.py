@@ -58,6 +58,7 @@ class Pipeline:
         self._procs: dict[str, subprocess.Popen] = {}
         self._conf_of: dict[str, str] = {}  # process name -> its config file's name
         self._engine = None
+        self._webhook_queues: set[str] = set()
 
     def write_consumer_conf(self, name: str, options: dict) -> str:
         """A consumer configuration: the pipeline's exchange, queue and database, with
@@ -112,6 +113,26 @@ heartbeat_interval = {self.heartbeat_interval}
 bind_port = {port}
 {more}""")
 
+    def webhook_conf(self, name: str, url: str, secret_file: str,
+                     options: dict | None = None) -> str:
+        """A webhook service's configuration (``<name>.conf``): the pipeline's exchange,
+        a queue of its own (``<pipeline queue>-<name>``), ``url`` and ``secret_file``,
+        with ``options`` ({group: {name: value}}) over them."""
+        groups = {"DEFAULT": {"control_exchange": self.exchange},
+                  "webhook": {"url": url, "secret_file": secret_file,
+                              "queue_name": self.webhook_queue(name)},
+                  "metrics": {"bind_port": self._port(f"{name}.conf")}}
+        for group, values in (options or {}).items():
+            groups.setdefault(group, {}).update(values)
+        self.ports[f"{name}.conf"] = int(groups["metrics"]["bind_port"])
+        self._webhook_queues.add(groups["webhook"]["queue_name"])
+        text = "".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
+                       for group, values in groups.items())
+        return self._write(f"{name}.conf", text)
+
+    def webhook_queue(self, name: str) -> str:
+        return f"{self.queue}-{name}"
+
     # -- processes ----------------------------------------------------------------
     def _start(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
         log = open(os.path.join(self.workdir, f"{name}.log"), "ab")
@@ -138,14 +159,44 @@ bind_port = {port}
             self.wait_for(self._queue_exists, timeout, f"queue {self.queue} to be declared")
         return proc
 
-    def _queue_exists(self) -> bool:
-        import amqp
+    def start_webhook(self, name: str, url: str, secret_file: str,
+                      options: dict | None = None, timeout: float = 30.0,
+                      wait: bool = True) -> subprocess.Popen:
+        """Start ``lifecycle-webhook`` (process ``name``) toward ``url`` on a queue of its
+        own; with ``wait``, return once that queue exists, so that every event an agent
+        publishes from then on reaches it."""
+        conf = self.webhook_conf(name, url, secret_file, options)
+        self._conf_of[name] = os.path.basename(conf)
+        proc = self._start(name, [command("lifecycle-webhook"), "--config-file", conf])
+        queue = self.webhook_queue(name) if not (options or {}).get("webhook", {}).get(
+            "queue_name") else options["webhook"]["queue_name"]
+        if wait:
+            self.wait_for(lambda: self._queue_exists(queue), timeout,
+                          f"queue {queue} to be declared")
+        return proc
+
+    def queue_depth(self, queue: str) -> int:
+        """Messages ready on ``queue`` (not those delivered and unacked)."""
+        conn = self._broker()
+        try:
+            return conn.channel().queue_declare(queue, passive=True).message_count
+        finally:
+            from lifecycle_common import broker
+            broker.release(conn)
+
+    def _broker(self):
         from consumer import config
         from lifecycle_common import broker
         settings = broker.settings(config.load(["--config-file", self.consumer_conf]))
         conn, _ = broker.Connector(settings).connect()  # as the consumer connects
+        return conn
+
+    def _queue_exists(self, queue: str | None = None) -> bool:
+        import amqp
+        from lifecycle_common import broker
+        conn = self._broker()
         try:
-            conn.channel().queue_declare(self.queue, passive=True)
+            conn.channel().queue_declare(queue or self.queue, passive=True)
             return True
         except amqp.exceptions.NotFound:
             return False
@@ -205,10 +256,11 @@ bind_port = {port}
         import kombu
         with kombu.Connection(url, connect_timeout=5) as conn:
             channel = conn.channel()
-            for queue in (self.queue, f"{self.queue}.dlq"):
+            for queue in (self.queue, *sorted(self._webhook_queues)):
                 channel.queue_delete(queue)
-            for exchange in (self.exchange, f"{self.queue}.dlx"):
-                channel.exchange_delete(exchange)
+                channel.queue_delete(f"{queue}.dlq")
+                channel.exchange_delete(f"{queue}.dlx")
+            channel.exchange_delete(self.exchange)
 
     def running(self, name: str) -> bool:
         proc = self._procs.get(name)

@@ -7,7 +7,7 @@ the channel closes: a classic queue puts each back where it was, a quorum queue 
 order given back (closing the channel alone gives a quorum queue's messages back in no
 particular order, seen with RabbitMQ 3.10).
 Replaying publishes each message back onto its original exchange with its original
-routing key, persistent and mandatory, under publisher confirms, and acks (removes) it
+routing key (with ``--queue NAME``, into queue NAME alone, through the default exchange), persistent and mandatory, under publisher confirms, and acks (removes) it
 from the dead-letter queue only once the broker confirmed the copy and did not return
 it as unroutable: a replay interrupted at any point loses nothing, at worst a message
 is both replayed and still dead-lettered (the consumer applies it once).
@@ -16,6 +16,7 @@ is both replayed and still dead-lettered (the consumer applies it once).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sys
 from typing import Iterator, Optional
@@ -42,7 +43,11 @@ class DeadLetterError(Exception):
 
 def add_commands(subparsers) -> None:
     dlq = subparsers.add_parser(
-        "dlq", help="the dead-letter queue, <[consumer] queue_name>.dlq")
+        "dlq", help="the dead-letter queue, <[consumer] queue_name>.dlq (or --queue's)")
+    dlq.add_argument("--queue", metavar="NAME",
+                     help="the dead letters of queue NAME (NAME.dlq), e.g. a webhook's "
+                          "[webhook] queue_name; replayed into NAME alone (through the "
+                          "default exchange), not to every subscriber of the exchange")
     sub = dlq.add_subparsers(dest="action")
     sub.required = True
     listing = sub.add_parser("list", help="dead letters, oldest first (read, not removed)")
@@ -151,7 +156,8 @@ class Held:
 
 @contextlib.contextmanager
 def _dead_letter_queue(conf) -> Iterator[DeadLetterQueue]:
-    name = Topology(exchange=conf.control_exchange, queue=conf.consumer.queue_name,
+    name = Topology(exchange=conf.control_exchange,
+                    queue=conf.command.queue or conf.consumer.queue_name,
                     routing_key="").dead_letter_queue
     settings = broker.settings(conf)
     try:
@@ -228,6 +234,8 @@ def _replay(conf, dlq: DeadLetterQueue) -> int:
                 if ident is not None and letter.id != ident:
                     continue
                 plan = dead_letter_view.replay(letter, dlq.user, exchange, routing_key)
+                if conf.command.queue:  # into that queue alone
+                    plan = dataclasses.replace(plan, exchange="", routing_key=conf.command.queue)
                 problem = publisher.publish(plan)
                 if problem is None:
                     held.remove(tag)

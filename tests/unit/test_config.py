@@ -11,6 +11,7 @@ from consumer import config as consumer_config
 from lifecycle_common.config import ConfigError
 from lifecycle_publisher import cmd as agent_cmd
 from lifecycle_publisher import config as agent_config
+from lifecycle_webhook import config as webhook_config
 
 
 @pytest.fixture
@@ -166,6 +167,13 @@ REQUIRED = {
         "database": {"connection"},
         "oslo_messaging_notifications": {"topics"},
     },
+    "lifecycle_webhook": {
+        "DEFAULT": {"host", "transport_url", "control_exchange"},
+        "webhook": {"queue_name", "url", "mode", "secret_file", "event_types", "retry_for",
+                    "max_in_flight", "ca_file"},
+        "metrics": {"bind_host", "bind_port"},
+        "oslo_messaging_notifications": {"topics"},
+    },
 }
 
 
@@ -179,6 +187,7 @@ def test_entry_points_list_the_contract_options(namespace):
 @pytest.mark.parametrize(("namespace", "register"), [
     ("lifecycle_publisher", agent_config.register_opts),
     ("consumer", consumer_config.register_opts),
+    ("lifecycle_webhook", webhook_config.register_opts),
 ])
 def test_entry_points_list_every_registered_option(namespace, register):
     conf = cfg.ConfigOpts()
@@ -214,6 +223,23 @@ def test_oslo_config_generator_writes_the_sample(tmp_path, namespace, expected):
     text = output.read_text()
     for line in expected:
         assert line in text
+
+
+@pytest.mark.parametrize("service", ["lifecycle-agent", "lifecycle-consumer",
+                                     "lifecycle-webhook"])
+def test_the_sample_configurations_are_what_the_generator_writes(tmp_path, service):
+    """etc/<service>.conf.sample is regenerated whenever an option changes:
+    oslo-config-generator --config-file etc/<service>-config-generator.conf."""
+    import os
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    output = tmp_path / "sample.conf"
+    generator.main(["--config-file",
+                    os.path.join(root, "etc", f"{service}-config-generator.conf"),
+                    "--output-file", str(output)])
+    with open(os.path.join(root, "etc", f"{service}.conf.sample")) as f:
+        assert output.read_text() == f.read(), (
+            f"etc/{service}.conf.sample is out of date: run oslo-config-generator "
+            f"--config-file etc/{service}-config-generator.conf")
 
 
 def test_a_bad_transport_url_stops_both_services_naming_the_option(tmp_path, capsys):

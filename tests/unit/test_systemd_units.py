@@ -11,7 +11,7 @@ import sys
 import pytest
 
 UNITS = os.path.join(os.path.dirname(__file__), "..", "..", "etc", "systemd")
-NAMES = ["lifecycle-agent.service", "lifecycle-consumer.service"]
+NAMES = ["lifecycle-agent.service", "lifecycle-consumer.service", "lifecycle-webhook@.service"]
 
 
 def settings(name: str) -> dict[str, str]:
@@ -31,6 +31,12 @@ def test_units_notify_and_have_a_watchdog(name):
     assert "--use-journal" in unit["ExecStart"]
 
 
+def test_the_webhook_unit_is_a_template_of_one_endpoint_per_instance():
+    """lifecycle-webhook@NAME reads NAME's own configuration (its url, queue, secret)."""
+    assert "--config-file /etc/lifecycle/webhook-%i.conf" in settings(
+        "lifecycle-webhook@.service")["ExecStart"]
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_units_verify_cleanly(name, tmp_path):
     if shutil.which("systemd-analyze") is None:
@@ -40,6 +46,7 @@ def test_units_verify_cleanly(name, tmp_path):
     bin_dir = os.path.dirname(sys.executable)
     with open(os.path.join(UNITS, name)) as f:
         text = f.read().replace("/usr/bin/", bin_dir + "/")
+    name = name.replace("@.", "@alerts.")  # a template is verified as one of its instances
     (tmp_path / name).write_text(text)
     done = subprocess.run(["systemd-analyze", "verify", str(tmp_path / name)],
                           capture_output=True, text=True, timeout=60)

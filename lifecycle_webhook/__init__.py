@@ -1,0 +1,1 @@
+"""lifecycle-webhook: libvirt lifecycle notifications delivered as signed CloudEvents."""

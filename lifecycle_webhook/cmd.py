@@ -1,0 +1,55 @@
+"""``lifecycle-webhook``: the entry point of the service that delivers the notifications
+to one HTTP endpoint as signed CloudEvents."""
+
+from __future__ import annotations
+
+import sys
+
+from lifecycle_common import broker, metrics_http
+from lifecycle_common import config as common
+from lifecycle_common.wire import schemas
+from consumer import config as consumer_config
+from consumer.amqp_queue import BatchQueue
+from consumer.topology import Topology
+from lifecycle_webhook import config, signing
+from lifecycle_webhook.http_sender import Sender
+from lifecycle_webhook.lanes import Lanes
+from lifecycle_webhook.service import Settings, WebhookService
+
+PROG = "lifecycle-webhook"
+BATCH = 256  # messages read from the queue per turn of the loop, at most
+
+
+def main(argv: list[str] | None = None) -> int:
+    return common.run_main(PROG, config.load, sys.argv[1:] if argv is None else argv, _run)
+
+
+def _run(conf) -> int:
+    w = conf.webhook
+    connector = broker.Connector(broker.settings(conf))  # checked when the options loaded
+    schemas.prepare()
+    secrets = signing.SecretFile(w.secret_file)  # checked when the options loaded
+    sender = Sender(w.url, ca_file=w.ca_file, timeout=w.request_timeout,
+                    workers=w.max_in_flight, secrets=secrets.secrets)
+    topology = Topology(
+        exchange=conf.control_exchange, queue=w.queue_name,
+        routing_key=f"{conf.oslo_messaging_notifications.topics[0]}.info",
+        queue_type=w.queue_type, single_active_consumer=True)
+    queue = BatchQueue(connector, topology, min(BATCH, w.prefetch), linger=0.0,
+                       prefetch=w.prefetch, wakeup=sender.wakeup)
+    settings = Settings(mode=w.mode, wanted=config.event_filter(w.event_types),
+                        retry_for=w.retry_for, retry_interval_max=w.retry_interval_max,
+                        request_timeout=w.request_timeout,
+                        policy=consumer_config.admission_policy(conf, config.GROUP))
+    service = WebhookService(queue, sender, Lanes(w.max_in_flight), settings)
+    if conf.metrics.bind_port:
+        try:
+            service.serve_metrics(conf.metrics.bind_host, conf.metrics.bind_port)
+        except metrics_http.BindError as exc:
+            sender.close(1.0)
+            return common.bind_error(PROG, conf, exc)
+    return common.serve(service)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+"""lifecycle-webhook's service against a real RabbitMQ and real HTTP(S) receivers that
+verify every request as a subscriber would (``lab.webhook_receiver``: the signature
+with the ``standardwebhooks`` package, the event with the ``cloudevents`` SDK).
+
+What must hold: every event delivered (by its CloudEvent id), each instance's events
+accepted in their order, retries after 408/429/5xx and refused connections with
+Retry-After honoured, other 4xx and expired retries dead-lettered with the endpoint's
+answer, TLS verified against ca_file, and the health saying what is wrong."""
+
+from __future__ import annotations
+
+import time
+import uuid as uuidlib
+
+import pytest
+
+from lab import certs
+from lab.webhook_receiver import Receiver
+from lifecycle_common import wire
+from lifecycle_common.wire import schemas
+from tests.conftest import ServiceThread, wait_for
+from tests.support import webhook_run
+from tests.support.consumer_run import EPOCH, instance_event
+from tests.support.faults import fault_notification
+
+pytestmark = pytest.mark.integration
+
+HOST = "compute-wh"
+TYPE_PREFIX = "io.libvirt-lifecycle."
+
+
+@pytest.fixture(autouse=True)
+def _schemas():
+    schemas.prepare()
+
+
+@pytest.fixture
+def secret():
+    return webhook_run.new_secret()
+
+
+@pytest.fixture
+def secret_path(tmp_path, secret):
+    return webhook_run.secret_file(tmp_path, secret)
+
+
+@pytest.fixture
+def receivers():
+    started = []
+
+    def make(secret, **kwargs) -> Receiver:
+        receiver = Receiver(secret, **kwargs)
+        started.append(receiver)
+        return receiver.start() if not kwargs.pop("later", False) else receiver
+    yield make
+    for receiver in started:
+        receiver.release()
+        receiver.stop()
+
+
+@pytest.fixture
+def running():
+    threads = []
+
+    def run(service) -> ServiceThread:
+        """Run ``service``; return once its queue is declared (what is published then
+        reaches it)."""
+        thread = ServiceThread(service, name=f"webhook-{len(threads)}")
+        threads.append(thread)
+        wait_for(lambda: service.broker.down_since is None, 15, "the service connected")
+        return thread
+    yield run
+    for thread in threads:
+        if thread.thread.is_alive():
+            thread.stop()
+
+
+def publish_stream(isolation, instances: int, per_instance: int, first_seq: int = 1,
+                   host: str = HOST) -> dict[str, list[str]]:
+    """Events of ``instances`` instances, interleaved, as one agent numbers them;
+    returns each instance's CloudEvent ids in order."""
+    vms = [str(uuidlib.uuid4()) for _ in range(instances)]
+    ids: dict[str, list[str]] = {vm: [] for vm in vms}
+    seq = first_seq
+    for step in range(per_instance):
+        for vm in vms:
+            isolation.publish(instance_event(host, seq, vm, paused=step % 2 == 1))
+            ids[vm].append(f"{host}:{EPOCH}:{seq}")
+            seq += 1
+    return ids
+
+
+def first_acceptances(receiver: Receiver) -> dict[str, list[str]]:
+    """Per instance, the ids accepted, each at its first acceptance (delivery is at
+    least once: a copy accepted again later says nothing of the order)."""
+    seen, order = set(), {}
+    for received in receiver.accepted():
+        if received.id not in seen:
+            seen.add(received.id)
+            order.setdefault(received.partitionkey, []).append(received.id)
+    return order
+
+
+def dead_letters(isolation, service) -> list:
+    queue = service.queue.topology.dead_letter_queue
+    return isolation.get_all(queue)
+
+
+@pytest.mark.parametrize("mode", ["structured", "binary"])
+def test_every_event_reaches_a_verifying_receiver_in_order(
+        amqp_isolation, receivers, running, secret, secret_path, mode):
+    receiver = receivers(secret)
+    service = webhook_run.service(amqp_isolation, receiver.url, secret_path, mode=mode)
+    running(service)
+    ids = publish_stream(amqp_isolation, instances=6, per_instance=15)
+    every = [i for vm_ids in ids.values() for i in vm_ids]
+    receiver.wait_for_ids(every, timeout=30)
+
+    assert first_acceptances(receiver) == ids  # in each instance's order
+    assert receiver.partition_overlaps() == []  # one request of an instance at a time
+    for received in receiver.requests():
+        assert received.signature_ok and received.mode == mode and received.status == 200
+        assert received.type in (TYPE_PREFIX + "instance.started",
+                                 TYPE_PREFIX + "instance.paused")
+        assert received.source == "urn:libvirt-lifecycle:host:" + HOST
+        assert received.subject == received.partitionkey
+        assert received.time is not None
+        assert received.webhook_id == received.id
+        assert received.data["lifecycle_object.data"]["uuid"] == received.subject
+    wait_for(lambda: service.stats.delivered == len(every), 10, "every delivery counted")
+    wait_for(lambda: service.lanes.held == 0, 10, "nothing held")
+    assert amqp_isolation.message_count(service.queue.topology.queue) == 0
+    assert service.health().status.value == "ok"
+
+
+def test_503_to_the_first_requests_then_every_event_in_order(
+        amqp_isolation, receivers, running, secret, secret_path):
+    receiver = receivers(secret, fail_first=12, fail_status=503)
+    service = webhook_run.service(amqp_isolation, receiver.url, secret_path,
+                                  retry_interval_max=1.0)
+    running(service)
+    ids = publish_stream(amqp_isolation, instances=4, per_instance=10)
+    receiver.wait_for_ids([i for v in ids.values() for i in v], timeout=60)
+    assert first_acceptances(receiver) == ids
+    assert receiver.statuses()[503] == 12
+    assert service.stats.retries == 12
+    assert dead_letters(amqp_isolation, service) == []
+
+
+def test_retry_after_is_honoured(amqp_isolation, receivers, running, secret, secret_path):
+    receiver = receivers(secret, fail_first=1, fail_status=429, retry_after=3)
+    service = webhook_run.service(amqp_isolation, receiver.url, secret_path,
+                                  retry_interval_max=1.0)
+    running(service)
+    ids = publish_stream(amqp_isolation, instances=1, per_instance=1)
+    receiver.wait_for_ids([i for v in ids.values() for i in v], timeout=30)
+    first, second = receiver.requests()[:2]
+    assert first.status == 429 and second.status == 200 and first.id == second.id
+    assert second.at - first.answered_at >= 3.0  # not the 1 s cap: what it asked
+
+
+def test_a_400_dead_letters_that_event_and_its_instance_goes_on(
+        amqp_isolation, receivers, running, secret, secret_path):
+    receiver = receivers(secret)
+    ids = None
+
+    service = webhook_run.service(amqp_isolation, receiver.url, secret_path)
+    running(service)
+    vm = str(uuidlib.uuid4())
+    refused = f"{HOST}:{EPOCH}:3"
+    receiver.refuse(lambda r: r.id == refused, status=400, body="unknown tenant")
+    for seq in range(1, 6):
+        amqp_isolation.publish(instance_event(HOST, seq, vm, paused=seq % 2 == 0))
+    ids = [f"{HOST}:{EPOCH}:{seq}" for seq in range(1, 6)]
+    receiver.wait_for_ids([i for i in ids if i != refused], timeout=30)
+    assert first_acceptances(receiver) == {vm: [i for i in ids if i != refused]}
+    # the refused one was answered before the next was sent
+    order = [r.id for r in receiver.requests()]
+    assert order.index(refused) < order.index(f"{HOST}:{EPOCH}:4")
+    letters = wait_for(lambda: dead_letters(amqp_isolation, service), 10, "the dead letter")
+    assert len(letters) == 1
+    headers = letters[0].properties["application_headers"]
+    assert "400" in headers["x-lifecycle-error"]
+    assert "unknown tenant" in headers["x-lifecycle-error"]
+    assert headers["x-lifecycle-cause"] == "endpoint"
+    assert wire.decode(letters[0].body).payload.seq == 3
+    wait_for(lambda: service.dead_letters["endpoint"] == 1, 10, "the dead letter counted")
+
+
+def test_retries_expire_into_the_dead_letter_queue_with_the_last_answer(
+        amqp_isolation, receivers, running, secret, secret_path):
+    receiver = receivers(secret, fail_first=10_000, fail_status=502)
+    service = webhook_run.service(amqp_isolation, receiver.url, secret_path,
+                                  retry_for=2.0, retry_interval_max=0.5)
+    running(service)
+    publish_stream(amqp_isolation, instances=1, per_instance=1)
+    wait_for(lambda: service.health().checks[1].status.value == "degraded", 10,
+             "the endpoint's check degraded")
+    assert "502" in service.health().checks[1].detail
+    letters = wait_for(lambda: dead_letters(amqp_isolation, service), 15, "the dead letter")
+    reason = letters[0].properties["application_headers"]["x-lifecycle-error"]
+    assert reason.startswith("retries expired after") and "502" in reason
+    assert letters[0].properties["application_headers"]["x-lifecycle-cause"] == "expired"
+    assert service.health().status.value != "failing"  # a restart would not fix it
+
+
+def test_an_endpoint_down_for_a_while_gets_everything_once_it_is_back(
+        amqp_isolation, receivers, running, secret, secret_path):
+    receiver = receivers(secret)
+    receiver.down_for(4.0)
+    service = webhook_run.service(amqp_isolation, receiver.url, secret_path,
+                                  retry_interval_max=1.0)
+    running(service)
+    ids = publish_stream(amqp_isolation, instances=3, per_instance=5)
+    wait_for(lambda: "refused" in service.health().checks[1].detail, 10,
+             "the health to say the endpoint refuses connections")
+    assert service.metrics.registry.get_sample_value("lifecycle_webhook_endpoint_up") == 0
+    receiver.wait_for_ids([i for v in ids.values() for i in v], timeout=30)
+    assert first_acceptances(receiver) == ids
+    wait_for(lambda: service.health().status.value == "ok", 10, "the health back to ok")
+
+
+def test_event_types_filter_what_is_delivered(amqp_isolation, receivers, running, secret,
+                                              secret_path):
+    receiver = receivers(secret)
+    service = webhook_run.service(amqp_isolation, receiver.url, secret_path,
+                                  event_types=["instance.watchdog"])
+    running(service)
+    vm = str(uuidlib.uuid4())
+    amqp_isolation.publish(instance_event(HOST, 1, vm))
+    amqp_isolation.publish(wire.encode(fault_notification(
+        "instance.watchdog", 2, vm, HOST, EPOCH, time.time(), {"action": "pause"})))
+    amqp_isolation.publish(instance_event(HOST, 3, vm, paused=True))
+    receiver.wait_for_ids([f"{HOST}:{EPOCH}:2"], timeout=30)
+    wait_for(lambda: service.stats.filtered == 2, 10, "the other two acked")
+    assert [r.type for r in receiver.requests()] == [TYPE_PREFIX + "instance.watchdog"]
+    assert receiver.requests()[0].data["lifecycle_object.data"]["action"] == "pause"
+    assert amqp_isolation.message_count(service.queue.topology.queue) == 0
+
+
+def test_hostile_and_foreign_messages_are_never_sent(amqp_isolation, receivers, running,
+                                                     secret, secret_path):
+    receiver = receivers(secret)
+    service = webhook_run.service(amqp_isolation, receiver.url, secret_path)
+    running(service)
+    amqp_isolation.publish(b"\xff\xfe not json")
+    amqp_isolation.publish(b'{"oslo.version": "2.0", "oslo.message": "{\\"event_type\\": '
+                           b'\\"compute.instance.update\\", \\"publisher_id\\": '
+                           b'\\"nova-compute:c1\\", \\"payload\\": {}, \\"message_id\\": '
+                           b'\\"m\\", \\"priority\\": \\"INFO\\", \\"timestamp\\": \\"t\\"}"}')
+    amqp_isolation.publish(instance_event(HOST, 1, str(uuidlib.uuid4())))
+    receiver.wait_for_ids([f"{HOST}:{EPOCH}:1"], timeout=30)
+    letters = wait_for(lambda: dead_letters(amqp_isolation, service), 10, "the dead letter")
+    assert [m.properties["application_headers"]["x-lifecycle-cause"] for m in letters] == [
+        "unreadable"]
+    wait_for(lambda: service.stats.foreign == 1, 10, "nova's notification acked")
+    assert len(receiver.requests()) == 1
+
+
+def test_at_most_max_in_flight_requests_at_once(amqp_isolation, receivers, running, secret,
+                                                secret_path):
+    receiver = receivers(secret)
+    receiver.hold()
+    service = webhook_run.service(amqp_isolation, receiver.url, secret_path, max_in_flight=3)
+    running(service)
+    ids = publish_stream(amqp_isolation, instances=10, per_instance=2)
+    wait_for(lambda: receiver.pending() == 3, 10, "three requests held by the receiver")
+    wait_for(lambda: service.lanes.held == 20, 10, "every event taken from the queue")
+    assert receiver.pending() == 3 and service.lanes.in_flight == 3
+    receiver.delay(0)  # no more holding,
+    receiver.release()  # and those held are answered
+    receiver.wait_for_ids([i for v in ids.values() for i in v], timeout=30)
+    assert first_acceptances(receiver) == ids
+
+
+def test_tls_is_verified_against_ca_file(amqp_isolation, receivers, running, secret,
+                                         secret_path, tmp_path):
+    pki = certs.make_pki(tmp_path / "pki")
+    receiver = receivers(secret, certfile=str(pki.server_cert), keyfile=str(pki.server_key))
+    trusted = webhook_run.service(amqp_isolation, receiver.url, secret_path, label="trusted",
+                                  ca_file=str(pki.ca_cert))
+    running(trusted)
+    ids = publish_stream(amqp_isolation, instances=1, per_instance=3)
+    receiver.wait_for_ids([i for v in ids.values() for i in v], timeout=30)
+
+    untrusted = webhook_run.service(amqp_isolation, receiver.url, secret_path,
+                                    label="untrusted")  # the system's CAs
+    running(untrusted)
+    publish_stream(amqp_isolation, instances=1, per_instance=1, first_seq=100)
+    wait_for(lambda: "certificate verify failed" in untrusted.health().checks[1].detail, 15,
+             "the untrusted service's health to name the TLS failure")
+    assert untrusted.stats.delivered == 0
+    assert receiver.tls_errors  # the receiver saw the handshake fail
+
+
+def test_a_rotation_signs_with_both_secrets(amqp_isolation, receivers, running, tmp_path):
+    old, new = webhook_run.new_secret(), webhook_run.new_secret()
+    path = webhook_run.secret_file(tmp_path, old, new)
+    only_new = receivers(new)
+    service = webhook_run.service(amqp_isolation, only_new.url, path)
+    running(service)
+    ids = publish_stream(amqp_isolation, instances=1, per_instance=2)
+    only_new.wait_for_ids([i for v in ids.values() for i in v], timeout=30)
+    assert all(r.signature_ok for r in only_new.requests())
+    signatures = only_new.requests()[0].headers["webhook-signature"].split()
+    assert len(signatures) == 2 and all(s.startswith("v1,") for s in signatures)
+
+
+def test_a_second_process_on_the_queue_stands_by_and_takes_over_in_order(
+        amqp_isolation, receivers, running, secret, secret_path):
+    """The queue is single-active-consumer: the second service receives nothing while the
+    first runs, and everything after it stops, each instance still in order."""
+    receiver = receivers(secret)
+    topology = webhook_run.topology(amqp_isolation)
+    first = webhook_run.service(amqp_isolation, receiver.url, secret_path,
+                                queue_topology=topology)
+    second = webhook_run.service(amqp_isolation, receiver.url, secret_path,
+                                 queue_topology=topology)
+    first_thread = running(first)
+    running(second)
+    ids = publish_stream(amqp_isolation, instances=4, per_instance=5)
+    receiver.wait_for_ids([i for v in ids.values() for i in v], timeout=30)
+    assert second.stats.delivered == 0
+    receiver.hold()
+    more = publish_stream(amqp_isolation, instances=4, per_instance=5, first_seq=1000)
+    wait_for(lambda: receiver.pending() >= 1, 10, "a request of the first in flight")
+    receiver.delay(0)
+    first.stop()  # it waits for its requests in flight: the receiver answers them now
+    receiver.release()
+    first_thread.stop()
+    receiver.wait_for_ids([i for v in more.values() for i in v], timeout=30)
+    assert second.stats.delivered > 0
+    order = first_acceptances(receiver)
+    for vm, vm_ids in more.items():
+        assert order[vm] == vm_ids
+
+
+def test_a_lost_broker_connection_sends_again_without_breaking_order(
+        amqp_isolation, receivers, running, secret, secret_path, tcp_forwarder):
+    receiver = receivers(secret)
+    service = webhook_run.service(
+        amqp_isolation, receiver.url, secret_path,
+        transport_url=f"rabbit://guest:guest@127.0.0.1:{tcp_forwarder.port}/")
+    running(service)
+    receiver.delay(0.05)
+    ids = publish_stream(amqp_isolation, instances=5, per_instance=10)
+    receiver.wait_for(5, timeout=10)
+    tcp_forwarder.stop()
+    wait_for(lambda: service.broker.down_since is not None, 15, "the connection lost")
+    tcp_forwarder.start()
+    receiver.wait_for_ids([i for v in ids.values() for i in v], timeout=60)
+    assert first_acceptances(receiver) == ids

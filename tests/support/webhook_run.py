@@ -1,0 +1,52 @@
+"""A real ``WebhookService`` on a test's own queue (``amqp_isolation``), toward a real
+receiver (``lab.webhook_receiver``), built as ``lifecycle-webhook`` builds it."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+from consumer.amqp_queue import BatchQueue
+from consumer.topology import Topology
+from lifecycle_common import broker
+from lifecycle_webhook import config, signing
+from lifecycle_webhook.http_sender import Sender
+from lifecycle_webhook.lanes import Lanes
+from lifecycle_webhook.service import Settings, WebhookService
+from tests.support.consumer_run import ROUTING_KEY
+
+
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(os.urandom(32)).decode()
+
+
+def secret_file(directory, *secrets: str) -> str:
+    path = os.path.join(str(directory), "webhook.secret")
+    with open(path, "w") as f:
+        f.write("".join(f"{s}\n" for s in secrets))
+    return path
+
+
+def topology(isolation, label: str = "webhook") -> Topology:
+    """The webhook's queue (deleted at the test's end with its .dlq and .dlx)."""
+    return Topology(exchange=isolation.exchange, queue=isolation.queue_name(label),
+                    routing_key=ROUTING_KEY, single_active_consumer=True)
+
+
+def service(isolation, url: str, secrets_path: str, *, label: str = "webhook",
+            mode: str = "structured", event_types=("instance.*",), retry_for: float = 60.0,
+            retry_interval_max: float = 2.0, max_in_flight: int = 8,
+            request_timeout: float = 5.0, ca_file: str | None = None,
+            prefetch: int = 1000, queue_topology: Topology | None = None,
+            transport_url: str | None = None) -> WebhookService:
+    queue_topology = queue_topology or topology(isolation, label)
+    secrets = signing.SecretFile(secrets_path)
+    sender = Sender(url, ca_file=ca_file, timeout=request_timeout, workers=max_in_flight,
+                    secrets=secrets.secrets)
+    queue = BatchQueue(broker.Connector(broker.plain(transport_url or isolation.transport_url)),
+                       queue_topology, min(256, prefetch), linger=0.0, prefetch=prefetch,
+                       wakeup=sender.wakeup, retry_max=1.0)
+    settings = Settings(mode=mode, wanted=config.event_filter(list(event_types)),
+                        retry_for=retry_for, retry_interval_max=retry_interval_max,
+                        request_timeout=request_timeout)
+    return WebhookService(queue, sender, Lanes(max_in_flight), settings, retry_max=0.5)
