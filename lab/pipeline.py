@@ -143,6 +143,12 @@ bind_port = {port}
         self._procs[name] = proc
         return proc
 
+    def start_process(self, name: str, argv: list[str],
+                      env: dict | None = None) -> subprocess.Popen:
+        """Any other process of the pipeline (a receiver, say): its output in
+        ``<name>.log``, stopped with the others."""
+        return self._start(name, argv, env)
+
     def db_sync(self) -> None:
         self.manage("db", "sync")
 

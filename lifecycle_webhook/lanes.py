@@ -62,10 +62,11 @@ class Lanes:
             self._ready.append(key)
         lane.items.append((number, item))
 
-    def take_ready(self, now: float) -> list:
+    def take_ready(self, now: float, limit: Optional[int] = None) -> list:
         """The items to send now, marked in flight: the head of each lane that has
         nothing in flight and no retry pending after ``now``, lanes in the order they
-        became ready, at most ``max_in_flight`` minus those in flight."""
+        became ready, at most ``max_in_flight`` minus those in flight (and at most
+        ``limit`` in flight in all, when given: 1 while the endpoint fails)."""
         waiting, ready, lanes = self._waiting, self._ready, self._lanes
         while waiting and waiting[0][0] <= now:
             _, _, key = heapq.heappop(waiting)
@@ -73,7 +74,8 @@ class Lanes:
             lane.state = _READY
             ready.append(key)
         taken = []
-        room = self.max_in_flight - self._in_flight
+        room = (self.max_in_flight if limit is None else min(limit, self.max_in_flight)) \
+            - self._in_flight
         while room > 0 and ready:
             key = ready.popleft()
             lane = lanes[key]

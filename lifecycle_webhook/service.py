@@ -14,6 +14,11 @@ up to ``max_in_flight`` requests at once (``http_sender.Sender``'s workers). The
 queue is single-active-consumer, so a second process on it stands by rather than
 taking half of an instance's events.
 
+An endpoint that fails is not hammered: while its last answer calls for a retry, one
+request at a time goes to it (each instance's event on its own back-off), and a
+``Retry-After`` holds every instance's events until the moment it names, not only the
+one it answered.
+
 This module does the I/O between the queue and the sender; what an answer means is
 ``retry_policy``'s to say, how an event is written is ``cloudevents``'.
 """
@@ -103,6 +108,7 @@ class WebhookService:
         self.queue_depth: Optional[int] = None        # ready on the broker, last read
         self._next_depth = 0.0
         self.endpoint_failing_since: Optional[float] = None
+        self._not_before = 0.0  # monotonic: what the endpoint's last Retry-After asked
         self.last_answer: Optional[retry_policy.Answer] = None
         self._summarised = Stats()
         self._next_summary = time.monotonic() + _SUMMARY_INTERVAL
@@ -173,8 +179,8 @@ class WebhookService:
     def _consume(self) -> None:
         queue, lanes, sender = self.queue, self.lanes, self.sender
         while not self._stop.is_set():
-            due = lanes.next_due()
             now = time.monotonic()
+            due = self._next_due(now)
             wait = _IDLE_WAIT if due is None else min(_IDLE_WAIT, max(0.0, due - now))
             for message in queue.next_batch(timeout=wait):
                 self._take(message)
@@ -227,10 +233,25 @@ class WebhookService:
 
     # -- requests out, answers in -------------------------------------------------
 
+    def _next_due(self, now: float) -> Optional[float]:
+        """When there is something to send without anything arriving (None: only an
+        answer or a message can change that)."""
+        if self.endpoint_failing_since is not None:
+            if self.lanes.in_flight:
+                return None  # the probe's answer wakes the loop
+            if now < self._not_before:
+                return self._not_before
+        return self.lanes.next_due()
+
     def _send(self) -> None:
         now = time.monotonic()
+        limit = None
+        if self.endpoint_failing_since is not None:  # probe it, one request at a time
+            if now < self._not_before:
+                return
+            limit = 1
         token = self._generation
-        for pending in self.lanes.take_ready(now):
+        for pending in self.lanes.take_ready(now, limit):
             pending.sent_at = now
             pending.attempts.sending(now)
             self.sender.submit(Job((token, pending), pending.request, pending.msg_id))
@@ -275,6 +296,10 @@ class WebhookService:
         if retry_policy.judge(answer) is retry_policy.Verdict.RETRY:
             if self.endpoint_failing_since is None:
                 self.endpoint_failing_since = now
+            asked = retry_policy.retry_after_seconds(answer.retry_after, time.time())
+            if asked is not None:  # of the endpoint, not only of this event
+                self._not_before = max(self._not_before,
+                                       now + min(asked, self.settings.retry_for))
         elif self.endpoint_failing_since is not None:
             LOG.info("the endpoint answers again (%s) after %.1fs", answer.detail,
                      now - self.endpoint_failing_since)

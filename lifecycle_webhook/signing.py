@@ -32,6 +32,12 @@ class SecretError(ValueError):
     """The secrets cannot be used; the message says why (never what they are)."""
 
 
+def new_secret(size: int = 32) -> str:
+    """A new secret as a secrets file holds it: ``whsec_`` and ``size`` random bytes in
+    base64 (what ``echo "whsec_$(head -c 32 /dev/urandom | base64)"`` writes)."""
+    return SECRET_PREFIX + base64.b64encode(os.urandom(size)).decode()
+
+
 def parse_secrets(text: str) -> tuple[bytes, ...]:
     """The secrets a secrets file holds, in its order: one per line, ``whsec_`` then the
     secret in base64 (standard alphabet, the trailing ``=`` optional); empty lines and

@@ -147,16 +147,47 @@ def test_503_to_the_first_requests_then_every_event_in_order(
     assert dead_letters(amqp_isolation, service) == []
 
 
-def test_retry_after_is_honoured(amqp_isolation, receivers, running, secret, secret_path):
-    receiver = receivers(secret, fail_first=1, fail_status=429, retry_after=3)
+def test_retry_after_holds_every_instance_until_the_moment_it_names(
+        amqp_isolation, receivers, running, secret, secret_path):
+    receiver = receivers(secret)
+    receiver.hold()
     service = webhook_run.service(amqp_isolation, receiver.url, secret_path,
-                                  retry_interval_max=1.0)
+                                  retry_interval_max=1.0, max_in_flight=4)
     running(service)
-    ids = publish_stream(amqp_isolation, instances=1, per_instance=1)
+    ids = publish_stream(amqp_isolation, instances=6, per_instance=2)
+    wait_for(lambda: receiver.pending() == 4, 10, "four requests held")
+    receiver.fail_first(4, status=429, retry_after=3)
+    receiver.delay(0)
+    receiver.release()  # the four answered 429, Retry-After: 3
     receiver.wait_for_ids([i for v in ids.values() for i in v], timeout=30)
-    first, second = receiver.requests()[:2]
-    assert first.status == 429 and second.status == 200 and first.id == second.id
-    assert second.at - first.answered_at >= 3.0  # not the 1 s cap: what it asked
+    requests = receiver.requests()
+    refused = [r for r in requests if r.status == 429]
+    assert len(refused) == 4
+    last_429 = max(r.answered_at for r in refused)
+    later = [r for r in requests if r.at > last_429]
+    # nothing, of any instance, before the 3 s it asked (not the 1 s back-off cap)
+    assert min(r.at for r in later) - last_429 >= 3.0
+    assert first_acceptances(receiver) == ids
+
+
+def test_a_failing_endpoint_is_probed_one_request_at_a_time(
+        amqp_isolation, receivers, running, secret, secret_path):
+    receiver = receivers(secret, fail_first=15, fail_status=503)
+    service = webhook_run.service(amqp_isolation, receiver.url, secret_path,
+                                  retry_interval_max=0.5, max_in_flight=8)
+    running(service)
+    ids = publish_stream(amqp_isolation, instances=8, per_instance=3)
+    receiver.wait_for_ids([i for v in ids.values() for i in v], timeout=60)
+    requests = sorted(receiver.requests(), key=lambda r: r.at)
+    # The first eight went together, before any answer; once they were answered (503),
+    # one request at a time until one is accepted.
+    burst_answered = max(r.answered_at for r in requests[:8])
+    probes = [r for r in requests if r.at > burst_answered]
+    probes = probes[:next(i for i, r in enumerate(probes) if r.status == 200) + 1]
+    assert len(probes) >= 7 and [r.status for r in probes[:-1]] == [503] * (len(probes) - 1)
+    for a, b in zip(probes, probes[1:]):
+        assert b.at >= a.answered_at, "two requests at once to a failing endpoint"
+    assert first_acceptances(receiver) == ids
 
 
 def test_a_400_dead_letters_that_event_and_its_instance_goes_on(

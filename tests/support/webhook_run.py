@@ -3,7 +3,6 @@ receiver (``lab.webhook_receiver``), built as ``lifecycle-webhook`` builds it.""
 
 from __future__ import annotations
 
-import base64
 import os
 
 from consumer.amqp_queue import BatchQueue
@@ -16,8 +15,7 @@ from lifecycle_webhook.service import Settings, WebhookService
 from tests.support.consumer_run import ROUTING_KEY
 
 
-def new_secret() -> str:
-    return "whsec_" + base64.b64encode(os.urandom(32)).decode()
+new_secret = signing.new_secret
 
 
 def secret_file(directory, *secrets: str) -> str:

@@ -277,3 +277,16 @@ def test_random_operations_keep_order_bound_and_progress(max_in_flight, operatio
         assert sorted(sent) == sent
         assert set(sent) == set(model.added[key])
     assert model.lanes.take_ready(model.now + 1e6) == []
+
+
+def test_a_limit_holds_back_all_but_that_many_in_flight():
+    """While the endpoint fails the service probes it one request at a time."""
+    lanes = Lanes(max_in_flight=8)
+    for key in "abcd":
+        lanes.add(key, key + "1", 0.0)
+    assert lanes.take_ready(0.0, limit=1) == ["a1"]
+    assert lanes.take_ready(0.0, limit=1) == []  # a1 still in flight
+    lanes.retry("a", 5.0)
+    assert lanes.take_ready(1.0, limit=1) == ["b1"]
+    lanes.done("b")
+    assert lanes.take_ready(6.0) == ["c1", "d1", "a1"]  # no limit: every ready lane

@@ -238,3 +238,12 @@ def test_secret_file_invalid_at_start_is_an_error(tmp_path, content):
     with pytest.raises(SecretError) as caught:
         SecretFile(str(path))
     assert str(path) in str(caught.value)
+
+
+def test_a_new_secret_is_one_the_file_and_the_standard_read():
+    secret = signing.new_secret()
+    assert signing.parse_secrets(secret + "\n") == (base64.b64decode(secret[6:]),)
+    body = b'{"a": 1}'
+    headers = signing.headers(signing.parse_secrets(secret), "id-1", int(time.time()), body)
+    Webhook(secret).verify(body, headers)
+    assert signing.new_secret() != secret
