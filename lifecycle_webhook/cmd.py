@@ -3,6 +3,7 @@ to one HTTP endpoint as signed CloudEvents."""
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from lifecycle_common import broker, metrics_http
@@ -16,6 +17,7 @@ from lifecycle_webhook.http_sender import Sender
 from lifecycle_webhook.lanes import Lanes
 from lifecycle_webhook.service import Settings, WebhookService
 
+LOG = logging.getLogger(__name__)
 PROG = "lifecycle-webhook"
 BATCH = 256  # messages read from the queue per turn of the loop, at most
 
@@ -48,6 +50,10 @@ def _run(conf) -> int:
         except metrics_http.BindError as exc:
             sender.close(1.0)
             return common.bind_error(PROG, conf, exc)
+    LOG.info("delivering %s from queue %s to %s: CloudEvents in %s mode, signed with %d "
+             "secret(s), at most %d requests at once, retried for %.0fs",
+             ", ".join(w.event_types), w.queue_name, w.url, w.mode, len(secrets.secrets()),
+             w.max_in_flight, w.retry_for)
     return common.serve(service)
 
 

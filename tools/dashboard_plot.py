@@ -247,7 +247,8 @@ def plot(prometheus: Prometheus, start: float, end: float, output: str) -> None:
         for target in panel["targets"]:
             expr = target["expr"].replace("$__rate_interval", RATE_INTERVAL)
             expr = expr.replace("$agent_job", "lifecycle-agent").replace(
-                "$consumer_job", "lifecycle-consumer")
+                "$consumer_job", "lifecycle-consumer").replace("$webhook_job",
+                                                               "lifecycle-webhook")
             for series in prometheus.query_range(expr, start, end):
                 times = [datetime.datetime.fromtimestamp(float(t)) for t, _ in series["values"]]
                 values = [_scaled(float(v), unit) for _, v in series["values"]]

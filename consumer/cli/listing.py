@@ -64,7 +64,7 @@ def host_rename(conf, engine) -> int:
 def queue_status(conf) -> int:
     """The queue and its dead-letter queue, read with passive declares (which change
     nothing and need no permission beyond reaching the vhost)."""
-    queue = conf.consumer.queue_name
+    queue = conf.command.queue or conf.consumer.queue_name
     topology = Topology(exchange=conf.control_exchange, queue=queue, routing_key="")
     settings = broker.settings(conf)
     try:

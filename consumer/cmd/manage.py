@@ -26,6 +26,8 @@ def _add_commands(subparsers):
     queue_sub = _actions(subparsers.add_parser("queue", help="the consumers' queue on the broker"))
     status = queue_sub.add_parser(
         "status", help="messages waiting, consumers, and dead letters of [consumer] queue_name")
+    status.add_argument("--queue", metavar="NAME",
+                        help="another queue (a webhook's [webhook] queue_name, say)")
     _format(status)
 
     instance_sub = _actions(subparsers.add_parser("instance", help="instances"))

@@ -337,12 +337,13 @@ def test_a_rotation_signs_with_both_secrets(amqp_isolation, receivers, running, 
     assert len(signatures) == 2 and all(s.startswith("v1,") for s in signatures)
 
 
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
 def test_a_second_process_on_the_queue_stands_by_and_takes_over_in_order(
-        amqp_isolation, receivers, running, secret, secret_path):
+        amqp_isolation, receivers, running, secret, secret_path, queue_type):
     """The queue is single-active-consumer: the second service receives nothing while the
     first runs, and everything after it stops, each instance still in order."""
     receiver = receivers(secret)
-    topology = webhook_run.topology(amqp_isolation)
+    topology = webhook_run.topology(amqp_isolation, queue_type=queue_type)
     first = webhook_run.service(amqp_isolation, receiver.url, secret_path,
                                 queue_topology=topology)
     second = webhook_run.service(amqp_isolation, receiver.url, secret_path,

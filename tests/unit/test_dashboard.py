@@ -43,10 +43,13 @@ def metric_names(expr: str) -> set[str]:
     return {t for t in tokens if t not in PROMQL_WORDS and not re.fullmatch(r"\d+[smhd]?", t)}
 
 
-def queries() -> list[tuple[str, str]]:
+def dashboard() -> dict:
     with open(DASHBOARD) as f:
-        dashboard = json.load(f)
-    return [(panel["title"], target["expr"]) for panel in dashboard["panels"]
+        return json.load(f)
+
+
+def queries() -> list[tuple[str, str]]:
+    return [(panel["title"], target["expr"]) for panel in dashboard()["panels"]
             for target in panel["targets"]]
 
 
@@ -65,14 +68,61 @@ def exported(tmp_path_factory):
     queue = BatchQueue(broker.Connector(broker.plain("rabbit://127.0.0.1/")),  # never connected
                        Topology(exchange="x", queue="q", routing_key="k"), 1, 0)
     service = ConsumerService(queue=queue, store=None, host_down_after=30, retry_max=1)
-    return exported_names(observability.registry(agent)) | exported_names(service.metrics.registry)
+    webhook, sender = _webhook_service()
+    try:
+        yield (exported_names(observability.registry(agent))
+               | exported_names(service.metrics.registry)
+               | exported_names(webhook.metrics.registry))
+    finally:
+        sender.close(timeout=1.0)
+
+
+def _webhook_service():
+    """A ``WebhookService`` built as ``lifecycle-webhook`` builds it, never started: its
+    queue never connects and its sender's workers send nothing (nothing is submitted)."""
+    from consumer.amqp_queue import BatchQueue
+    from consumer.topology import Topology
+    from lifecycle_common import broker
+    from lifecycle_webhook import config as webhook_config
+    from lifecycle_webhook.http_sender import Sender
+    from lifecycle_webhook.lanes import Lanes
+    from lifecycle_webhook.service import Settings, WebhookService
+    sender = Sender("http://127.0.0.1:9/hook", ca_file=None, timeout=1.0, workers=1,
+                    secrets=lambda: (b"secret",))
+    queue = BatchQueue(broker.Connector(broker.plain("rabbit://127.0.0.1/")),  # never connected
+                       Topology(exchange="x", queue="w", routing_key="k"), 1, linger=0.0,
+                       wakeup=sender.wakeup)
+    settings = Settings(mode="structured", wanted=webhook_config.event_filter(["instance.*"]),
+                        retry_for=60.0, retry_interval_max=2.0, request_timeout=1.0)
+    return WebhookService(queue, sender, Lanes(1), settings), sender
 
 
 def test_the_dashboard_has_the_panels_the_operator_needs():
     titles = " / ".join(title for title, _ in queries()).lower()
     for needed in ("latency", "transition", "outbox depth per host", "hosts up and down",
-                   "dead letters"):
+                   "dead letters", "webhook deliveries", "webhook backlog", "webhook latency"):
         assert needed in titles
+
+
+# The job each service's processes are scraped under, as the README names them.
+JOBS = {"agent_job": "lifecycle-agent", "consumer_job": "lifecycle-consumer",
+        "webhook_job": "lifecycle-webhook"}
+
+
+def test_the_job_variables_default_to_the_services_jobs():
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    for name, job in JOBS.items():
+        assert variables[name]["query"] == job
+        assert variables[name]["current"] == {"text": job, "value": job}
+    memory = [expr for title, expr in queries() if title == "Resident memory"]
+    assert memory and all(f"${name}" in memory[0] for name in JOBS)
+
+
+def test_every_variable_a_query_uses_is_defined():
+    defined = {v["name"] for v in dashboard()["templating"]["list"]}
+    for title, expr in queries():
+        used = set(re.findall(r"\$\{?(\w+)", expr)) - {"__rate_interval", "__interval", "__range"}
+        assert used <= defined, f"{title}: {sorted(used - defined)} not defined"
 
 
 @pytest.mark.parametrize(("title", "expr"), queries())
