@@ -27,16 +27,16 @@ import time
 import traceback
 
 from benchmarks import (apply, cluster, compare, faults, fleet, harness, latency,
-                        latency_inprocess, memory, publish, publish_inprocess, storm)
+                        latency_inprocess, memory, publish, publish_inprocess, storm, webhook)
 from consumer.cli import tables
 
 SCENARIOS = {"publish": publish, "apply": apply, "latency": latency,
              "publish-inprocess": publish_inprocess, "latency-inprocess": latency_inprocess,
              "storm": storm, "memory": memory, "fleet": fleet, "cluster": cluster,
-             "faults": faults}
+             "faults": faults, "webhook": webhook}
 # Run when no --only is given; the others take minutes each and run when named.
 DEFAULT = ["publish", "apply", "latency", "publish-inprocess", "latency-inprocess", "storm",
-           "memory"]
+           "memory", "webhook"]
 
 
 def main(argv: list[str] | None = None) -> int:

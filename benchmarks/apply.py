@@ -113,7 +113,10 @@ def run(run: Run, sampler: harness.RssSampler) -> ScenarioResult:
         pipeline.stop()
         limit_queue = run.extra_queue(topology.exchange, run.name(NAME, "limit"))
         one = _phase(run, sampler, hosts, engine, topology, url, consumers=1)
-        limit = _raw_consume(run, limit_queue, one["events"])
+        limit = harness.raw_consume(run, NAME, limit_queue, one["events"],
+                                    prefetch=2 * p.consumer_batch_size,
+                                    ack_every=p.consumer_batch_size,
+                                    cpu_sources=_cpu_sources, timeout=300)
         many = _phase(run, sampler, hosts, engine, topology, url, consumers=p.apply_consumers)
     finally:
         hosts.close()
@@ -173,31 +176,6 @@ def _label(consumers: int) -> str:
 
 def _consumer_and_database(cpu_us: dict) -> float:
     return cpu_us["consumers"] + cpu_us["postgres"]
-
-
-def _raw_consume(run: Run, queue: str, events: int) -> dict:
-    """Drain ``queue`` (the first phase's copy: the same messages, copies and
-    heartbeats included) with no database; then delete it, so that the second phase's
-    fill does not reach it. Its rate is ``events`` (the phase's) per second, as ours."""
-    queued, _ = harness.queue_counts(queue)
-    if queued < events:
-        raise BenchError(f"apply: {queued} messages in the limit's queue, fewer than the "
-                         f"{events} events confirmed")
-    p = run.profile
-    raw = harness.ModuleProcess(run, "raw_consume", {
-        "rabbitmq_url": harness.RABBITMQ_URL, "queue": queue, "expected": queued,
-        "prefetch": 2 * p.consumer_batch_size, "ack_every": p.consumer_batch_size,
-        "timeout": 300}, f"{NAME}-limit")
-    meter = harness.CpuMeter(_cpu_sources([raw.pid])).start()
-    got = raw.line(320)
-    cpu = {part: round(used / events * 1e6, 1) for part, used in meter.stop().items()}
-    with harness.broker() as channel:
-        channel.queue_delete(queue)
-    if got["events"] != queued:
-        raise BenchError(f"apply: the raw consumer got {got['events']} of {queued} messages")
-    seconds = got["t_last"] - got["t_first"]
-    return {"events": events, "messages": queued, "seconds": seconds,
-            "rate": events / seconds, "cpu_us_per_event": cpu}
 
 
 def _phase(run: Run, sampler: harness.RssSampler, hosts: HostsProcess, engine, topology,

@@ -126,6 +126,11 @@ class Profile:
     beat_hosts: int = 100                # fleet: agents beating every beat_interval
     beat_interval: float = 0.1           # (1,000 heartbeats/s, as 10,000 hosts every 10 s)
     beat_seconds: float = 15.0
+    webhook_hosts: int = 4               # webhook: 4 x 500 = 2,000 instances
+    webhook_domains: int = 500
+    webhook_steps: int = 10              # 10 events an instance: 20,000 in the queue
+    webhook_in_flight: tuple = (16, 64)  # [webhook] max_in_flight, one measure each
+    webhook_client_requests: int = 10000  # the receiver's check with a trivial client
 
     @classmethod
     def make(cls, quick: bool, soak_seconds: float) -> "Profile":
@@ -135,7 +140,8 @@ class Profile:
                    baseline_publish_events=2000, apply_steps=2, baseline_apply_events=1500,
                    latency_seconds=5.0, fleet_hosts=40, fleet_domains=25, fleet_rate=300.0,
                    fleet_seconds=6.0, fleet_consumers=(1, 2), fleet_processes=2,
-                   storm_hosts=10, beat_hosts=20, beat_seconds=5.0)
+                   storm_hosts=10, beat_hosts=20, beat_seconds=5.0, webhook_steps=2,
+                   webhook_client_requests=3000)
 
 
 class Run:
@@ -527,6 +533,34 @@ class ModuleProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def raw_consume(run: "Run", scenario: str, queue: str, events: int, prefetch: int,
+                ack_every: int, cpu_sources, timeout: float) -> dict:
+    """The raw consume limit: drain ``queue`` (a copy of what the scenario's service
+    consumes) with no decoding, no database, no HTTP (benchmarks/raw_consume.py), with
+    the service's prefetch and acks; then delete it. ``cpu_sources(pids)``: what the
+    CpuMeter reads, given the raw consumer's pid. Its rate is ``events`` (the
+    scenario's) per second."""
+    queued, _ = queue_counts(queue)
+    if queued < events:
+        raise BenchError(f"{scenario}: {queued} messages in the limit's queue, fewer than "
+                         f"the {events} events confirmed")
+    raw = ModuleProcess(run, "raw_consume", {
+        "rabbitmq_url": RABBITMQ_URL, "queue": queue, "expected": queued,
+        "prefetch": prefetch, "ack_every": ack_every, "timeout": timeout},
+        f"{scenario}-limit")
+    meter = CpuMeter(cpu_sources([raw.pid])).start()
+    got = raw.line(timeout + 20)
+    cpu = {part: round(used / events * 1e6, 1) for part, used in meter.stop().items()}
+    with broker() as channel:
+        channel.queue_delete(queue)
+    if got["events"] != queued:
+        raise BenchError(f"{scenario}: the raw consumer got {got['events']} of {queued} "
+                         "messages")
+    seconds = got["t_last"] - got["t_first"]
+    return {"events": events, "messages": queued, "seconds": seconds,
+            "rate": events / seconds, "cpu_us_per_event": cpu}
 
 
 def run_baseline(run: Run, module: str, args: dict, timeout: float) -> dict:

@@ -237,12 +237,6 @@ class BatchQueue:
                 poller.register(dead_letters.socket(), select.POLLIN)
                 poller.poll(max(1, int(min(remaining, 0.2) * 1000)))
 
-    def message_count(self) -> int:
-        """Messages ready on the queue (not those delivered and unacked), as the broker
-        counts them now."""
-        with _broker_errors():
-            return self._channel.queue_declare(self.topology.queue, passive=True).message_count
-
     def keepalive(self) -> None:
         """Service AMQP heartbeats and dead letters while the caller waits (e.g. for
         the database)."""

@@ -453,6 +453,21 @@ class Receiver:
                 order.setdefault(record.partitionkey, []).append(record.sequence)
         return order
 
+    def first_acceptances(self) -> dict[str, list[str]]:
+        """``{partitionkey: [id, ...]}``: each event at its first acceptance, in the order
+        accepted (delivery is at least once: a copy accepted again later says nothing of
+        the order)."""
+        with self._lock:
+            records = sorted((r for r in self._records if r.accepted),
+                             key=lambda r: (r.answered_at, r.arrival))
+        seen: set = set()
+        order: dict[str, list[str]] = {}
+        for record in records:
+            if record.id not in seen and record.partitionkey is not None:
+                seen.add(record.id)
+                order.setdefault(record.partitionkey, []).append(record.id)
+        return order
+
     def partition_overlaps(self) -> list[tuple[Received, Received]]:
         """Pairs of requests of one partition where the second arrived before the first
         was answered: two events of a partition in flight at once, which an in-order

@@ -15,6 +15,7 @@ from consumer.topology import Topology
 from lifecycle_webhook import config, signing
 from lifecycle_webhook.http_sender import Sender
 from lifecycle_webhook.lanes import Lanes
+from lifecycle_webhook.queue_depth import QueueDepth
 from lifecycle_webhook.service import Settings, WebhookService
 
 LOG = logging.getLogger(__name__)
@@ -28,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(conf) -> int:
     w = conf.webhook
-    connector = broker.Connector(broker.settings(conf))  # checked when the options loaded
+    settings = broker.settings(conf)  # checked when the options loaded
+    connector = broker.Connector(settings)
     schemas.prepare()
     secrets = signing.SecretFile(w.secret_file)  # checked when the options loaded
     sender = Sender(w.url, ca_file=w.ca_file, timeout=w.request_timeout,
@@ -39,11 +41,12 @@ def _run(conf) -> int:
         queue_type=w.queue_type, single_active_consumer=True)
     queue = BatchQueue(connector, topology, min(BATCH, w.prefetch), linger=0.0,
                        prefetch=w.prefetch, wakeup=sender.wakeup)
-    settings = Settings(mode=w.mode, wanted=config.event_filter(w.event_types),
+    delivery = Settings(mode=w.mode, wanted=config.event_filter(w.event_types),
                         retry_for=w.retry_for, retry_interval_max=w.retry_interval_max,
                         request_timeout=w.request_timeout,
                         policy=consumer_config.admission_policy(conf, config.GROUP))
-    service = WebhookService(queue, sender, Lanes(w.max_in_flight), settings)
+    service = WebhookService(queue, sender, Lanes(w.max_in_flight), delivery,
+                             depth=QueueDepth(settings, w.queue_name))
     if conf.metrics.bind_port:
         try:
             service.serve_metrics(conf.metrics.bind_host, conf.metrics.bind_port)

@@ -115,6 +115,7 @@ class Sender:
         self.wakeup = Wakeup()
         self._closing = False
         self._sockets: dict[int, Optional[socket.socket]] = {}  # worker -> its socket now
+        self._pollers: dict[int, tuple] = {}  # worker -> (its socket, a poll object on it)
         self._threads = [threading.Thread(target=self._work, args=(n,), daemon=True,
                                           name=f"webhook-sender-{n}")
                          for n in range(1, workers + 1)]
@@ -229,7 +230,7 @@ class Sender:
         headers.update({"Host": self._host_header, "User-Agent": self._user_agent,
                         "Content-Length": str(len(body))})
         while True:
-            if conn.sock is not None and _closed_by_peer(conn.sock):
+            if conn.sock is not None and self._closed_by_peer(n, conn.sock):
                 conn.close()  # the endpoint closed it while idle (or sent what it should not)
             reused = conn.sock is not None
             if not reused:
@@ -269,6 +270,17 @@ class Sender:
         # (a "Connection: close" answer has already closed conn: http.client's doing)
         return Answer(status, retry_after, _detail(status, reason, data))
 
+    def _closed_by_peer(self, n: int, sock: socket.socket) -> bool:
+        """Whether worker ``n``'s idle connection has something to read: the endpoint's
+        EOF (or reset), since between requests it has nothing else to say. (One poll
+        object per worker and socket: making one per request cost 6% of the CPU.)"""
+        watched = self._pollers.get(n)
+        if watched is None or watched[0] is not sock:
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            watched = self._pollers[n] = (sock, poller)
+        return bool(watched[1].poll(0))
+
     def _failure(self, exc: BaseException, *, connecting: bool) -> str:
         where = f"{self._host}:{self._port or (443 if self._tls else 80)}"
         if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
@@ -291,14 +303,6 @@ class Sender:
         if isinstance(exc, OSError):
             return f"connection to {where} failed: {exc.strerror or exc}"
         return f"{type(exc).__name__}: {exc}"[:300]
-
-
-def _closed_by_peer(sock: socket.socket) -> bool:
-    """Whether an idle connection has something to read: the endpoint's EOF (or reset),
-    since between requests it has nothing else to say."""
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
 
 
 def _detail(status: int, reason: str, data: bytes) -> str:

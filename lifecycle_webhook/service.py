@@ -40,14 +40,16 @@ from consumer.errors import BrokerUnavailable
 from lifecycle_webhook import cloudevents, retry_policy
 from lifecycle_webhook.http_sender import Job, Sender
 from lifecycle_webhook.lanes import Lanes
+from lifecycle_webhook.queue_depth import QueueDepth
 from lifecycle_webhook.observability import WebhookMetrics, webhook_health
 
 LOG = logging.getLogger(__name__)
 
 _STOP_GRACE = 2.0        # seconds a stop waits for dead letters in flight to be confirmed
-_DEPTH_INTERVAL = 5.0    # seconds between two reads of the queue's depth
 _SUMMARY_INTERVAL = 60.0
 _IDLE_WAIT = 0.5         # longest wait for the broker or the sender with nothing due
+_ACK_BATCH = 64          # acks sent together, at most: one write (a multiple ack) for many
+_ACK_LINGER = 0.005      # seconds an ack may wait for others before it is sent alone
 
 
 @dataclasses.dataclass
@@ -90,9 +92,11 @@ class Pending:
 
 class WebhookService:
     def __init__(self, queue: BatchQueue, sender: Sender, lanes: Lanes, settings: Settings,
-                 retry_max: float = 30.0):
-        """``retry_max``: the longest back-off between attempts to reach the broker."""
+                 retry_max: float = 30.0, depth: Optional[QueueDepth] = None):
+        """``retry_max``: the longest back-off between attempts to reach the broker;
+        ``depth``: what reads the queue's depth (for the metrics and the health)."""
         self.queue = queue
+        self.depth = depth
         self.sender = sender
         self.lanes = lanes
         self.settings = settings
@@ -100,13 +104,12 @@ class WebhookService:
         self._stop = threading.Event()
         self._generation = 0        # of the broker session the held messages came on
         self._acks: list = []
+        self._acks_due: Optional[float] = None  # when the oldest ack waiting must go
         self.stats = Stats()
         self.dead_letters: Counter[str] = Counter()   # confirmed, by cause
         self.answers: Counter[str] = Counter()        # by class: 2xx, 4xx, 5xx, error
         self.broker = health.Outage(down_since=time.monotonic())
         self.broker_sessions = 0
-        self.queue_depth: Optional[int] = None        # ready on the broker, last read
-        self._next_depth = 0.0
         self.endpoint_failing_since: Optional[float] = None
         self._not_before = 0.0  # monotonic: what the endpoint's last Retry-After asked
         self.last_answer: Optional[retry_policy.Answer] = None
@@ -136,9 +139,13 @@ class WebhookService:
         if self._endpoint is not None:
             self._endpoint.start()
         self._watchdog.start()
+        if self.depth is not None:
+            self.depth.start()
         try:
             self._run()
         finally:
+            if self.depth is not None:
+                self.depth.stop()
             self.sender.close(self.settings.request_timeout + 1.0)
             self._watchdog.stop()
             if self._endpoint is not None:
@@ -171,6 +178,7 @@ class WebhookService:
         self._generation += 1
         self.lanes.clear()
         self._acks.clear()
+        self._acks_due = None
         deadline = time.monotonic() + self.settings.request_timeout + 1.0
         while self.sender.in_flight() and time.monotonic() < deadline:
             self.sender.wakeup.wait(0.2)
@@ -181,12 +189,16 @@ class WebhookService:
         while not self._stop.is_set():
             now = time.monotonic()
             due = self._next_due(now)
+            if self._acks_due is not None:
+                due = self._acks_due if due is None else min(due, self._acks_due)
             wait = _IDLE_WAIT if due is None else min(_IDLE_WAIT, max(0.0, due - now))
             for message in queue.next_batch(timeout=wait):
                 self._take(message)
             self._settle(sender.results())
             self._send()
-            self._flush_acks()
+            if len(self._acks) >= _ACK_BATCH or (
+                    self._acks_due is not None and time.monotonic() >= self._acks_due):
+                self._flush_acks()
             self._housekeeping()
         self._drain()
         queue.finish(_STOP_GRACE)
@@ -209,7 +221,7 @@ class WebhookService:
                                   time.time(), settings.policy)
         if isinstance(verdict, admission.Foreign):
             self.stats.foreign += 1
-            self._acks.append(message)
+            self._ack(message)
             return
         if isinstance(verdict, admission.Refused):
             self._dead_letter(message, verdict.reason, verdict.cause.value)
@@ -217,7 +229,7 @@ class WebhookService:
         note = verdict.note
         if not settings.wanted(note.event_type):
             self.stats.filtered += 1
-            self._acks.append(message)
+            self._ack(message)
             return
         try:
             request = cloudevents.encode(note, settings.mode)
@@ -269,7 +281,7 @@ class WebhookService:
                 settings.retry_interval_max, wall_now=time.time())
             if verdict is retry_policy.Verdict.ACCEPTED:
                 self.lanes.done(pending.key)
-                self._acks.append(pending.message)
+                self._ack(pending.message)
                 self.stats.delivered += 1
                 if pending.occurred_at is not None:
                     self.metrics.delivered(max(0.0, time.time() - pending.occurred_at))
@@ -311,18 +323,27 @@ class WebhookService:
             self.dead_letters[cause] += 1
         self.queue.dead_letter(message, reason, cause, on_done=confirmed)
 
+    def _ack(self, message) -> None:
+        """Ack ``message`` within ``_ACK_LINGER``, with others (``_flush_acks``)."""
+        if not self._acks:
+            self._acks_due = time.monotonic() + _ACK_LINGER
+        self._acks.append(message)
+
     def _flush_acks(self) -> None:
+        self._acks_due = None
         if self._acks:
             acks, self._acks = self._acks, []
             self.queue.ack(acks)
 
     # -- now and then -------------------------------------------------------------
 
+    @property
+    def queue_depth(self) -> Optional[int]:
+        """Messages ready on the queue at the last read (None: not known)."""
+        return None if self.depth is None else self.depth.value
+
     def _housekeeping(self) -> None:
         now = time.monotonic()
-        if now >= self._next_depth:
-            self._next_depth = now + _DEPTH_INTERVAL
-            self.queue_depth = self.queue.message_count()
         if now >= self._next_summary:
             self._next_summary = now + _SUMMARY_INTERVAL
             self._summarise()

@@ -15,11 +15,11 @@ import uuid as uuidlib
 import pytest
 
 from lab import certs
-from lab.webhook_receiver import Receiver
 from lifecycle_common import wire
 from lifecycle_common.wire import schemas
 from tests.conftest import ServiceThread, wait_for
 from tests.support import webhook_run
+from tests.support.webhook_run import receivers, secret, secret_path  # noqa: F401 - fixtures
 from tests.support.consumer_run import EPOCH, instance_event
 from tests.support.faults import fault_notification
 
@@ -32,30 +32,6 @@ TYPE_PREFIX = "io.libvirt-lifecycle."
 @pytest.fixture(autouse=True)
 def _schemas():
     schemas.prepare()
-
-
-@pytest.fixture
-def secret():
-    return webhook_run.new_secret()
-
-
-@pytest.fixture
-def secret_path(tmp_path, secret):
-    return webhook_run.secret_file(tmp_path, secret)
-
-
-@pytest.fixture
-def receivers():
-    started = []
-
-    def make(secret, **kwargs) -> Receiver:
-        receiver = Receiver(secret, **kwargs)
-        started.append(receiver)
-        return receiver.start() if not kwargs.pop("later", False) else receiver
-    yield make
-    for receiver in started:
-        receiver.release()
-        receiver.stop()
 
 
 @pytest.fixture
@@ -90,17 +66,6 @@ def publish_stream(isolation, instances: int, per_instance: int, first_seq: int 
     return ids
 
 
-def first_acceptances(receiver: Receiver) -> dict[str, list[str]]:
-    """Per instance, the ids accepted, each at its first acceptance (delivery is at
-    least once: a copy accepted again later says nothing of the order)."""
-    seen, order = set(), {}
-    for received in receiver.accepted():
-        if received.id not in seen:
-            seen.add(received.id)
-            order.setdefault(received.partitionkey, []).append(received.id)
-    return order
-
-
 def dead_letters(isolation, service) -> list:
     queue = service.queue.topology.dead_letter_queue
     return isolation.get_all(queue)
@@ -116,7 +81,7 @@ def test_every_event_reaches_a_verifying_receiver_in_order(
     every = [i for vm_ids in ids.values() for i in vm_ids]
     receiver.wait_for_ids(every, timeout=30)
 
-    assert first_acceptances(receiver) == ids  # in each instance's order
+    assert receiver.first_acceptances() == ids  # in each instance's order
     assert receiver.partition_overlaps() == []  # one request of an instance at a time
     for received in receiver.requests():
         assert received.signature_ok and received.mode == mode and received.status == 200
@@ -141,7 +106,7 @@ def test_503_to_the_first_requests_then_every_event_in_order(
     running(service)
     ids = publish_stream(amqp_isolation, instances=4, per_instance=10)
     receiver.wait_for_ids([i for v in ids.values() for i in v], timeout=60)
-    assert first_acceptances(receiver) == ids
+    assert receiver.first_acceptances() == ids
     assert receiver.statuses()[503] == 12
     assert service.stats.retries == 12
     assert dead_letters(amqp_isolation, service) == []
@@ -167,7 +132,7 @@ def test_retry_after_holds_every_instance_until_the_moment_it_names(
     later = [r for r in requests if r.at > last_429]
     # nothing, of any instance, before the 3 s it asked (not the 1 s back-off cap)
     assert min(r.at for r in later) - last_429 >= 3.0
-    assert first_acceptances(receiver) == ids
+    assert receiver.first_acceptances() == ids
 
 
 def test_a_failing_endpoint_is_probed_one_request_at_a_time(
@@ -187,7 +152,7 @@ def test_a_failing_endpoint_is_probed_one_request_at_a_time(
     assert len(probes) >= 7 and [r.status for r in probes[:-1]] == [503] * (len(probes) - 1)
     for a, b in zip(probes, probes[1:]):
         assert b.at >= a.answered_at, "two requests at once to a failing endpoint"
-    assert first_acceptances(receiver) == ids
+    assert receiver.first_acceptances() == ids
 
 
 def test_a_400_dead_letters_that_event_and_its_instance_goes_on(
@@ -204,7 +169,7 @@ def test_a_400_dead_letters_that_event_and_its_instance_goes_on(
         amqp_isolation.publish(instance_event(HOST, seq, vm, paused=seq % 2 == 0))
     ids = [f"{HOST}:{EPOCH}:{seq}" for seq in range(1, 6)]
     receiver.wait_for_ids([i for i in ids if i != refused], timeout=30)
-    assert first_acceptances(receiver) == {vm: [i for i in ids if i != refused]}
+    assert receiver.first_acceptances() == {vm: [i for i in ids if i != refused]}
     # the refused one was answered before the next was sent
     order = [r.id for r in receiver.requests()]
     assert order.index(refused) < order.index(f"{HOST}:{EPOCH}:4")
@@ -240,14 +205,18 @@ def test_an_endpoint_down_for_a_while_gets_everything_once_it_is_back(
     receiver = receivers(secret)
     receiver.down_for(4.0)
     service = webhook_run.service(amqp_isolation, receiver.url, secret_path,
-                                  retry_interval_max=1.0)
+                                  retry_interval_max=1.0, prefetch=4)
     running(service)
     ids = publish_stream(amqp_isolation, instances=3, per_instance=5)
     wait_for(lambda: "refused" in service.health().checks[1].detail, 10,
              "the health to say the endpoint refuses connections")
     assert service.metrics.registry.get_sample_value("lifecycle_webhook_endpoint_up") == 0
+    # the backlog waits on the queue (4 taken: the prefetch), and the metrics show it
+    wait_for(lambda: service.metrics.registry.get_sample_value(
+        "lifecycle_webhook_queue_messages") == 11, 10, "the backlog of 11 on the queue")
+    assert service.lanes.held == 4
     receiver.wait_for_ids([i for v in ids.values() for i in v], timeout=30)
-    assert first_acceptances(receiver) == ids
+    assert receiver.first_acceptances() == ids
     wait_for(lambda: service.health().status.value == "ok", 10, "the health back to ok")
 
 
@@ -301,7 +270,7 @@ def test_at_most_max_in_flight_requests_at_once(amqp_isolation, receivers, runni
     receiver.delay(0)  # no more holding,
     receiver.release()  # and those held are answered
     receiver.wait_for_ids([i for v in ids.values() for i in v], timeout=30)
-    assert first_acceptances(receiver) == ids
+    assert receiver.first_acceptances() == ids
 
 
 def test_tls_is_verified_against_ca_file(amqp_isolation, receivers, running, secret,
@@ -362,7 +331,7 @@ def test_a_second_process_on_the_queue_stands_by_and_takes_over_in_order(
     first_thread.stop()
     receiver.wait_for_ids([i for v in more.values() for i in v], timeout=30)
     assert second.stats.delivered > 0
-    order = first_acceptances(receiver)
+    order = receiver.first_acceptances()
     for vm, vm_ids in more.items():
         assert order[vm] == vm_ids
 
@@ -381,4 +350,4 @@ def test_a_lost_broker_connection_sends_again_without_breaking_order(
     wait_for(lambda: service.broker.down_since is not None, 15, "the connection lost")
     tcp_forwarder.start()
     receiver.wait_for_ids([i for v in ids.values() for i in v], timeout=60)
-    assert first_acceptances(receiver) == ids
+    assert receiver.first_acceptances() == ids

@@ -1,9 +1,13 @@
 """A real ``WebhookService`` on a test's own queue (``amqp_isolation``), toward a real
-receiver (``lab.webhook_receiver``), built as ``lifecycle-webhook`` builds it."""
+receiver (``lab.webhook_receiver``), built as ``lifecycle-webhook`` builds it; and the
+fixtures of the webhook tests (``secret``, ``secret_path``, ``receivers``: import them
+into the test module)."""
 
 from __future__ import annotations
 
 import os
+
+import pytest
 
 from consumer.amqp_queue import BatchQueue
 from consumer.topology import Topology
@@ -11,7 +15,9 @@ from lifecycle_common import broker
 from lifecycle_webhook import config, signing
 from lifecycle_webhook.http_sender import Sender
 from lifecycle_webhook.lanes import Lanes
+from lifecycle_webhook.queue_depth import QueueDepth
 from lifecycle_webhook.service import Settings, WebhookService
+from lab.webhook_receiver import Receiver
 from tests.support.consumer_run import ROUTING_KEY
 
 
@@ -48,4 +54,38 @@ def service(isolation, url: str, secrets_path: str, *, label: str = "webhook",
     settings = Settings(mode=mode, wanted=config.event_filter(list(event_types)),
                         retry_for=retry_for, retry_interval_max=retry_interval_max,
                         request_timeout=request_timeout)
-    return WebhookService(queue, sender, Lanes(max_in_flight), settings, retry_max=0.5)
+    depth = QueueDepth(broker.plain(transport_url or isolation.transport_url),
+                       queue_topology.queue, interval=0.5)
+    return WebhookService(queue, sender, Lanes(max_in_flight), settings, retry_max=0.5,
+                          depth=depth)
+
+
+# -- fixtures (imported by the test modules that use them) ---------------------------
+
+@pytest.fixture
+def secret() -> str:
+    """A new signing secret, ``whsec_...``."""
+    return new_secret()
+
+
+@pytest.fixture
+def secret_path(tmp_path, secret) -> str:
+    """A secrets file holding ``secret``."""
+    return secret_file(tmp_path, secret)
+
+
+@pytest.fixture
+def receivers():
+    """``make(secret, **kwargs) -> Receiver``, started; each stopped (and anything it
+    holds let go) at the end of the test."""
+    started: list[Receiver] = []
+
+    def make(secret, **kwargs) -> Receiver:
+        receiver = Receiver(secret, **kwargs)
+        started.append(receiver)
+        return receiver.start()
+    yield make
+    for receiver in started:
+        receiver.delay(0)
+        receiver.release()
+        receiver.stop()
