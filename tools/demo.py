@@ -4,7 +4,9 @@ changes and each event's end-to-end latency. Then, where libvirtd's QEMU driver 
 (qemu:///system with /usr/bin/qemu-system-x86_64), a fault on a real guest: a second
 agent watches it while its ib700 watchdog fires, and the database says why the guest
 is paused. Where QEMU is not available that part is skipped, saying why, and the demo
-still succeeds. Run by tools/demo."""
+still succeeds. Beside the consumer, a webhook service delivers every instance event,
+as a signed CloudEvent, to a small receiver that verifies each signature and prints
+what it got. Run by tools/demo."""
 
 from __future__ import annotations
 
@@ -16,12 +18,14 @@ import shutil
 import signal
 import socket
 import statistics
+import subprocess
 import sys
 import time
 
 
 from lab import guests
 from lab.pipeline import Pipeline, domain_xml, virsh
+from lab.waiting import wait_for
 from lifecycle_common import timeutil
 
 URI = "test+unix:///default"
@@ -30,6 +34,8 @@ DOMAINS = ["demo-web", "demo-db", "demo-cache"]
 QEMU_URI = "qemu:///system"
 QEMU_HOST = "demo-qemu-host"
 WATCHDOG_GUEST = "demo-watchdog"
+WEBHOOK = "webhook"
+RECEIVER = "receiver"
 
 # (what to run with virsh, the instance it changes, what the database must then show)
 SCENARIO = [
@@ -77,6 +83,7 @@ def _run(pipeline: Pipeline) -> int:
     print(f"state and logs in {pipeline.workdir}")
     pipeline.db_sync()
     pipeline.start_consumer()
+    _start_webhook(pipeline)
     pipeline.start_agent(HOST, URI, groups={"metrics": {"bind_port": _port_or_free(9178)}})
     print(f"consumer and agent ({URI}) started; waiting for the agent's start inventory")
     print(f"metrics and health: {pipeline.metrics_url('agent-' + HOST)} (agent), "
@@ -99,9 +106,10 @@ def _run(pipeline: Pipeline) -> int:
     print(f"\n{len(latencies)} events, end-to-end latency (libvirt callback -> committed): "
           f"median {statistics.median(latencies):.1f} ms, max {max(latencies):.1f} ms")
     _watchdog_fault(pipeline)
+    _show_webhook(pipeline)
     print("\nhosts:")
     print(pipeline.manage("host", "list"))
-    for name in (f"agent-{HOST}", f"agent-{QEMU_HOST}", "consumer"):
+    for name in (f"agent-{HOST}", f"agent-{QEMU_HOST}", "consumer", WEBHOOK):
         if not pipeline.running(name):
             continue  # no QEMU here: no second agent
         code, health = pipeline.health(name)
@@ -111,6 +119,39 @@ def _run(pipeline: Pipeline) -> int:
             if sample.startswith("lifecycle_") and value and "_bucket" not in sample:
                 print(f"  {sample} {value:g}")
     return 0
+
+
+def _start_webhook(pipeline: Pipeline) -> None:
+    """A receiver (lab/webhook_receiver.py: it verifies each request with the
+    standardwebhooks and cloudevents packages and prints it) and lifecycle-webhook
+    toward it, with a secret of the demo's own."""
+    from lifecycle_webhook import signing
+    secret_path = os.path.join(pipeline.workdir, "webhook.secret")
+    with open(os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(signing.new_secret() + "\n")
+    port = _port_or_free(9190)
+    pipeline.start_process(RECEIVER, [sys.executable, "-m", "lab.webhook_receiver",
+                                      "--port", str(port), "--secret-file", secret_path])
+    url = f"http://127.0.0.1:{port}/events"
+    pipeline.start_webhook(WEBHOOK, url, secret_path,
+                           {"metrics": {"bind_port": _port_or_free(9180)}})
+    print(f"webhook service started: every instance event to {url} as a signed CloudEvent "
+          f"(secret in {secret_path}; the receiver's lines in {RECEIVER}.log)")
+
+
+def _show_webhook(pipeline: Pipeline) -> None:
+    """What the receiver got: one line per CloudEvent, its signature checked."""
+    events = [e for e in json.loads(pipeline.manage("events", "list", "--format", "json",
+                                                     "--limit", "1000"))
+              if e["event_type"].startswith("instance.")]
+    wait_for(lambda: pipeline.scrape(WEBHOOK).get("lifecycle_webhook_events_delivered_total",
+                                                  0) >= len(events),
+             15, f"the webhook to deliver {len(events)} events")
+    lines = [line for line in pipeline.log(RECEIVER).splitlines() if " sig " in line]
+    print(f"\nthe webhook receiver got {len(lines)} CloudEvents (each signature verified "
+          "with the standardwebhooks package, each event parsed by the cloudevents SDK):")
+    for line in lines:
+        print(f"  {line}")
 
 
 def qemu_unavailable() -> str | None:
