@@ -347,6 +347,13 @@ def test_every_event_reaches_every_endpoint_in_order_whatever_it_answers(
         assert samples["lifecycle_webhook_events_delivered_total"] <= len(receiver.accepted())
         assert samples['lifecycle_webhook_dead_letters_total{cause="endpoint"}'] == \
             (1 if name == "refuse" else 0), name
+        statuses = ", ".join(f"{n} x {code}" for code, n in sorted(receiver.statuses().items()))
+        mean = (samples["lifecycle_webhook_delivery_latency_seconds_sum"]
+                / samples["lifecycle_webhook_delivery_latency_seconds_count"])
+        figure(f"webhook {name}: distinct events accepted", distinct,
+               f"events of {len(receiver.requests())} requests ({statuses}); "
+               f"{len(receiver.accepted()) - distinct} accepted twice; mean delivery "
+               f"latency {mean * 1000:.0f} ms")
     assert pipeline.scrape("flaky")['lifecycle_webhook_requests_total{answer="5xx"}'] \
         == FAIL_FIRST
     assert pipeline.scrape("down")['lifecycle_webhook_requests_total{answer="error"}'] > 0
