@@ -116,8 +116,7 @@ def _webhook_queue(run: Run, exchange: str, queue: str) -> str:
 
 def _topology(exchange: str, queue: str) -> Topology:
     # as lifecycle_webhook.cmd builds it from the configuration _write_conf writes
-    return Topology(exchange=exchange, queue=queue, routing_key=harness.ROUTING_KEY,
-                    single_active_consumer=True)
+    return webhook_config.topology(exchange, queue, harness.ROUTING_KEY)
 
 
 def _fill(run: Run, queues: list[str]) -> tuple[int, dict]:

@@ -16,6 +16,11 @@ class Topology:
     # (RabbitMQ's x-single-active-consumer): the order the queue holds is the order of
     # delivery (the webhook's per-instance order), whatever processes run on it.
     single_active_consumer: bool = False
+    # A classic queue that keeps its messages on disk rather than in memory (RabbitMQ's
+    # lazy mode; quorum queues do so by themselves and refuse the argument): a backlog
+    # of a day behind a dead endpoint must not raise the broker's memory alarm, which
+    # would block every publisher, the agents included.
+    lazy: bool = False
 
     @property
     def dead_letter_exchange(self) -> str:
@@ -31,6 +36,8 @@ class Topology:
             args["x-queue-type"] = "quorum"
         if self.single_active_consumer:
             args["x-single-active-consumer"] = True
+        if self.lazy and self.queue_type == "classic":
+            args["x-queue-mode"] = "lazy"
         return args
 
 

@@ -11,7 +11,6 @@ from lifecycle_common import config as common
 from lifecycle_common.wire import schemas
 from consumer import config as consumer_config
 from consumer.amqp_queue import BatchQueue
-from consumer.topology import Topology
 from lifecycle_webhook import config, signing
 from lifecycle_webhook.http_sender import Sender
 from lifecycle_webhook.lanes import Lanes
@@ -35,10 +34,9 @@ def _run(conf) -> int:
     secrets = signing.SecretFile(w.secret_file)  # checked when the options loaded
     sender = Sender(w.url, ca_file=w.ca_file, timeout=w.request_timeout,
                     workers=w.max_in_flight, secrets=secrets.secrets)
-    topology = Topology(
-        exchange=conf.control_exchange, queue=w.queue_name,
-        routing_key=f"{conf.oslo_messaging_notifications.topics[0]}.info",
-        queue_type=w.queue_type, single_active_consumer=True)
+    topology = config.topology(
+        conf.control_exchange, w.queue_name,
+        f"{conf.oslo_messaging_notifications.topics[0]}.info", w.queue_type)
     queue = BatchQueue(connector, topology, min(BATCH, w.prefetch), linger=0.0,
                        prefetch=w.prefetch, wakeup=sender.wakeup)
     delivery = Settings(mode=w.mode, wanted=config.event_filter(w.event_types),

@@ -13,6 +13,7 @@ from oslo_config import cfg
 from lifecycle_common import broker
 from lifecycle_common import config as common
 from consumer import config as consumer_config
+from consumer.topology import Topology
 
 GROUP = "webhook"
 
@@ -170,6 +171,14 @@ def _check_event_types(conf: cfg.ConfigOpts) -> None:
 
 def _check_template(conf: cfg.ConfigOpts) -> None:
     consumer_config.check_template(conf, GROUP)
+
+
+def topology(exchange: str, queue: str, routing_key: str,
+             queue_type: str = "classic") -> Topology:
+    """The webhook's queue: single-active-consumer (a second process stands by, so an
+    instance's events keep their order), lazy when classic (a backlog on disk)."""
+    return Topology(exchange=exchange, queue=queue, routing_key=routing_key,
+                    queue_type=queue_type, single_active_consumer=True, lazy=True)
 
 
 def event_filter(globs: list[str]):

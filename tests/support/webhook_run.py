@@ -33,9 +33,8 @@ def secret_file(directory, *secrets: str) -> str:
 
 def topology(isolation, label: str = "webhook", queue_type: str = "classic") -> Topology:
     """The webhook's queue (deleted at the test's end with its .dlq and .dlx)."""
-    return Topology(exchange=isolation.exchange, queue=isolation.queue_name(label),
-                    routing_key=ROUTING_KEY, queue_type=queue_type,
-                    single_active_consumer=True)
+    return config.topology(isolation.exchange, isolation.queue_name(label), ROUTING_KEY,
+                           queue_type)
 
 
 def service(isolation, url: str, secrets_path: str, *, label: str = "webhook",
