@@ -105,3 +105,15 @@ def test_event_types_are_globs():
     assert wanted("host.heartbeat") and not wanted("host.inventory")
     only_faults = config.event_filter(["instance.watchdog", "instance.io_error"])
     assert only_faults("instance.io_error") and not only_faults("instance.started")
+
+
+def test_the_queue_is_single_active_consumer_and_lazy_when_classic():
+    classic = config.topology("openstack", "hooks", "notifications.info")
+    assert classic.queue_arguments() == {
+        "x-dead-letter-exchange": "hooks.dlx", "x-single-active-consumer": True,
+        "x-queue-mode": "lazy"}
+    quorum = config.topology("openstack", "hooks", "notifications.info", "quorum")
+    assert quorum.queue_arguments() == {  # (a quorum queue refuses x-queue-mode)
+        "x-dead-letter-exchange": "hooks.dlx", "x-queue-type": "quorum",
+        "x-single-active-consumer": True}
+    assert quorum.dead_letter_queue == "hooks.dlq"
