@@ -69,6 +69,7 @@ class BatchQueue:
         self._linger = linger
         self._prefetch = prefetch or batch_size * 2
         self._wakeup = wakeup
+        self._wakeup_poll = None  # a poll object on the wakeup's pipe, made once
         self._conn: kombu.Connection | None = None
         self._buffer: list[Message] = []
         self._reader: DeliveryReader | None = None
@@ -130,7 +131,7 @@ class BatchQueue:
             while not self._buffer:
                 self._settle_dead_letters()
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self._wakeup is not None and self._wakeup.is_set()):
+                if remaining <= 0 or self._woken():
                     self._conn.heartbeat_check()
                     return []
                 if not self._wait(transport, min(remaining, 1.0)):
@@ -165,6 +166,20 @@ class BatchQueue:
             if due is not None:
                 timeout = min(timeout, max(0.0, due - time.monotonic()))
         return bool(poller.poll(max(0, int(timeout * 1000 + 0.999))))
+
+    def _woken(self) -> bool:
+        """Whether the ``wakeup`` says to stop waiting: its flag set, or its pipe
+        readable (a ``set`` that raced with a ``clear`` can leave the byte without the
+        flag: waiting on it would return at once, again and again)."""
+        wakeup = self._wakeup
+        if wakeup is None:
+            return False
+        if wakeup.is_set():
+            return True
+        if self._wakeup_poll is None:
+            self._wakeup_poll = select.poll()
+            self._wakeup_poll.register(wakeup.fileno(), select.POLLIN)
+        return bool(self._wakeup_poll.poll(0))
 
     def ack(self, messages: list[Message]) -> None:
         """Acknowledge ``messages`` (all delivered on this connection): one multiple ack

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import ssl
 import urllib.parse
 
@@ -12,10 +13,13 @@ from oslo_config import cfg
 
 from lifecycle_common import broker
 from lifecycle_common import config as common
+from lifecycle_common.wire import vocabulary
 from consumer import config as consumer_config
 from consumer.topology import Topology
 
 GROUP = "webhook"
+# What a URL may hold (RFC 3986: unreserved, reserved and '%' of percent-encoding).
+_URL_CHARACTERS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
 
 WEBHOOK_OPTS = [
     cfg.StrOpt("url", sample_default="https://alerts.example.org/hooks/libvirt",
@@ -39,7 +43,10 @@ WEBHOOK_OPTS = [
         ("structured", "the whole CloudEvent as the JSON body, Content-Type "
                        "application/cloudevents+json"),
         ("binary", "the attributes as ce-* headers, the payload as the JSON body")],
-               help="CloudEvents HTTP binding mode."),
+               help="CloudEvents HTTP binding mode. The signature covers the body (and the "
+                    "id): in structured mode every attribute, in binary mode the payload "
+                    "only, not the ce-* headers; a receiver of binary mode on a path it "
+                    "does not trust takes the instance and the event from the payload."),
     cfg.StrOpt("secret_file", sample_default="/etc/lifecycle/webhook-NAME.secret",
                help="File of the signing secret(s), one 'whsec_<base64>' per line as "
                     "the Standard Webhooks specification writes them ('#' begins a "
@@ -119,10 +126,18 @@ def _check_url(conf: cfg.ConfigOpts) -> None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise common.ConfigError(f"[webhook] url {url!r}: not an http:// or https:// URL "
                                  "with a host")
+    if not _URL_CHARACTERS.fullmatch(url):
+        raise common.ConfigError(
+            f"[webhook] url {url!r}: only the characters of RFC 3986 (write others "
+            "percent-encoded, and a name that is not ASCII in its xn-- form)")
+    if parts.fragment or "#" in url:
+        raise common.ConfigError(f"[webhook] url {url!r}: a fragment is never sent")
     try:
-        parts.port
+        port = parts.port
     except ValueError as exc:
         raise common.ConfigError(f"[webhook] url {url!r}: {exc}") from None
+    if port == 0:
+        raise common.ConfigError(f"[webhook] url {url!r}: port 0")
     if parts.username or parts.password:
         raise common.ConfigError("[webhook] url: credentials in the URL are not sent; the "
                                  "requests are signed with [webhook] secret_file")
@@ -157,16 +172,22 @@ def _check_ca_file(conf: cfg.ConfigOpts) -> None:
                                  f"({exc})") from None
 
 
+# Every event type the agents publish: a glob that matches none is a typo, which would
+# otherwise drop every event it was meant to deliver.
+KNOWN_EVENT_TYPES = (vocabulary.LIFECYCLE_EVENT_TYPES | vocabulary.FAULT_EVENT_TYPES
+                     | {vocabulary.INVENTORY, vocabulary.HEARTBEAT})
+
+
 def _check_event_types(conf: cfg.ConfigOpts) -> None:
     globs = [g.strip() for g in conf.webhook.event_types]
     if not globs or not all(globs):
         raise common.ConfigError("[webhook] event_types must name at least one event "
                                  "type or glob (instance.* by default)")
     for glob in globs:
-        if not glob.startswith(("instance.", "host.", "*", "?", "[")):
+        if not any(fnmatch.fnmatchcase(t, glob) for t in KNOWN_EVENT_TYPES):
             raise common.ConfigError(
-                f"[webhook] event_types {glob!r}: event types begin with 'instance.' or "
-                "'host.'")
+                f"[webhook] event_types {glob!r} matches no event type (they are "
+                f"{', '.join(sorted(KNOWN_EVENT_TYPES))})")
 
 
 def _check_template(conf: cfg.ConfigOpts) -> None:

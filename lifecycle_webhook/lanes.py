@@ -19,6 +19,8 @@ from typing import Any, Optional
 _READY = "ready"          # in the ready queue, head waiting for a slot
 _IN_FLIGHT = "in flight"  # head handed out by take_ready, no done/retry yet
 _WAITING = "waiting"      # head failed; in the retry heap until its time
+_SETTLING = "settling"    # head answered for good, its settlement (a dead letter) not
+                          # yet confirmed: no slot taken, the lane's next item held back
 
 
 class _Lane:
@@ -85,13 +87,25 @@ class Lanes:
         self._in_flight += len(taken)
         return taken
 
+    def settling(self, key: str) -> None:
+        """Lane ``key``'s head is answered for good but not settled yet (its dead letter
+        awaits the broker's confirm): its slot is free, and the lane stays held until
+        ``done`` (so that an event whose dead letter never lands, and comes back from the
+        queue, is not overtaken by its successors)."""
+        lane = self._in_flight_lane(key, "settling")
+        self._in_flight -= 1
+        lane.state = _SETTLING
+
     def done(self, key: str) -> None:
-        """Lane ``key``'s head was accepted or given up: drop it; the next item, if
-        any, is ready."""
-        lane = self._in_flight_lane(key, "done")
+        """Lane ``key``'s head was accepted or given up (in flight, or settling): drop
+        it; the next item, if any, is ready."""
+        lane = self._lanes.get(key)
+        if lane is None or lane.state not in (_IN_FLIGHT, _SETTLING):
+            raise KeyError(f"done: lane {key!r} has nothing in flight or settling")
         number, _ = lane.items.popleft()
         del self._added[number]
-        self._in_flight -= 1
+        if lane.state is _IN_FLIGHT:
+            self._in_flight -= 1
         if lane.items:
             lane.state = _READY
             self._ready.append(key)

@@ -9,6 +9,7 @@ its scrape target says which).
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Iterator
 
@@ -92,15 +93,18 @@ class _ServiceCollector(Collector):
         yield counter(PREFIX + "foreign_messages_total",
                       "Notifications of other services on the topic, left alone.",
                       stats.foreign)
+        depth = service.queue_depth
         yield gauge(PREFIX + "queue_messages",
                     "Messages ready on the endpoint's queue (read every 5 s): the backlog "
-                    "behind a slow or dead endpoint.", service.queue_depth or 0)
+                    "behind a slow or dead endpoint; NaN while it cannot be read.",
+                    math.nan if depth is None else depth)
         yield gauge(PREFIX + "held_messages",
                     "Messages taken from the queue and not yet settled (in flight, waiting "
                     "for the instance's previous event, or waiting to be retried); at most "
                     "[webhook] prefetch.", lanes.held)
         yield gauge(PREFIX + "in_flight_requests",
-                    "Requests to the endpoint awaiting their answer.", lanes.in_flight)
+                    "Requests to the endpoint awaiting their answer.",
+                    service.sender.in_flight())
         yield gauge(PREFIX + "instances_waiting_retry",
                     "Instances (partitions) whose next event waits to be retried.",
                     lanes.waiting_retry)
@@ -123,10 +127,21 @@ class _ServiceCollector(Collector):
         yield health_status(PREFIX + "health_status", "webhook", service.health())
 
 
+REFUSALS_DEGRADED = 3  # answers in a row that dead-letter: the endpoint refuses them all
+
+
 def endpoint_check(service: "WebhookService", now: float) -> health.Check:
     """Degraded while the endpoint's answers call for retries, however long: the queue
-    keeps the events and a restart would not bring the endpoint back."""
+    keeps the events and a restart would not bring the endpoint back; degraded too
+    while it refuses every event (a wrong secret, a wrong path: each dead-lettered)."""
     since = service.endpoint_failing_since
+    if since is None and service.refusals_in_a_row >= REFUSALS_DEGRADED:
+        last = service.last_answer
+        return health.Check(
+            "endpoint", health.Status.DEGRADED,
+            f"refuses every event: {service.refusals_in_a_row} in a row, each "
+            f"dead-lettered; last answer: {last.detail if last else '?'} (check the "
+            f"endpoint's secret and path)")
     if since is None:
         last = service.last_answer
         return health.Check("endpoint", health.Status.OK,
@@ -135,7 +150,8 @@ def endpoint_check(service: "WebhookService", now: float) -> health.Check:
     return health.Check(
         "endpoint", health.Status.DEGRADED,
         f"failing for {now - since:.1f}s: last answer: {last.detail if last else '?'}; "
-        f"{service.lanes.held} events held, {service.queue_depth or 0} on the queue, "
+        f"{service.lanes.held} events held, "
+        f"{'?' if service.queue_depth is None else service.queue_depth} on the queue, "
         f"retried with back-off")
 
 

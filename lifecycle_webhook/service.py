@@ -25,7 +25,9 @@ This module does the I/O between the queue and the sender; what an answer means 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -50,6 +52,7 @@ _SUMMARY_INTERVAL = 60.0
 _IDLE_WAIT = 0.5         # longest wait for the broker or the sender with nothing due
 _ACK_BATCH = 64          # acks sent together, at most: one write (a multiple ack) for many
 _ACK_LINGER = 0.005      # seconds an ack may wait for others before it is sent alone
+_FIRST_ATTEMPTS_KEPT = 100_000  # events whose first attempt is remembered, at most
 
 
 @dataclasses.dataclass
@@ -111,7 +114,11 @@ class WebhookService:
         self.broker = health.Outage(down_since=time.monotonic())
         self.broker_sessions = 0
         self.endpoint_failing_since: Optional[float] = None
+        self.refusals_in_a_row = 0      # answers that dead-letter, since the last 2xx
         self._not_before = 0.0  # monotonic: what the endpoint's last Retry-After asked
+        # event id -> (monotonic) when it was first sent by this process, across broker
+        # sessions: retry_for counts from there, whatever the reconnections.
+        self._first_attempts: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.last_answer: Optional[retry_policy.Answer] = None
         self._summarised = Stats()
         self._next_summary = time.monotonic() + _SUMMARY_INTERVAL
@@ -146,7 +153,7 @@ class WebhookService:
         finally:
             if self.depth is not None:
                 self.depth.stop()
-            self.sender.close(self.settings.request_timeout + 1.0)
+            self.sender.close(1.0)  # (the requests in flight were waited for already)
             self._watchdog.stop()
             if self._endpoint is not None:
                 self._endpoint.stop()
@@ -248,24 +255,26 @@ class WebhookService:
     def _next_due(self, now: float) -> Optional[float]:
         """When there is something to send without anything arriving (None: only an
         answer or a message can change that)."""
-        if self.endpoint_failing_since is not None:
-            if self.lanes.in_flight:
-                return None  # the probe's answer wakes the loop
-            if now < self._not_before:
-                return self._not_before
+        if now < self._not_before:
+            return self._not_before  # (an answer in flight wakes the loop before)
+        if self.endpoint_failing_since is not None and self.lanes.in_flight:
+            return None  # the probe's answer wakes the loop
         return self.lanes.next_due()
 
     def _send(self) -> None:
         now = time.monotonic()
-        limit = None
-        if self.endpoint_failing_since is not None:  # probe it, one request at a time
-            if now < self._not_before:
-                return
-            limit = 1
-        token = self._generation
+        if now < self._not_before:
+            return  # what the endpoint's Retry-After asked, whatever it answered since
+        # while it fails, probe it one request at a time
+        limit = 1 if self.endpoint_failing_since is not None else None
+        token, first_attempts = self._generation, self._first_attempts
         for pending in self.lanes.take_ready(now, limit):
             pending.sent_at = now
-            pending.attempts.sending(now)
+            pending.attempts.sending(first_attempts.get(pending.msg_id, now))
+            if pending.msg_id not in first_attempts:
+                first_attempts[pending.msg_id] = pending.attempts.first_attempt
+                if len(first_attempts) > _FIRST_ATTEMPTS_KEPT:
+                    first_attempts.popitem(last=False)
             self.sender.submit(Job((token, pending), pending.request, pending.msg_id))
 
     def _settle(self, results, stopping: bool = False) -> None:
@@ -281,6 +290,7 @@ class WebhookService:
                 settings.retry_interval_max, wall_now=time.time())
             if verdict is retry_policy.Verdict.ACCEPTED:
                 self.lanes.done(pending.key)
+                self._first_attempts.pop(pending.msg_id, None)
                 self._ack(pending.message)
                 self.stats.delivered += 1
                 if pending.occurred_at is not None:
@@ -294,10 +304,14 @@ class WebhookService:
                     LOG.warning("%s %s (%s): %s; retrying in %.1fs", pending.event_type,
                                 pending.msg_id, pending.key, answer.detail, at - now)
             else:
-                self.lanes.done(pending.key)
+                # The instance's next event waits until the dead letter is confirmed:
+                # until then the message may yet come back from the queue.
+                self.lanes.settling(pending.key)
                 cause = "expired" if retry_policy.judge(answer) is retry_policy.Verdict.RETRY \
                     else "endpoint"
-                self._dead_letter(pending.message, reason, cause)
+                self._dead_letter(pending.message, reason, cause,
+                                  settled=functools.partial(self._settled, generation,
+                                                            pending))
 
     def _answered(self, pending: Pending, answer: retry_policy.Answer, now: float) -> None:
         self.stats.attempts += 1
@@ -305,7 +319,12 @@ class WebhookService:
         status = answer.status
         self.answers["error" if status is None else f"{status // 100}xx"] += 1
         self.metrics.request_seconds.observe(max(0.0, now - pending.sent_at))
-        if retry_policy.judge(answer) is retry_policy.Verdict.RETRY:
+        verdict = retry_policy.judge(answer)
+        if verdict is retry_policy.Verdict.REFUSED:
+            self.refusals_in_a_row += 1
+        elif verdict is retry_policy.Verdict.ACCEPTED:
+            self.refusals_in_a_row = 0
+        if verdict is retry_policy.Verdict.RETRY:
             if self.endpoint_failing_since is None:
                 self.endpoint_failing_since = now
             asked = retry_policy.retry_after_seconds(answer.retry_after, time.time())
@@ -317,11 +336,21 @@ class WebhookService:
                      now - self.endpoint_failing_since)
             self.endpoint_failing_since = None
 
-    def _dead_letter(self, message, reason: str, cause: str) -> None:
+    def _dead_letter(self, message, reason: str, cause: str,
+                     settled: Optional[Callable[[], None]] = None) -> None:
         def confirmed() -> None:
             self.stats.dead_lettered += 1
             self.dead_letters[cause] += 1
+            if settled is not None:
+                settled()
         self.queue.dead_letter(message, reason, cause, on_done=confirmed)
+
+    def _settled(self, generation: int, pending: Pending) -> None:
+        """``pending``'s dead letter is confirmed (and the original acked): its
+        instance's next event may go."""
+        self._first_attempts.pop(pending.msg_id, None)
+        if generation == self._generation:
+            self.lanes.done(pending.key)
 
     def _ack(self, message) -> None:
         """Ack ``message`` within ``_ACK_LINGER``, with others (``_flush_acks``)."""
@@ -352,7 +381,7 @@ class WebhookService:
         now, then = dataclasses.asdict(self.stats), dataclasses.asdict(self._summarised)
         delta = {k: now[k] - then[k] for k in now}
         if any(delta.values()):
-            LOG.info("in the last %.0fs: %s; %d held, %d on the queue", _SUMMARY_INTERVAL,
+            LOG.info("in the last %.0fs: %s; %d held, %s on the queue", _SUMMARY_INTERVAL,
                      ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in delta.items()),
-                     self.lanes.held, self.queue_depth or 0)
+                     self.lanes.held, "?" if self.queue_depth is None else self.queue_depth)
         self._summarised = dataclasses.replace(self.stats)

@@ -52,6 +52,11 @@ BAD = {
     "bad mode": ({"mode": "batched"}, "mode"),
     "no event types": ({"event_types": ""}, "[webhook] event_types must name"),
     "odd event type": ({"event_types": "server.*"}, "[webhook] event_types 'server.*'"),
+    "a typo": ({"event_types": "instance.stoped"}, "'instance.stoped' matches no event"),
+    "a space": ({"url": "http://example.org/a b"}, "only the characters of RFC 3986"),
+    "not ascii": ({"url": "http://example.org/\u00fc"}, "only the characters of RFC 3986"),
+    "port zero": ({"url": "http://example.org:0/"}, "port 0"),
+    "fragment": ({"url": "http://example.org/x#y"}, "a fragment is never sent"),
     "in flight zero": ({"max_in_flight": 0}, "max_in_flight"),
     "negative retry_for": ({"retry_for": -1}, "retry_for"),
     "bad timeout": ({"request_timeout": "soon"}, "request_timeout"),
@@ -103,6 +108,8 @@ def test_event_types_are_globs():
     wanted = config.event_filter(["instance.*", " host.heartbeat"])
     assert wanted("instance.started") and wanted("instance.watchdog")
     assert wanted("host.heartbeat") and not wanted("host.inventory")
+    assert config.load  # every glob of the default matches a known type:
+    assert any(config.event_filter(["instance.*"])(t) for t in config.KNOWN_EVENT_TYPES)
     only_faults = config.event_filter(["instance.watchdog", "instance.io_error"])
     assert only_faults("instance.io_error") and not only_faults("instance.started")
 

@@ -290,3 +290,22 @@ def test_a_limit_holds_back_all_but_that_many_in_flight():
     assert lanes.take_ready(1.0, limit=1) == ["b1"]
     lanes.done("b")
     assert lanes.take_ready(6.0) == ["c1", "d1", "a1"]  # no limit: every ready lane
+
+
+def test_a_settling_head_frees_its_slot_and_holds_its_lane():
+    """A refused event's dead letter awaits the broker's confirm: another lane may use
+    the slot, its own lane's next event waits for ``done``."""
+    lanes = Lanes(max_in_flight=1)
+    lanes.add("a", "a1", 0.0)
+    lanes.add("a", "a2", 0.0)
+    lanes.add("b", "b1", 0.0)
+    assert lanes.take_ready(0.0) == ["a1"]
+    lanes.settling("a")
+    assert lanes.in_flight == 0 and lanes.held == 3
+    assert lanes.take_ready(0.0) == ["b1"]  # a2 waits
+    lanes.done("b")
+    assert lanes.take_ready(0.0) == []
+    lanes.done("a")  # the dead letter confirmed
+    assert lanes.take_ready(0.0) == ["a2"]
+    with pytest.raises(KeyError):
+        lanes.settling("b")  # nothing in flight there
