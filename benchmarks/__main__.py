@@ -2,8 +2,8 @@
 and write bench-results/results.json.
 
   --only NAME          one scenario (publish, apply, latency, publish-inprocess,
-                       latency-inprocess, storm, memory; fleet, cluster and faults run
-                       only when named)
+                       latency-inprocess, storm, memory, webhook; fleet, cluster and
+                       faults run only when named)
   --soak-seconds N     length of the memory soak at 1,000 events/s (default 300)
   --quick              a short smoke run with smaller sizes
   --compare OLD.json   run nothing: print the change of each figure from OLD.json to
