@@ -24,7 +24,10 @@ class Wakeup:
     ``set`` while it is set costs an attribute read, so that a burst of events wakes the
     waiter once, with one byte down the pipe. The waiter clears the flag before it looks
     at what it was woken for: a ``set`` racing with that ``clear`` either lands after it
-    (and wakes the next wait) or before it, and then what it announced is seen."""
+    (and wakes the next wait) or before it, and then what it announced is seen. A ``set``
+    that lands between the flag's clearing and the pipe's draining has its byte written
+    again, so that a waiter that polls the pipe alone (the webhook's queue) sees what the
+    flag says."""
 
     def __init__(self):
         self._read, self._write = os.pipe()
@@ -54,6 +57,11 @@ class Wakeup:
                 pass  # (less than asked for: the pipe is empty; no read to learn it)
         except BlockingIOError:
             pass
+        if self._flag:  # a set() between the two steps: its byte was just read
+            try:
+                os.write(self._write, b"x")  # so that a poll of the pipe sees it too
+            except BlockingIOError:
+                pass
 
     def wait(self, timeout: float | None = None, also=None) -> bool:
         """Sleep until set, or ``also`` (something with fileno()) is readable, or

@@ -53,9 +53,16 @@ def _run(conf) -> int:
             return common.bind_error(PROG, conf, exc)
     LOG.info("delivering %s from queue %s to %s: CloudEvents in %s mode, signed with %d "
              "secret(s), at most %d requests at once, retried for %.0fs",
-             ", ".join(w.event_types), w.queue_name, w.url, w.mode, len(secrets.secrets()),
+             ", ".join(w.event_types), w.queue_name, _without_query(w.url), w.mode,
+             len(secrets.secrets()),
              w.max_in_flight, w.retry_for)
     return common.serve(service)
+
+
+def _without_query(url: str) -> str:
+    """The URL to log: its query may hold a token."""
+    base, _, query = url.partition("?")
+    return base + ("?…" if query else "")
 
 
 if __name__ == "__main__":
