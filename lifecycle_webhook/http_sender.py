@@ -46,7 +46,7 @@ import time
 import urllib.parse
 from typing import Callable, Optional
 
-from lifecycle_publisher.wakeup import Wakeup
+from lifecycle_common.wakeup import Wakeup
 from lifecycle_webhook import signing
 from lifecycle_webhook.cloudevents import Request
 from lifecycle_webhook.http_response import (ResponseParser, answer_detail,
@@ -179,7 +179,7 @@ class Sender:
         # so it stays open as long as the sender exists.
         self.wakeup = Wakeup()
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._inbox = _Inbox()  # the loop's: jobs came, a resolution ended, close()
+        self._inbox = Wakeup()  # the loop's: jobs came, a resolution ended, close()
 
         # the I/O thread's own, from here on
         self._selector = selectors.DefaultSelector()
@@ -662,44 +662,6 @@ def _check_header_text(text: str, lines: int) -> None:
     http.client refuses it."""
     if text.count("\n") != lines or text.count("\r") != lines:
         raise ValueError("invalid header value: a line break in a header")
-
-
-class _Inbox:
-    """The loop's wake-up pipe: ``set`` from any thread writes one byte while the flag
-    is down; ``clear`` (the loop, before it takes what woke it) empties the pipe, THEN
-    lowers the flag. (Not ``lifecycle_publisher.wakeup.Wakeup``: its ``clear`` lowers
-    the flag first, so a ``set`` between the two has its byte read and leaves the flag
-    up with the pipe empty: every later ``set`` writes nothing, and the waiter sleeps
-    through them.)"""
-
-    def __init__(self) -> None:
-        self._read, self._write = os.pipe()
-        os.set_blocking(self._read, False)
-        os.set_blocking(self._write, False)
-        self._flag = False
-
-    def fileno(self) -> int:
-        return self._read
-
-    def set(self) -> None:
-        if not self._flag:
-            self._flag = True
-            try:
-                os.write(self._write, b"x")
-            except BlockingIOError:
-                pass  # the pipe is full: a wake-up is pending anyway
-
-    def clear(self) -> None:
-        try:
-            while len(os.read(self._read, 4096)) == 4096:
-                pass
-        except BlockingIOError:
-            pass
-        self._flag = False  # (after: a set() meanwhile saw it up, and its news is taken next)
-
-    def close(self) -> None:
-        os.close(self._read)
-        os.close(self._write)
 
 
 def _drain(jobs: queue.SimpleQueue) -> list:
