@@ -20,6 +20,10 @@ DETAIL_BODY_CHARS = 200  # of the endpoint's answer, in Answer.detail
 MAX_RESPONSE_BYTES = 1 << 20  # read to keep the connection; a longer answer closes it
 
 _UNPRINTABLE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
+# Lines end in CRLF, or a bare LF (as http.client reads them too).
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_LINE_END = re.compile(rb"\r?\n")
+_HEX = re.compile(rb"[0-9A-Fa-f]+")
 MAX_HEAD = 64 * 1024  # bytes of an answer's status line and headers, at most
 MAX_HEADERS = 100     # as http.client
 
@@ -74,14 +78,14 @@ class ResponseParser:
         while True:
             mode = self._mode
             if mode == _HEAD:
-                end = buf.find(b"\r\n\r\n", max(0, self._scanned - 3))
-                if end < 0:
+                found = _HEAD_END.search(buf, max(0, self._scanned - 3))
+                if found is None:
                     self._scanned = len(buf)
                     if len(buf) > MAX_HEAD:
                         raise http.client.LineTooLong(f"answer's head over {MAX_HEAD} bytes")
                     return False
-                head = bytes(buf[:end])
-                del buf[:end + 4]
+                head = bytes(buf[:found.start()])
+                del buf[:found.end()]
                 self._scanned = 0
                 self._read_head(head)
             elif mode == _LENGTH or mode == _CHUNK_DATA:
@@ -96,33 +100,34 @@ class ResponseParser:
                     return False
                 self._mode = _DONE if mode == _LENGTH else _CHUNK_END
             elif mode == _CHUNK_SIZE or mode == _TRAILERS:
-                end = buf.find(b"\r\n")
+                end = buf.find(b"\n")
                 if end < 0:
                     if len(buf) > MAX_HEAD:
                         raise http.client.LineTooLong("chunk size or trailer line")
                     return False
-                line = bytes(buf[:end])
-                del buf[:end + 2]
+                line = bytes(buf[:end]).rstrip(b"\r")
+                del buf[:end + 1]
                 if mode == _TRAILERS:
                     if not line:
                         self._mode = _DONE
                     continue
-                try:
-                    size = int(line.split(b";", 1)[0].strip(), 16)
-                    if size < 0:
-                        raise ValueError(line)
-                except ValueError:
-                    raise http.client.IncompleteRead(bytes(self._body)) from None
+                digits = line.split(b";", 1)[0].strip()
+                if not _HEX.fullmatch(digits):
+                    raise http.client.IncompleteRead(bytes(self._body))
+                size = int(digits, 16)
                 if size == 0:
                     self._mode = _TRAILERS
                 else:
                     self._left, self._mode = size, _CHUNK_DATA
             elif mode == _CHUNK_END:
-                if len(buf) < 2:
+                if buf[:1] == b"\n":
+                    del buf[:1]
+                elif len(buf) < 2:
                     return False
-                if buf[:2] != b"\r\n":
+                elif buf[:2] == b"\r\n":
+                    del buf[:2]
+                else:
                     raise http.client.IncompleteRead(bytes(self._body))
-                del buf[:2]
                 self._mode = _CHUNK_SIZE
             elif mode == _UNTIL_CLOSE:
                 if buf:
@@ -160,7 +165,7 @@ class ResponseParser:
         # (a Content-Length of exactly the most kept ends whole: the caller's _DONE)
 
     def _read_head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
+        lines = _LINE_END.split(head)
         status_line = lines[0].decode("iso-8859-1")
         version, _, rest = status_line.partition(" ")
         code, _, reason = rest.partition(" ")

@@ -38,6 +38,7 @@ import ipaddress
 import logging
 import os
 import queue
+import select
 import selectors
 import socket
 import ssl
@@ -200,6 +201,11 @@ class Sender:
         with self._lock:
             if self._closing:
                 raise RuntimeError("the webhook sender is closed")
+            if not self._thread.is_alive():  # ended of a bug (the health says failing)
+                self._done.append((job, Answer(None, None, "not sent: the webhook "
+                                               "sender's thread ended")))
+                self.wakeup.set()
+                return
             self._pending += 1
             self._jobs.put(job)  # (under the lock: close() sees every job queued)
         self._inbox.set()
@@ -269,7 +275,7 @@ class Sender:
                 if conn is None:
                     self._inbox.clear()  # (before taking what it announced)
                 elif conn.state != _CLOSED:
-                    self._on_event(conn)
+                    self._on_event(conn, mask)
             self._take_jobs()
             if self._resolution is not None and self._resolution.done():
                 self._addresses_came()
@@ -321,6 +327,8 @@ class Sender:
         backlog, idle = self._backlog, self._idle
         while backlog:
             job, fresh = backlog[0]
+            while idle and not fresh and not self._still_open(idle[-1]):
+                self._drop(idle[-1])  # it ended (or said what it should not) while idle
             if idle and not fresh:
                 conn = idle.pop()
             elif len(self._connections) < self._workers:
@@ -383,13 +391,16 @@ class Sender:
 
     # -- one connection's steps -------------------------------------------------------
 
-    def _on_event(self, conn: _Connection) -> None:
+    def _on_event(self, conn: _Connection, mask: int = selectors.EVENT_READ) -> None:
         try:
             state = conn.state
             if state == _READING:
                 self._read(conn)
             elif state == _WRITING:
-                self._write(conn)
+                if mask & selectors.EVENT_READ and not isinstance(conn.sock, ssl.SSLSocket):
+                    self._read_early(conn)  # the endpoint answers before it read it all
+                else:
+                    self._write(conn)
             elif state == _IDLE:
                 self._idle_readable(conn)
             elif state == _CONNECTING:
@@ -400,6 +411,26 @@ class Sender:
             self._failed(conn, exc)
         except Exception as exc:  # noqa: BLE001 (the loop must not die of one request)
             self._unexpected(conn, exc)
+
+    def _still_open(self, conn: _Connection) -> bool:
+        """Whether an idle connection may carry a request: nothing arrived on it since
+        its last answer (its end, or bytes it should not have sent), which the selector
+        may not have reported yet in this turn of the loop."""
+        sock = conn.sock
+        try:
+            if self._tls is None:
+                sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                return False  # its end (b""), or bytes beyond its last answer
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            if not poller.poll(0) and not sock.pending():
+                return True
+            sock.recv(_RECV)
+            return False
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return True  # nothing (or a TLS record without data: a session ticket)
+        except OSError:
+            return False
 
     def _idle_readable(self, conn: _Connection) -> None:
         """Between requests the endpoint has nothing to say: what it says is its end
@@ -479,6 +510,7 @@ class Sender:
         conn.out = memoryview(self._request_bytes(conn.job))
         conn.parser = ResponseParser()
         conn.state = _WRITING
+        conn.deadline = time.monotonic() + self._timeout  # (a full send buffer, say)
         self._write(conn)
 
     def _request_bytes(self, job: Job) -> bytes:
@@ -495,22 +527,64 @@ class Sender:
         return b"".join((self._head, headers.encode("latin-1"), b"\r\n", body))
 
     def _write(self, conn: _Connection) -> None:
+        # While writing, a plain connection is also watched for reading: an endpoint may
+        # answer (413, say) before it read the whole request, and stop reading.
+        writing = selectors.EVENT_WRITE if self._tls is not None \
+            else selectors.EVENT_WRITE | selectors.EVENT_READ
         try:
             sent = conn.sock.send(conn.out)
         except (BlockingIOError, ssl.SSLWantWriteError):
-            self._want(conn, selectors.EVENT_WRITE)
+            self._want(conn, writing)
             return
         except ssl.SSLWantReadError:
             self._want(conn, selectors.EVENT_READ)
             return
+        except (BrokenPipeError, ConnectionResetError):
+            if self._tls is None and self._answered_early(conn):
+                return
+            raise
         conn.deadline = time.monotonic() + self._timeout
         if sent < len(conn.out):
             conn.out = conn.out[sent:]
-            self._want(conn, selectors.EVENT_WRITE)
+            self._want(conn, writing)
             return
         conn.out = None
         conn.state = _READING
         self._want(conn, selectors.EVENT_READ)
+
+    def _read_early(self, conn: _Connection) -> None:
+        """An answer while the request is still being written: read it; once its head is
+        in, nothing more is written (the endpoint will not read it), and the connection
+        is not kept."""
+        conn.out = None
+        conn.state = _READING
+        conn.parser.reusable = False
+        self._read(conn)
+
+    def _answered_early(self, conn: _Connection) -> bool:
+        """The endpoint closed (or reset) the connection while the request was being
+        written: what it answered before is still to be read. Whether there was an
+        answer, now settled."""
+        data = b""
+        try:
+            while chunk := conn.sock.recv(_RECV):
+                data += chunk
+        except OSError:
+            pass
+        if not data:
+            return False
+        parser = conn.parser
+        try:
+            whole = parser.feed(data) or parser.feed_eof()
+        except http.client.HTTPException:
+            return False
+        if not whole:
+            return False
+        job, conn.job, conn.parser = conn.job, None, None
+        self._answers.append((job, Answer(parser.status, parser.retry_after, answer_detail(
+            parser.status, parser.reason, parser.body))))
+        self._drop(conn)
+        return True
 
     def _read(self, conn: _Connection) -> None:
         sock = conn.sock

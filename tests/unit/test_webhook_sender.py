@@ -128,10 +128,7 @@ def job(token, body: bytes = BODY) -> Job:
 
 def collect(sender: Sender, count: int, timeout: float = 5.0) -> dict:
     """Wait on ``sender.fileno()`` (as the service's loop does: at most 0.5s at a time,
-    its ``_IDLE_WAIT``) until ``count`` answers came; {token: answer}. (The cap also
-    bounds what a lost wake-up of ``lifecycle_publisher.wakeup.Wakeup`` costs: its
-    ``clear`` lowers the flag before emptying the pipe, so a ``set`` in between leaves
-    the flag up and the pipe empty.)"""
+    its ``_IDLE_WAIT``) until ``count`` answers came; {token: answer}."""
     answers = {}
     poller = select.poll()
     poller.register(sender.fileno(), select.POLLIN)
@@ -564,3 +561,48 @@ def test_https_with_several_connections_at_once(serve, make_sender, test_pki):
     answers = send(sender, *[job(token) for token in range(40)], timeout=20)
     assert {a.status for a in answers.values()} == {200} and len(answers) == 40
     assert len(endpoint.seen) == 40 and len({s["client"] for s in endpoint.seen}) <= 4
+
+
+def test_an_answer_before_the_whole_request_was_read_is_taken_and_not_sent_again():
+    """An endpoint that answers 413 after the head of a 16 MB request, without reading
+    its body, then closes: the 413 is the answer (not a reset), and the request is not
+    sent again."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    seen = []
+
+    def serve_one():
+        conn, _ = listener.accept()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536)
+            seen.append(head.split(b"\r\n", 1)[0])
+            conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n"
+                         b"Connection: close\r\n\r\n")
+    server = threading.Thread(target=serve_one, daemon=True)
+    server.start()
+    sender = Sender(f"http://127.0.0.1:{port}/", ca_file=None, timeout=5.0, workers=1,
+                    secrets=lambda: (SECRET,))
+    try:
+        answer = send(sender, job(1, b"x" * 16_000_000), timeout=10)[1]
+    finally:
+        sender.close(1.0)
+        listener.close()
+    assert (answer.status, answer.detail) == (413, "413 Payload Too Large")
+    assert len(seen) == 1
+
+
+def test_an_answer_with_bare_line_feeds_is_read(serve, make_sender):
+    """http.client reads them; so does the sender."""
+    endpoint = serve(raw(b"HTTP/1.1 202 Accepted\nContent-Length: 2\n\nok"))
+    answer = send(make_sender(f"http://127.0.0.1:{endpoint.port}/"), job(1))[1]
+    assert (answer.status, answer.detail) == (202, "202 Accepted: ok")
+
+
+@pytest.mark.parametrize("size", [b"0x2", b"1_0", b"+2", b"-1", b""])
+def test_a_chunk_size_that_is_not_hex_digits_is_not_an_answer(size):
+    parser = ResponseParser()
+    with pytest.raises(http.client.HTTPException):
+        parser.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size
+                    + b"\r\nok\r\n0\r\n\r\n")
