@@ -68,9 +68,9 @@ WEBHOOK_OPTS = [
                       "back-off from 1 s with jitter), unless the endpoint's Retry-After "
                       "asks for longer."),
     cfg.IntOpt("max_in_flight", default=16, min=1, max=1024,
-               help="Requests to the endpoint at once, at most (each from a worker "
-                    "thread with a persistent connection): events of different "
-                    "instances; those of one instance go one at a time."),
+               help="Requests to the endpoint at once, at most (each on a persistent "
+                    "connection of its own, all from one I/O thread): events of "
+                    "different instances; those of one instance go one at a time."),
     cfg.FloatOpt("request_timeout", default=10.0, min=0.1,
                  help="Seconds to connect and to wait for each part of the answer; a "
                       "request that times out is retried."),

@@ -10,7 +10,7 @@ then leaves it to be redelivered, and sends it again.
 Order: the events of one instance (``cloudevents.partition_key``) are sent one at a
 time, in the order the queue holds them: the next is sent once the previous one was
 accepted or dead-lettered (``lanes.Lanes``). Other instances' events go on meanwhile,
-up to ``max_in_flight`` requests at once (``http_sender.Sender``'s workers). The
+up to ``max_in_flight`` requests at once (``http_sender.Sender``'s connections). The
 queue is single-active-consumer, so a second process on it stands by rather than
 taking half of an instance's events.
 
