@@ -1,6 +1,7 @@
-"""``lifecycle-webhook`` as real processes under a steady stream from a real agent.
+"""``lifecycle-webhook`` as real processes under a steady stream from real agents.
 
-One pipeline (the consumer, one agent on libvirtd's shared test hypervisor) and five
+One pipeline (the consumer; two hosts, each a real agent: one on libvirtd's shared test
+hypervisor, one on a libvirtd of its own, ``benchmarks.daemons``) and five
 ``lifecycle-webhook`` processes, each on a queue of its own toward a real receiver of
 its own (``lab.webhook_receiver``: every request's Standard Webhooks signature checked
 with the ``standardwebhooks`` package, its CloudEvent parsed with the ``cloudevents``
@@ -9,10 +10,12 @@ last five with a Retry-After longer than the back-off's cap); one down (connecti
 refused) for 20 s from the stream's start; one that answers 400 to one event; one that
 takes 5 s per request.
 
-What must hold, against the consumer's journal (every instance.* event the agent
-published, its CloudEvent id ``host:epoch:seq``): every event reaches every endpoint
+The stream's libvirt calls change the domains of both hosts in turn. What must hold,
+against the consumer's journal (every instance.* event either agent published, its
+CloudEvent id ``host:epoch:seq``): every event of both hosts reaches every endpoint
 (the refused one excepted on its own), each instance's events first accepted in their
-order, never two of an instance in flight at once; the refused event is in that
+order, never two of an instance in flight at once, each event's source its own host and
+its sequence rising with the journal's, host by host; the refused event is in that
 webhook's dead-letter queue with the endpoint's answer as its reason; the database holds
 every event within seconds of the stream's end while the slow endpoint still has most of
 them to take. To keep the test bounded, the slow endpoint's delay is lifted once that is
@@ -21,6 +24,7 @@ established; it must then receive everything, in order, as the others do.
 
 from __future__ import annotations
 
+import collections
 import json
 import statistics
 import threading
@@ -29,6 +33,8 @@ import time
 import pytest
 import sqlalchemy as sa
 
+from benchmarks.daemons import Daemon
+from benchmarks.hosts import domain_name
 from lab.pipeline import domain_xml
 from lab.webhook_receiver import Receiver, Received
 from tests.support import webhook_run
@@ -40,9 +46,11 @@ URI = "test+unix:///default"
 TYPE_PREFIX = "io.libvirt-lifecycle."
 SOURCE_PREFIX = "urn:libvirt-lifecycle:host:"
 
-DOMAINS = 8
+DOMAINS = 8                  # of the first host, on the shared test hypervisor
+SECOND_DOMAINS = 4           # of the second host, on its libvirtd of its own
 STREAM_SECONDS = 12.0
-OPS_PER_SECOND = 32.0        # one libvirt call each, one lifecycle event each
+OPS_PER_SECOND = 32.0        # one libvirt call each, one lifecycle event each, over
+                             # every domain of both hosts in turn
 CYCLE = ("suspend", "resume", "destroy", "create")
 POWER_STATE = {1: "running", 3: "paused", 5: "shutdown"}  # of libvirt's domain states
 
@@ -80,43 +88,91 @@ def domains(pipeline, libvirtd):
                     pass  # not running, or gone already
 
 
-def run_stream(domains, seconds: float, rate: float) -> int:
-    """Suspend, resume, destroy and start the domains in turn, ``rate`` calls a second
-    for ``seconds`` (paced against the clock, so a slow call does not slow the rest);
-    the number of calls made."""
+@pytest.fixture
+def second_host(pipeline):
+    """The second host: a libvirtd of its own (session mode, as nobody) holding
+    ``SECOND_DOMAINS`` running domains, and the test's own connection to it. At the end
+    its agent (if started) is stopped first, then the daemon, which leaves nothing."""
+    import libvirt
+    daemon = Daemon(pipeline.workdir, f"wh2-{pipeline.tag}")
+    conn = None
+    try:
+        daemon.start()
+        daemon.hold(SECOND_DOMAINS)
+        conn = libvirt.open(daemon.uri)
+        domains = [conn.lookupByName(domain_name(daemon.host, i))
+                   for i in range(SECOND_DOMAINS)]
+        yield daemon, domains
+    finally:
+        agent = f"agent-{daemon.host}"
+        if pipeline.running(agent):
+            pipeline.stop_process(agent)
+        if conn is not None:
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass  # the daemon is gone already
+        daemon.stop()
+
+
+def interleaved(fleet: dict[str, list]) -> list[tuple[str, object]]:
+    """``(host, domain)`` of every host's domains, each host's spread evenly over the
+    whole (in its own order), so that a stream taking them in turn is steady per host."""
+    keyed = [((i + 0.5) / len(domains), n, host, dom)
+             for n, (host, domains) in enumerate(fleet.items())
+             for i, dom in enumerate(domains)]
+    return [(host, dom) for _, _, host, dom in sorted(keyed, key=lambda k: k[:2])]
+
+
+def run_stream(domains: list[tuple[str, object]], seconds: float,
+               rate: float) -> collections.Counter:
+    """Suspend, resume, destroy and start the ``(host, domain)`` in turn, ``rate`` calls
+    a second for ``seconds`` (paced against the clock, so a slow call does not slow the
+    rest); the number of calls made on each host's domains."""
     phase = [0] * len(domains)
     start = time.monotonic()
-    calls = int(seconds * rate)
-    for k in range(calls):
+    calls: collections.Counter = collections.Counter()
+    for k in range(int(seconds * rate)):
         pause = start + k / rate - time.monotonic()
         if pause > 0:
             time.sleep(pause)  # pacing the stream, not waiting for a condition
         i = k % len(domains)
-        getattr(domains[i], CYCLE[phase[i] % len(CYCLE)])()
+        host, dom = domains[i]
+        getattr(dom, CYCLE[phase[i] % len(CYCLE)])()
         phase[i] += 1
+        calls[host] += 1
     return calls
 
 
 class Journal:
-    """The consumer's journal of one host's instance events: what every endpoint must
-    receive."""
+    """The consumer's journal of the hosts' instance events: what every endpoint must
+    receive. Rows host by host, each host's in its order (epoch, seq)."""
 
-    def __init__(self, pipeline, host: str):
+    def __init__(self, pipeline, hosts: list[str]):
         self.pipeline = pipeline
-        self.host = host
+        self.hosts = list(hosts)
 
     def rows(self) -> list:
         from consumer.db.tables import journal
         with self.pipeline._db().connect() as conn:  # noqa: SLF001 - the tests' own reading
             return conn.execute(
-                sa.select(journal.c.epoch, journal.c.seq, journal.c.event_type,
-                          journal.c.instance_uuid, journal.c.occurred_at,
-                          journal.c.applied_at)
-                .where(journal.c.host == self.host, journal.c.event_type.like("instance.%"))
-                .order_by(journal.c.epoch, journal.c.seq)).all()
+                sa.select(journal.c.host, journal.c.epoch, journal.c.seq,
+                          journal.c.event_type, journal.c.instance_uuid,
+                          journal.c.occurred_at, journal.c.applied_at)
+                .where(journal.c.host.in_(self.hosts),
+                       journal.c.event_type.like("instance.%"))
+                .order_by(journal.c.host, journal.c.epoch, journal.c.seq)).all()
 
-    def event_id(self, row) -> str:
-        return f"{self.host}:{row.epoch}:{row.seq}"
+    @staticmethod
+    def event_id(row) -> str:
+        return f"{row.host}:{row.epoch}:{row.seq}"
+
+    def by_host(self, rows) -> dict[str, list]:
+        """Each host's rows, in its journal's order (every host, even without rows)."""
+        order: dict[str, list] = {host: [] for host in self.hosts}
+        for row in rows:
+            order[row.host].append(row)
+        return order
 
     def by_instance(self, rows) -> dict[str, list[str]]:
         order: dict[str, list[str]] = {}
@@ -185,9 +241,12 @@ class NthOfInstance:
 
 
 def test_every_event_reaches_every_endpoint_in_order_whatever_it_answers(
-        pipeline, receivers, domains, secret, secret_path, figure):
+        pipeline, receivers, domains, second_host, secret, secret_path, figure):
     # (receivers before domains: the domains' teardown events still find them up)
     host = f"wh-{pipeline.tag}"
+    daemon, second_domains = second_host
+    host2 = daemon.host
+    fleet = {host: domains, host2: second_domains}
     verifying = receivers(secret)
     flaky = receivers(secret, fail_first=FAIL_FIRST - RETRY_AFTER_LAST)
     retry_after = RetryAfterLater(flaky)
@@ -209,14 +268,16 @@ def test_every_event_reaches_every_endpoint_in_order_whatever_it_answers(
         pipeline.wait_for(lambda q=queue: pipeline._queue_exists(q), 30,  # noqa: SLF001
                           f"queue {queue} to be declared")
     pipeline.start_agent(host, URI)
-    journal = Journal(pipeline, host)
+    pipeline.start_agent(host2, daemon.uri)
+    journal = Journal(pipeline, list(fleet))
 
     # -- the stream, with the "down" endpoint refusing connections from its start ------
     down.down_for(DOWN_FOR)
     comes_back = time.monotonic() + DOWN_FOR
-    calls: list[int] = []
+    calls: list[collections.Counter] = []
     streaming = threading.Thread(
-        target=lambda: calls.append(run_stream(domains, STREAM_SECONDS, OPS_PER_SECOND)),
+        target=lambda: calls.append(run_stream(interleaved(fleet), STREAM_SECONDS,
+                                               OPS_PER_SECOND)),
         name="stream", daemon=True)
     began = time.monotonic()
     streaming.start()
@@ -238,27 +299,38 @@ def test_every_event_reaches_every_endpoint_in_order_whatever_it_answers(
 
     # -- the database complete while the slow endpoint is far behind --------------------
     def database_complete():
-        written, unconfirmed = agent_events(pipeline, host)
+        agents = {h: agent_events(pipeline, h) for h in fleet}  # before the journal
         rows = journal.rows()
-        states = {r["uuid"]: r["power_state"] for r in pipeline.instances(direct=True)
-                  if r["host"] == host}
-        settled = all(states.get(d.UUIDString()) == POWER_STATE[d.state()[0]]
-                      for d in domains)  # each domain's last event applied
-        return rows if unconfirmed == 0 and written == len(rows) and settled else None
+        per_host = journal.by_host(rows)
+        states = {(r["host"], r["uuid"]): r["power_state"]
+                  for r in pipeline.instances(direct=True)}
+        settled = all(states.get((h, d.UUIDString())) == POWER_STATE[d.state()[0]]
+                      for h, doms in fleet.items() for d in doms)  # last events applied
+        confirmed = all(unconfirmed == 0 and written == len(per_host[h])
+                        for h, (written, unconfirmed) in agents.items())
+        # Each call of the stream is an event: until each has reached its agent (a
+        # destroy then a create can leave the state as it was), the journal is short.
+        every_call = all(len(per_host.get(h, ())) >= calls[0][h] for h in fleet)
+        return rows if confirmed and settled and every_call else None
     rows = pipeline.wait_for(database_complete, 30, "every event of the stream in the journal",
                              interval=0.2)
     complete_after = time.monotonic() - ended
     slow_metrics = pipeline.scrape("slow")
     slow_taken = len(set(slow.accepted_ids()))
     total = len(rows)
-    assert calls and total >= calls[0], (total, calls)
+    per_host = {h: len(host_rows) for h, host_rows in journal.by_host(rows).items()}
+    assert calls and total >= sum(calls[0].values()), (total, calls)
+    for h in fleet:  # both hosts streamed, and each one's every call is in the journal
+        assert calls[0][h] > 0 and per_host[h] >= calls[0][h], (h, per_host, calls)
     assert complete_after < 15, f"the consumer took {complete_after:.1f}s after the stream"
     latencies = [(r.applied_at - r.occurred_at).total_seconds() for r in rows]
     assert percentile(latencies, 0.99) < 2.0, sorted(latencies)[-10:]
     assert slow_taken <= total // 2, (slow_taken, total)
     assert slow_metrics["lifecycle_webhook_held_messages"] \
         + slow_metrics["lifecycle_webhook_queue_messages"] > 0, slow_metrics
-    figure("webhook stream: events (instance.*)", total, "events")
+    figure("webhook stream: events (instance.*)", total,
+           f"events ({per_host[host]} of {host} on the shared test hypervisor, "
+           f"{per_host[host2]} of {host2} on its own libvirtd)")
     figure("webhook stream: rate", total / (ended - began), "events/s")
     figure("webhook stream: database complete after the stream's end",
            complete_after * 1000)
@@ -289,16 +361,23 @@ def test_every_event_reaches_every_endpoint_in_order_whatever_it_answers(
         statuses = receiver.statuses()
         assert set(statuses) <= {200, 503, 400}, (name, statuses)
 
-    # the verifying endpoint: every attribute as the journal says
+    # the verifying endpoint: every attribute as the journal says, the source naming
+    # the event's own host; host by host, the sequence rising with the journal's order
     kinds = {journal.event_id(r): r for r in rows}
+    first: dict[str, Received] = {}
     for received in verifying.accepted():
         row = kinds[received.id]
         assert received.type == TYPE_PREFIX + row.event_type
-        assert received.source == SOURCE_PREFIX + host
+        assert received.source == SOURCE_PREFIX + row.host
         assert received.subject == received.partitionkey == row.instance_uuid
         assert received.sequence == f"{row.epoch:020d}-{row.seq:020d}"
         assert received.mode == "structured"
+        first.setdefault(received.id, received)
     assert set(verifying.statuses()) == {200}
+    for h, host_rows in journal.by_host(rows).items():
+        sequences = [first[journal.event_id(r)].sequence for r in host_rows]
+        assert all(a < b for a, b in zip(sequences, sequences[1:])), h
+        assert {first[journal.event_id(r)].source for r in host_rows} == {SOURCE_PREFIX + h}
 
     # the 503s: twenty; after each one with a Retry-After, nothing at all came (a
     # Retry-After holds every instance's events) for as long as it said, beyond the
