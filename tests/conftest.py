@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import socket
 import threading
@@ -60,6 +61,20 @@ def require_service(name: str, check) -> None:
         if in_ci():
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _root_log_handlers_removed():
+    """A test that runs a command's ``main`` has oslo.log set the root logger up with a
+    handler on that test's captured output, closed once the test ends: a later test's
+    log lines (a service thread's) would then fail to be written ("Logging error").
+    The handlers a test added are removed after it (pytest's own it removes itself)."""
+    root = logging.getLogger()
+    before = set(root.handlers)
+    yield
+    for handler in list(root.handlers):
+        if handler not in before and not type(handler).__module__.startswith("_pytest"):
+            root.removeHandler(handler)
 
 
 # The lab's one wait_for, failing a test as an unmet expectation: wait_for(predicate,
