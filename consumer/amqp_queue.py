@@ -91,6 +91,13 @@ class BatchQueue:
             self._channel.basic_qos(0, self._prefetch, False)
             consumer_tag = self._channel.basic_consume(self.topology.queue,
                                                        callback=self._delivered)
+        except amqp.exceptions.PreconditionFailed as exc:
+            broker.release(conn)
+            LOG.error("%s: the queue %s (or its dead-letter queue) exists with other "
+                      "arguments than these options declare (%s): delete it (and what it "
+                      "holds) or set the options as it was declared; retrying meanwhile",
+                      where, self.topology.queue, exc.reply_text)
+            raise BrokerUnavailable(f"{where}: {broker.explain(exc)}") from exc
         except (OSError, amqp.exceptions.AMQPError, kombu.exceptions.KombuError) as exc:
             broker.release(conn)
             raise BrokerUnavailable(f"{where}: {broker.explain(exc)}") from exc

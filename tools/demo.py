@@ -255,9 +255,13 @@ def _purge_queue(pipeline: Pipeline) -> None:
     settings = broker.settings(config.load(["--config-file", pipeline.consumer_conf]))
     conn, _ = broker.Connector(settings).connect()  # as the demo's consumer connects
     try:
-        conn.channel().queue_purge(pipeline.queue)
-    except Exception:  # noqa: BLE001 - the queue does not exist yet
-        pass
+        try:
+            conn.channel().queue_purge(pipeline.queue)
+        except Exception:  # noqa: BLE001 - the queue does not exist yet
+            pass
+        # The webhook's queue of an earlier demo goes (what it held was that demo's; and
+        # one declared by an earlier version may have other arguments).
+        conn.channel().queue_delete(pipeline.webhook_queue(WEBHOOK))
     finally:
         broker.release(conn)
 

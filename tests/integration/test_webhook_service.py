@@ -421,3 +421,23 @@ def test_an_endpoint_that_refuses_every_event_makes_the_health_degraded(
 
 def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+def test_a_queue_declared_with_other_arguments_is_named_in_an_error(
+        amqp_isolation, receivers, secret, secret_path, caplog):
+    """A queue of the same name declared otherwise (by hand, or by another version) is
+    a conflict the broker refuses (PRECONDITION_FAILED): the service says which queue and
+    what to do, and tries again (a broker side fixed by the operator is taken up)."""
+    receiver = receivers(secret)
+    service = webhook_run.service(amqp_isolation, receiver.url, secret_path)
+    queue = service.queue.topology.queue
+    amqp_isolation.channel.queue_declare(queue, durable=True, auto_delete=False)
+    thread = ServiceThread(service, name="webhook-conflict")
+    try:
+        wait_for(lambda: "exists with other arguments" in caplog.text, 15,
+                 "the conflict named in an error")
+        assert queue in caplog.text and service.broker.down_since is not None
+        amqp_isolation.channel.queue_delete(queue)  # the operator deletes it
+        wait_for(lambda: service.broker.down_since is None, 40, "connected once it is gone")
+    finally:
+        thread.stop()
