@@ -7,8 +7,10 @@ test hypervisor, driven with virsh through the demo's scenario), plus three simu
 hosts (the agent's own code, in this process, each on a private test hypervisor) under
 a steady load with a burst; one of them loses its broker for a while (its outbox
 fills, then drains), the demo's agent is killed and started again (its host goes down,
-then up), and a few unreadable messages are dead-lettered. Prometheus scrapes every
-service each second.
+then up), and a few unreadable messages are dead-lettered. A lifecycle-webhook process
+delivers every instance event to a receiver (lab/webhook_receiver.py, in this process)
+that refuses one event (a dead letter) and is down for a while (retries, a backlog).
+Prometheus scrapes every service each second.
 
     python -m tools.dashboard_plot [--seconds 150] [--output docs/dashboard.png]
 
@@ -42,6 +44,7 @@ DASHBOARD = os.path.join(HERE, "etc", "grafana", "lifecycle-dashboard.json")
 URI = "test+unix:///default"
 DEMO_HOST = "demo-host"
 SIMULATED = {"compute-1": 20.0, "compute-2": 8.0, "compute-3": 4.0}  # events/s each
+WEBHOOK = "webhook"
 RATE_INTERVAL = "10s"  # what Grafana's $__rate_interval becomes at a 1 s scrape
 
 
@@ -52,12 +55,12 @@ def free_port() -> int:
 
 
 class Prometheus:
-    def __init__(self, workdir: str, agents: list[int], consumers: list[int]):
+    def __init__(self, workdir: str, jobs: dict[str, list[int]]):
         self.port = free_port()
         self.workdir = workdir
         config = os.path.join(workdir, "prometheus.yml")
         with open(config, "w") as f:
-            f.write(_scrape_config(agents, consumers))
+            f.write(_scrape_config(jobs))
         self.proc = subprocess.Popen(
             ["prometheus", f"--config.file={config}",
              f"--storage.tsdb.path={os.path.join(workdir, 'tsdb')}",
@@ -86,20 +89,14 @@ class Prometheus:
         self.proc.wait(30)
 
 
-def _scrape_config(agents: list[int], consumers: list[int]) -> str:
+def _scrape_config(jobs: dict[str, list[int]]) -> str:
+    """Every job's metrics ports on loopback, scraped each second."""
     def targets(ports):
         return ", ".join(f"'127.0.0.1:{p}'" for p in ports)
-    return f"""global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
-scrape_configs:
-  - job_name: lifecycle-agent
-    static_configs:
-      - targets: [{targets(agents)}]
-  - job_name: lifecycle-consumer
-    static_configs:
-      - targets: [{targets(consumers)}]
-"""
+    head = "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n"
+    return head + "".join(
+        f"  - job_name: {job}\n    static_configs:\n      - targets: [{targets(ports)}]\n"
+        for job, ports in jobs.items())
 
 
 class Load:
@@ -137,10 +134,11 @@ def run(seconds: float, output: str, workdir: str) -> None:
     pipeline = Pipeline(workdir, exchange="lifecycle-dashboard", queue="lifecycle-dashboard")
     forwarder = TcpForwarder(("127.0.0.1", 5672))
     forwarder.start()
-    simulated, prometheus, load = {}, None, None
+    simulated, prometheus, load, receiver = {}, None, None, None
     try:
         pipeline.db_sync()
         pipeline.start_consumer()
+        receiver = _start_webhook(pipeline)
         pipeline.start_agent(DEMO_HOST, URI)
         ports = {}
         for name in SIMULATED:
@@ -156,12 +154,15 @@ def run(seconds: float, output: str, workdir: str) -> None:
         for host in simulated.values():
             host.take_domains()
         agent_ports = [pipeline.ports[f"agent-{DEMO_HOST}.conf"], *ports.values()]
-        prometheus = Prometheus(workdir, agent_ports, [pipeline.ports["consumer.conf"]])
+        prometheus = Prometheus(workdir, {
+            "lifecycle-agent": agent_ports,
+            "lifecycle-consumer": [pipeline.ports["consumer.conf"]],
+            "lifecycle-webhook": [pipeline.ports[f"{WEBHOOK}.conf"]]})
         pipeline.wait_for(prometheus.ready, 60, "Prometheus")
         load = Load(simulated)
         start = time.time()
         load.start()
-        _timeline(pipeline, load, forwarder, start, seconds)
+        _timeline(pipeline, load, forwarder, receiver, start, seconds)
         end = time.time()
         time.sleep(2)  # the last scrape
         plot(prometheus, start, end, output)
@@ -172,6 +173,8 @@ def run(seconds: float, output: str, workdir: str) -> None:
         for host in simulated.values():
             host.stop()
         pipeline.stop()
+        if receiver is not None:
+            receiver.stop()
         forwarder.stop()
         if prometheus is not None:
             prometheus.stop()
@@ -179,9 +182,38 @@ def run(seconds: float, output: str, workdir: str) -> None:
         pipeline.delete_broker_objects()
 
 
-def _timeline(pipeline: Pipeline, load: Load, forwarder, start: float, seconds: float) -> None:
+def _start_webhook(pipeline: Pipeline):
+    """A receiver that verifies every request, and lifecycle-webhook toward it (its
+    back-off capped at a few seconds, so that the picture shows it come back)."""
+    from lab.webhook_receiver import Receiver
+    from lifecycle_webhook import signing
+    secret = signing.new_secret()
+    secret_path = os.path.join(pipeline.workdir, "webhook.secret")
+    with open(os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(secret + "\n")
+    receiver = Receiver(secret, path="/events").start()
+    pipeline.start_webhook(WEBHOOK, receiver.url, secret_path,
+                           {"webhook": {"retry_interval_max": 4}})
+    return receiver
+
+
+def _refuse_one(receiver) -> None:
+    """The receiver answers 400 to the next event it gets, once: a dead letter."""
+    refused = []
+
+    def first_only(received) -> bool:
+        if refused:
+            return False
+        refused.append(received)
+        return True
+    receiver.refuse(first_only, 400, "unknown tenant")
+
+
+def _timeline(pipeline: Pipeline, load: Load, forwarder, receiver, start: float,
+              seconds: float) -> None:
     """The scenario, at fractions of the run: the demo, a burst, a broker outage for
-    one host, unreadable messages, the demo's agent killed and started again."""
+    one host, unreadable messages and an event the webhook's endpoint refuses, the
+    demo's agent killed and started again, the webhook's endpoint down for a while."""
     def at(fraction: float) -> None:
         delay = start + fraction * seconds - time.time()
         if delay > 0:
@@ -199,8 +231,11 @@ def _timeline(pipeline: Pipeline, load: Load, forwarder, start: float, seconds: 
     forwarder.start()
     at(0.6)
     _unreadable_messages(pipeline, 7)
+    _refuse_one(receiver)
     at(0.68)
     pipeline.stop_process(f"agent-{DEMO_HOST}", signal.SIGKILL)
+    at(0.72)
+    receiver.go_down(until=time.monotonic() + 0.1 * seconds)
     at(0.85)
     pipeline.start_agent(DEMO_HOST, URI)
     at(1.0)
