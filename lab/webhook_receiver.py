@@ -130,6 +130,15 @@ def parse_secret_text(text: str) -> list[str]:
     return secrets
 
 
+def write_secret_file(path: Union[str, os.PathLike[str]], *secrets: str) -> str:
+    """Write ``secrets`` (``whsec_...``), one a line, to a file only its owner reads (as
+    ``[webhook] secret_file`` and this receiver's ``--secret-file`` want it); its path."""
+    path = os.fspath(path)
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write("".join(f"{s}\n" for s in secrets))
+    return path
+
+
 class SecretFile:
     """A secret file read again whenever it changed (size, mtime or inode), so that a
     rotation made by rewriting it is seen at the next request. A new content that is

@@ -185,12 +185,10 @@ def run(seconds: float, output: str, workdir: str) -> None:
 def _start_webhook(pipeline: Pipeline):
     """A receiver that verifies every request, and lifecycle-webhook toward it (its
     back-off capped at a few seconds, so that the picture shows it come back)."""
-    from lab.webhook_receiver import Receiver
+    from lab.webhook_receiver import Receiver, write_secret_file
     from lifecycle_webhook import signing
     secret = signing.new_secret()
-    secret_path = os.path.join(pipeline.workdir, "webhook.secret")
-    with open(os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-        f.write(secret + "\n")
+    secret_path = write_secret_file(os.path.join(pipeline.workdir, "webhook.secret"), secret)
     receiver = Receiver(secret, path="/events").start()
     pipeline.start_webhook(WEBHOOK, receiver.url, secret_path,
                            {"webhook": {"retry_interval_max": 4}})

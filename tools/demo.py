@@ -125,10 +125,10 @@ def _start_webhook(pipeline: Pipeline) -> None:
     """A receiver (lab/webhook_receiver.py: it verifies each request with the
     standardwebhooks and cloudevents packages and prints it) and lifecycle-webhook
     toward it, with a secret of the demo's own."""
+    from lab.webhook_receiver import write_secret_file
     from lifecycle_webhook import signing
-    secret_path = os.path.join(pipeline.workdir, "webhook.secret")
-    with open(os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-        f.write(signing.new_secret() + "\n")
+    secret_path = write_secret_file(os.path.join(pipeline.workdir, "webhook.secret"),
+                                    signing.new_secret())
     port = _port_or_free(9190)
     pipeline.start_process(RECEIVER, [sys.executable, "-m", "lab.webhook_receiver",
                                       "--port", str(port), "--secret-file", secret_path])

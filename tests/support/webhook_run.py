@@ -17,7 +17,7 @@ from lifecycle_webhook.http_sender import Sender
 from lifecycle_webhook.lanes import Lanes
 from lifecycle_webhook.queue_depth import QueueDepth
 from lifecycle_webhook.service import Settings, WebhookService
-from lab.webhook_receiver import Receiver
+from lab.webhook_receiver import Receiver, write_secret_file
 from tests.support.consumer_run import ROUTING_KEY
 
 
@@ -25,10 +25,7 @@ new_secret = signing.new_secret
 
 
 def secret_file(directory, *secrets: str) -> str:
-    path = os.path.join(str(directory), "webhook.secret")
-    with open(path, "w") as f:
-        f.write("".join(f"{s}\n" for s in secrets))
-    return path
+    return write_secret_file(os.path.join(str(directory), "webhook.secret"), *secrets)
 
 
 def topology(isolation, label: str = "webhook", queue_type: str = "classic") -> Topology:
@@ -42,7 +39,7 @@ def service(isolation, url: str, secrets_path: str, *, label: str = "webhook",
             retry_interval_max: float = 2.0, max_in_flight: int = 8,
             request_timeout: float = 5.0, ca_file: str | None = None,
             prefetch: int = 1000, queue_topology: Topology | None = None,
-            transport_url: str | None = None) -> WebhookService:
+            transport_url: str | None = None, depth_interval: float = 0.5) -> WebhookService:
     queue_topology = queue_topology or topology(isolation, label)
     secrets = signing.SecretFile(secrets_path)
     sender = Sender(url, ca_file=ca_file, timeout=request_timeout, workers=max_in_flight,
@@ -54,7 +51,7 @@ def service(isolation, url: str, secrets_path: str, *, label: str = "webhook",
                         retry_for=retry_for, retry_interval_max=retry_interval_max,
                         request_timeout=request_timeout)
     depth = QueueDepth(broker.plain(transport_url or isolation.transport_url),
-                       queue_topology.queue, interval=0.5)
+                       queue_topology.queue, interval=depth_interval)
     return WebhookService(queue, sender, Lanes(max_in_flight), settings, retry_max=0.5,
                           depth=depth)
 
