@@ -29,6 +29,7 @@ class QueueDepth:
         self._queue = queue
         self._interval = interval
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = named_thread(self._run, "queue-depth", daemon=True)
         self.value: Optional[int] = None  # messages ready, at the last read; None: unknown
 
@@ -38,6 +39,12 @@ class QueueDepth:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
+
+    def read_soon(self) -> None:
+        """Read now rather than at the next interval: the queue was just declared (a
+        read before that found no queue, and the gauge said unknown)."""
+        self._wake.set()
 
     def _run(self) -> None:
         conn = None
@@ -54,7 +61,8 @@ class QueueDepth:
                 LOG.debug("queue depth of %s not read: %s", self._queue, exc)
                 self.value = None
                 conn = _release(conn)
-            self._stop.wait(self._interval)
+            self._wake.wait(self._interval)
+            self._wake.clear()
         _release(conn)
 
 

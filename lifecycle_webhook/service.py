@@ -166,6 +166,8 @@ class WebhookService:
                 self.queue.connect()
                 self.broker_sessions += 1
                 self.broker.up()
+                if self.depth is not None:
+                    self.depth.read_soon()  # its queue exists now
                 attempt = 0
                 self._consume()
             except BrokerUnavailable as exc:

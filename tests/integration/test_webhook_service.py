@@ -419,6 +419,18 @@ def test_an_endpoint_that_refuses_every_event_makes_the_health_degraded(
     assert "401" in check.detail
 
 
+def test_the_backlog_is_known_as_soon_as_the_queue_is_declared(
+        amqp_isolation, receivers, running, secret, secret_path):
+    """The depth is read every minute here, and its first read comes (as a rule) before the service
+    declared its queue (none yet: unknown); once declared, it is read at once, not a
+    minute later."""
+    receiver = receivers(secret)
+    service = webhook_run.service(amqp_isolation, receiver.url, secret_path,
+                                  depth_interval=60.0)
+    running(service)
+    wait_for(lambda: service.queue_depth == 0, 10, "the queue's depth read once declared")
+
+
 def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
